@@ -1,0 +1,117 @@
+"""Figures read off the graph: the schedule table, parameters, multiply-adds, receptive field,
+and the build manifest. Nothing here recomputes shapes: they travel with the graph's nodes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from specc import __version__
+from specc.graph import ordered_nodes
+
+if TYPE_CHECKING:
+    from specc.api import Document
+    from specc.derive import Schedule
+
+
+def group_of(node: str) -> str:
+    """The cost group a node belongs to: ``backbone.<stage>``, ``aspp``, ``decoder``, ``head``, ``aux``."""
+    parts = node.split(".")
+    if parts[0] == "backbone":
+        return ".".join(parts[:2])
+    if parts[0] in ("aspp", "decoder", "aux"):
+        return parts[0]
+    return "head"
+
+
+def costs(g: nx.DiGraph) -> dict[str, dict[str, int]]:
+    """Parameters and multiply-adds (at the graph's input size) per group, in graph order."""
+    out: dict[str, dict[str, int]] = {}
+    for n in ordered_nodes(g):
+        d = g.nodes[n]
+        if d["op"] in ("input", "output"):
+            continue
+        grp = out.setdefault(group_of(n), {"params": 0, "macs": 0})
+        grp["params"] += d["params"]
+        grp["macs"] += d["macs"]
+    return out
+
+
+def totals(g: nx.DiGraph) -> tuple[int, int]:
+    params = sum(d["params"] for _, d in g.nodes(data=True))
+    macs = sum(d["macs"] for _, d in g.nodes(data=True))
+    return params, macs
+
+
+def schedule_rows(schedule: Schedule, g: nx.DiGraph) -> list[dict[str, Any]]:
+    """Per unit: stride, dilation rates, output stride, feature size at the crop, channels."""
+    rows = []
+    for u in schedule.units:
+        entry = next(m for m in g.graph["modules"] if m.get("stage") == u.stage
+                     and m.get("name") == u.name)
+        node = g.nodes[entry["node"]]
+        prefix = u.path + "."
+        params = sum(d["params"] for n, d in g.nodes(data=True) if n.startswith(prefix) or n == u.path)
+        rows.append(dict(stage=u.stage, unit=u.name, type=u.unit.type,
+                         nominal_stride=u.nominal_stride, stride=u.stride, rates=list(u.rates),
+                         input_stride=u.input_stride, output_stride=u.output_stride,
+                         feature_size=list(node["shape"][1:]), channels=node["shape"][0],
+                         receptive_field=node["receptive_field"], params=params,
+                         cascade=u.cascade))
+    return rows
+
+
+def encoder_receptive_field(g: nx.DiGraph) -> int:
+    """Receptive field (input pixels) of the backbone's output."""
+    return g.nodes[g.graph["aliases"]["backbone"]]["receptive_field"]
+
+
+def manifest(doc: Document, schedule: Schedule, g: nx.DiGraph,
+             state: dict[str, list[int]] | None) -> dict[str, Any]:
+    """What a build folder says about its model; deterministic (no times, no paths)."""
+    params, macs = totals(g)
+    taps = {port: tap["node"] for port, tap in sorted(g.graph.get("taps", {}).items())}
+    man: dict[str, Any] = {
+        "specc_version": __version__,
+        "name": doc.spec.name,
+        "title": g.graph["title"],
+        "spec_sha256": doc.sha256,
+        "architecture_sha256": doc.architecture_sha256,
+        "num_classes": doc.spec.num_classes,
+        "input_size": list(g.graph["input_size"]),
+        "output_stride": schedule.output_stride,
+        "params": params,
+        "macs": macs,
+        "receptive_field": encoder_receptive_field(g),
+        "aspp_rates": list(schedule.aspp_rates),
+        "outputs": ["out", "aux"] if "aux" in taps else ["out"],
+        "taps": taps,
+        "stages": list(schedule.stages),
+        "costs": costs(g),
+        "schedule": schedule_rows(schedule, g),
+        "spec": doc.resolved,
+    }
+    if state is not None:
+        man["state_dict"] = state
+    return man
+
+
+def info(doc: Document, schedule: Schedule, g: nx.DiGraph) -> dict[str, Any]:
+    """The figures ``specc info`` shows (also its ``--json``)."""
+    params, macs = totals(g)
+    return {
+        "name": doc.spec.name,
+        "title": g.graph["title"],
+        "params": params,
+        "macs": macs,
+        "input_size": list(g.graph["input_size"]),
+        "output_stride": schedule.output_stride,
+        "receptive_field": encoder_receptive_field(g),
+        "aspp_rates": list(schedule.aspp_rates),
+        "multi_grid": list(schedule.multi_grid) if schedule.multi_grid else None,
+        "stride_placement": schedule.stride_placement,
+        "costs": costs(g),
+        "schedule": schedule_rows(schedule, g),
+        "taps": {p: t["node"] for p, t in sorted(g.graph.get("taps", {}).items())},
+    }

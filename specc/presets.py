@@ -1,0 +1,130 @@
+"""Backbone presets, as data: each expands to an explicit stem and explicit stages.
+
+A preset is exactly what a user could write by hand under ``backbone.stem`` / ``backbone.stages``
+(``specc info`` prints the expansion). Nothing here knows about output stride: the stride of each
+unit is the classification network's; :mod:`specc.derive` turns strides into dilation.
+"""
+
+from __future__ import annotations
+
+from specc.spec import (
+    BackboneSpec,
+    BasicUnit,
+    BottleneckUnit,
+    InvertedResidualUnit,
+    StageSpec,
+    StemConv,
+    StemSpec,
+    XceptionUnit,
+)
+
+# depth → (unit type, units per stage); He et al. 2016, Table 1.
+RESNET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+RESNET_STEMS: dict[str, StemSpec] = {
+    # torchvision: 7×7/2 conv 64, 3×3/2 max-pool.
+    "conv7": StemSpec(convs=[StemConv(channels=64, kernel=7, stride=2)], pool="max"),
+    # TF "beta" ResNets (DeepLab): three 3×3 convs 64, 64, 128, then the max-pool.
+    "deep": StemSpec(convs=[StemConv(channels=64, kernel=3, stride=2), StemConv(channels=64),
+                            StemConv(channels=128)], pool="max"),
+}
+
+# Middle-flow units per aligned-Xception depth (DeepLabv3+ §3.2: 65 has 16).
+XCEPTION_MIDDLE_UNITS = {41: 8, 65: 16, 71: 16}
+
+# MobileNetV2 (Sandler et al. 2018, Table 2): expansion t, channels c, units n, stride s.
+# DeepLab drops the final 1×1 conv to 1280 and uses the 320-channel features.
+MOBILENETV2_TABLE = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                     (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor``, never below 90 % (MobileNetV2's rule)."""
+    out = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if out < 0.9 * value:
+        out += divisor
+    return out
+
+
+def default_stride_placement(backbone: BackboneSpec) -> str:
+    """The placement used when the spec does not say: the preset family's own convention."""
+    if backbone.stride_placement is not None:
+        return backbone.stride_placement
+    if backbone.preset and backbone.preset.startswith("resnet"):
+        return "last"  # TF resnet_v1 (the papers' code): stride in the last unit of a block
+    return "first"
+
+
+def resnet(depth: int, placement: str, stem: str) -> tuple[StemSpec, list[StageSpec]]:
+    kind, counts = RESNET_DEPTHS[depth]
+    # 'last': TF resnet_v1 strides (2, 2, 2, 1); 'first': torchvision's (1, 2, 2, 2). Both reach 32.
+    strides = (2, 2, 2, 1) if placement == "last" else (1, 2, 2, 2)
+    stages = []
+    for i, (n, s) in enumerate(zip(counts, strides, strict=True)):
+        mid = 64 * 2**i
+        unit = (BottleneckUnit(type="bottleneck", channels=4 * mid, mid_channels=mid, stride=s,
+                               repeat=n)
+                if kind == "bottleneck" else
+                BasicUnit(type="basic", channels=mid, stride=s, repeat=n))
+        stages.append(StageSpec(name=f"block{i + 1}", units=[unit]))
+    return RESNET_STEMS[stem], stages
+
+
+def xception(depth: int) -> tuple[StemSpec, list[StageSpec]]:
+    stem = StemSpec(convs=[StemConv(channels=32, stride=2), StemConv(channels=64)])
+
+    def unit(channels: tuple[int, int, int], stride: int, **kw: object) -> XceptionUnit:
+        return XceptionUnit(type="xception", channels=channels, stride=stride, **kw)
+
+    entry = [(128, 128, 128), (256, 256, 256), (728, 728, 728)]
+    stages = []
+    for i, ch in enumerate(entry):
+        # The first entry block follows the stem's ReLU, so its separable convs carry their own.
+        relu = "inside" if i == 0 else "pre"
+        stages.append(StageSpec(name=f"entry{i + 1}", units=[unit(ch, 2, relu=relu)]))
+    if depth == 71:
+        # Xception-71 splits entry block2 and block3 in two (one strided, one not).
+        stages = [
+            stages[0],
+            StageSpec(name="entry2", units=[unit((256,) * 3, 1), unit((256,) * 3, 2, name="unit2")]),
+            StageSpec(name="entry3", units=[unit((728,) * 3, 1), unit((728,) * 3, 2, name="unit2")]),
+        ]
+    stages.append(StageSpec(name="middle", units=[
+        unit((728, 728, 728), 1, shortcut="identity", repeat=XCEPTION_MIDDLE_UNITS[depth])]))
+    stages.append(StageSpec(name="exit1", units=[unit((728, 1024, 1024), 2)]))
+    stages.append(StageSpec(name="exit2", units=[
+        unit((1536, 1536, 2048), 1, shortcut="none", relu="inside")]))
+    return stem, stages
+
+
+def mobilenetv2(width: float) -> tuple[StemSpec, list[StageSpec]]:
+    stem = StemSpec(convs=[StemConv(channels=make_divisible(32 * width), stride=2)])
+    stages = []
+    for i, (t, c, n, s) in enumerate(MOBILENETV2_TABLE):
+        stages.append(StageSpec(name=f"layer{i + 1}", units=[InvertedResidualUnit(
+            type="inverted_residual", channels=make_divisible(c * width), expansion=t, stride=s,
+            repeat=n)]))
+    return stem, stages
+
+
+def expand(backbone: BackboneSpec) -> tuple[StemSpec, list[StageSpec]]:
+    """The explicit stem and stages of a backbone (a preset's expansion, or the spec's own)."""
+    preset = backbone.preset
+    if preset is None:
+        assert isinstance(backbone.stem, StemSpec) and backbone.stages is not None
+        return backbone.stem, list(backbone.stages)
+    if preset.startswith("resnet"):
+        named = backbone.stem if isinstance(backbone.stem, str) else "conv7"
+        stem_r, stages = resnet(int(preset[6:]), default_stride_placement(backbone), named)
+        return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_r), stages
+    if preset.startswith("xception"):
+        stem_x, stages = xception(int(preset[8:]))
+        return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_x), stages
+    stem_m, stages = mobilenetv2(backbone.width_multiplier)
+    return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_m), stages

@@ -1,0 +1,311 @@
+"""Stage 2 — validate: the spec language as frozen pydantic models.
+
+Every field has a description (it becomes the JSON Schema and an editor's tooltip). Where public
+DeepLab implementations disagree (../PAPERS.md), the choice is a field here, defaulting to the
+papers' TensorFlow behaviour. Cross-field rules that need the derived schedule or the graph
+(a reachable output stride, a decoder tap at the right stride) are checked by later stages.
+"""
+
+from __future__ import annotations
+
+import keyword
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from specc.spec_train import DataSpec, TrainSpec
+
+Identifier = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$"),
+    Field(description="A lower-case identifier: letters, digits and '_', starting with a letter."),
+]
+Positive = Annotated[int, Field(gt=0)]
+NodeName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$"),
+    Field(description="A graph node name, e.g. 'backbone.entry2.unit1.sep2' (see `specc info`)."),
+]
+
+BACKBONE_PRESETS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "xception41", "xception65", "xception71", "mobilenetv2",
+)
+
+
+class Base(BaseModel):
+    """Closed, immutable, strict: unknown keys are errors, nothing is silently ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, populate_by_name=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Backbone
+
+
+class StemConv(Base):
+    channels: Positive = Field(description="Output channels of this stem convolution.")
+    kernel: Positive = Field(3, description="Kernel size (odd).")
+    stride: Positive = Field(1, description="Stride of this convolution.")
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"expected an odd kernel size, found {v}")
+        return v
+
+
+class StemSpec(Base):
+    """The layers before the first stage: convolutions (each + BN + activation), then a pool."""
+
+    convs: list[StemConv] = Field(min_length=1, description="Stem convolutions, in order.")
+    pool: Literal["max", "none"] = Field(
+        "none", description="'max': a 3×3 stride-2 max-pool after the convolutions (ResNet).")
+
+
+class _UnitBase(Base):
+    name: Identifier | None = Field(
+        None, description="Unit name in the graph; defaults to unit1, unit2, ... within the stage.")
+    stride: Positive = Field(1, description="Stride of the unit before the output-stride rule "
+                             "turns it into dilation.")
+    repeat: Positive = Field(
+        1, description="Repeat this unit N times; the stride goes to one copy, the first or the "
+        "last per backbone.stride_placement.")
+
+
+class BasicUnit(_UnitBase):
+    """ResNet basic block: two 3×3 convs; stride on the first."""
+
+    type: Literal["basic"]
+    channels: Positive = Field(description="Output channels.")
+
+
+class BottleneckUnit(_UnitBase):
+    """ResNet bottleneck: 1×1 → 3×3 (stride, dilation) → 1×1; 1×1 conv shortcut when channels
+    change, strided subsampling when only the stride does, identity otherwise."""
+
+    type: Literal["bottleneck"]
+    channels: Positive = Field(description="Output channels (4 × mid_channels in ResNet).")
+    mid_channels: Positive = Field(description="Channels of the 1×1 reduction and the 3×3 conv.")
+
+
+class XceptionUnit(_UnitBase):
+    """Aligned-Xception unit: three 3×3 separable convs, the stride on the third."""
+
+    type: Literal["xception"]
+    channels: tuple[Positive, Positive, Positive] = Field(
+        description="Output channels of the three separable convs.")
+    shortcut: Literal["conv", "identity", "none"] = Field(
+        "conv", description="'conv': 1×1 conv + BN (with the unit's stride); 'identity'; 'none' "
+        "(the exit flow's last unit).")
+    relu: Literal["pre", "inside"] = Field(
+        "pre", description="'pre': ReLU before each separable conv, none between depthwise and "
+        "pointwise (TF/timm entry and middle flow); 'inside': BN + ReLU after the depthwise and "
+        "after the pointwise conv.")
+
+
+class InvertedResidualUnit(_UnitBase):
+    """MobileNetV2 inverted residual: 1×1 expand → 3×3 depthwise (stride, dilation) → 1×1 linear."""
+
+    type: Literal["inverted_residual"]
+    channels: Positive = Field(description="Output channels.")
+    expansion: Positive = Field(6, description="Expansion ratio t of the MobileNetV2 table.")
+
+
+Unit = Annotated[
+    BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit,
+    Field(discriminator="type"),
+]
+
+
+class StageSpec(Base):
+    name: Identifier = Field(description="Stage name, e.g. block1; nodes are named "
+                             "backbone.<stage>.<unit>.")
+    units: list[Unit] = Field(min_length=1, description="The stage's units, in order.")
+
+
+class NormSpec(Base):
+    eps: float = Field(1e-5, gt=0, description="Batch-norm epsilon (timm's Xception uses 1e-3).")
+
+
+class BackboneSpec(Base):
+    """A backbone given by a preset (expanded to explicit stages) or by explicit stages."""
+
+    preset: Literal[BACKBONE_PRESETS] | None = Field(  # type: ignore[valid-type]
+        None, description="A named backbone; expands to explicit stem and stages.")
+    stem: Literal["conv7", "deep"] | StemSpec | None = Field(
+        None, description="ResNet presets: 'conv7' (7×7 conv + max-pool, torchvision) or 'deep' "
+        "(three 3×3 convs 64, 64, 128 + max-pool, the TF 'beta' ResNets). Or an explicit stem.")
+    stages: list[StageSpec] | None = Field(
+        None, description="Explicit stages (instead of a preset).")
+    width_multiplier: float = Field(1.0, gt=0, description="MobileNetV2 width multiplier.")
+    activation: Literal["relu", "relu6"] | None = Field(
+        None, description="Activation; defaults to relu6 for MobileNetV2, relu otherwise.")
+    norm: NormSpec = Field(default_factory=NormSpec, description="Batch norm settings.")
+    output_stride: Positive = Field(
+        16, description="Input size / final feature size (8, 16 or 32). Strides past it become "
+        "dilation (DeepLabv3 §3.1).")
+    multi_grid: list[Positive] | None = Field(
+        None, description="Unit rates for the last stage and its cascaded copies (DeepLabv3 "
+        "§3.2), one per unit; for a single-unit stage, one per 3×3 conv of that unit.")
+    multi_grid_mode: Literal["multiply", "absolute"] = Field(
+        "multiply", description="'multiply': rate = stage rate × multi_grid[i] (the paper); "
+        "'absolute': multi_grid values are the rates.")
+    stride_placement: Literal["first", "last"] | None = Field(
+        None, description="Where a repeated unit's stride sits: 'last' unit (TF ResNet, the "
+        "paper) or 'first' (torchvision, MobileNetV2). Default: the preset's own ('last' for "
+        "ResNet, 'first' for MobileNetV2 and explicit stages).")
+    destrided_rate: Literal["previous", "new"] = Field(
+        "previous", description="Rate of the unit whose stride the output-stride rule removed: "
+        "'previous' (TF and torchvision) or 'new' (every unit of the stage at the new rate).")
+    cascade: int = Field(
+        0, ge=0, le=8, description="Copies of the last stage appended after it, each with stride "
+        "2 (DeepLabv3 §3.2 block5–block7).")
+
+    @model_validator(mode="after")
+    def _preset_or_stages(self) -> BackboneSpec:
+        if self.preset is None and self.stages is None:
+            raise ValueError("expected a preset (one of " + ", ".join(BACKBONE_PRESETS)
+                             + ") or explicit stages")
+        if self.preset is not None and self.stages is not None:
+            raise ValueError("give either a preset or explicit stages, not both")
+        if self.stages is not None and not isinstance(self.stem, StemSpec):
+            raise ValueError("explicit stages need an explicit stem (convs, pool)")
+        if isinstance(self.stem, str) and not (self.preset or "").startswith("resnet"):
+            raise ValueError(f"stem '{self.stem}' applies to ResNet presets only")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Heads
+
+
+class SeparableStyle(Base):
+    """How a 3×3 conv in ASPP or the decoder is built."""
+
+    conv: Literal["plain", "separable"] = Field(
+        "plain", description="'separable': depthwise 3×3 (dilated) + pointwise 1×1 (v3+ §3.2).")
+    depthwise_norm: bool = Field(
+        True, description="Separable only: BN + ReLU between depthwise and pointwise (the paper); "
+        "false leaves nothing between them.")
+
+
+class ImagePoolingSpec(Base):
+    enabled: bool = Field(True, description="The image-level feature branch (DeepLabv3 §3.3).")
+    kernel: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="'fixed': average-pool with the kernel of the feature map at the "
+        "crop (TF code; clamped to smaller maps); 'adaptive': global pooling at any size.")
+    align_corners: bool = Field(True, description="Bilinear upsampling of the pooled feature.")
+
+
+class ProjectionSpec(Base):
+    channels: Positive = Field(256, description="Channels after the concat projection.")
+    kernel: Positive = Field(1, description="Kernel of the projection conv (1 or 3).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after the projection.")
+
+
+class ExtraConvSpec(Base):
+    channels: Positive = Field(256, description="Channels of the extra conv before the classifier.")
+    kernel: Positive = Field(3, description="Kernel size of the extra conv (torchvision: 3).")
+
+
+class ASPPSpec(Base):
+    channels: Positive = Field(256, description="Channels of every branch.")
+    rates: list[Positive] = Field(
+        default_factory=lambda: [6, 12, 18], description="Rates of the 3×3 atrous branches.")
+    rates_output_stride: Positive | None = Field(
+        16, description="The output stride the rates are written for; they are scaled to the "
+        "actual one (6,12,18 at 16 → 12,24,36 at 8). null: the rates are absolute.")
+    style: SeparableStyle = Field(default_factory=SeparableStyle,
+                                  description="Plain or separable 3×3 branches.")
+    image_pooling: ImagePoolingSpec = Field(default_factory=ImagePoolingSpec,
+                                            description="Image-level features.")
+    projection: ProjectionSpec = Field(default_factory=ProjectionSpec,
+                                       description="1×1 conv after the concat.")
+    extra_conv: ExtraConvSpec | None = Field(
+        None, description="A conv + BN + ReLU after ASPP, before the classifier (torchvision).")
+
+
+class UpsampleSpec(Base):
+    mode: Literal["bilinear", "nearest"] = Field("bilinear", description="Interpolation mode.")
+    align_corners: bool = Field(True, description="Bilinear only (TF: true, torchvision: false).")
+
+
+class DecoderSpec(Base):
+    """DeepLabv3+ decoder (v3+ §3.1)."""
+
+    low_level: NodeName = Field(description="Graph node whose output is the low-level feature.")
+    output_stride: Positive = Field(4, description="Stride of the low-level feature (checked).")
+    projection: Positive = Field(48, description="1×1 reduction of the low-level feature (48).")
+    convs: int = Field(2, ge=0, le=8, description="3×3 convs after the concat (2 in the paper).")
+    channels: Positive = Field(256, description="Channels of those convs.")
+    style: SeparableStyle = Field(default_factory=SeparableStyle,
+                                  description="Plain or separable 3×3 convs.")
+    upsample: UpsampleSpec = Field(default_factory=UpsampleSpec,
+                                   description="Upsampling of the encoder output to the low level.")
+
+
+class AuxSpec(Base):
+    """Auxiliary FCN head on an intermediate feature (torchvision's aux_classifier)."""
+
+    tap: NodeName = Field(description="Graph node feeding the head, e.g. backbone.block3.")
+    channels: Positive = Field(256, description="Channels of the 3×3 conv.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
+
+
+class InputSpec(Base):
+    crop: tuple[Positive, Positive] = Field(
+        (513, 513), description="Training/evaluation crop (H, W); 513 in the papers.")
+    mean: tuple[float, float, float] = Field(
+        (0.485, 0.456, 0.406), description="Per-channel mean of images scaled to [0, 1].")
+    std: tuple[float, float, float] = Field(
+        (0.229, 0.224, 0.225), description="Per-channel std of images scaled to [0, 1].")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"expected positive values, found {list(v)}")
+        return v
+
+
+class OutputSpec(Base):
+    upsample: UpsampleSpec = Field(
+        default_factory=UpsampleSpec,
+        description="Upsampling of the logits to the input size (TF: align_corners true).")
+
+
+class Spec(Base):
+    """A DeepLabv3 / DeepLabv3+ model, and how to train it."""
+
+    name: Identifier = Field(description="Model name; also the output folder and class prefix.")
+    num_classes: Positive = Field(description="Number of classes (VOC: 21).")
+    input: InputSpec = Field(default_factory=InputSpec, description="Input crop and normalization.")
+    backbone: BackboneSpec = Field(description="The feature extractor.")
+    aspp: ASPPSpec | None = Field(
+        default_factory=ASPPSpec,
+        description="Atrous spatial pyramid pooling; null for none (the cascade models of "
+        "DeepLabv3 §3.2 classify the backbone output directly).")
+    decoder: DecoderSpec | None = Field(None, description="DeepLabv3+ decoder; null for v3.")
+    aux: AuxSpec | None = Field(None, description="Auxiliary head; null for none.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Final upsampling.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training protocol.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Data set and augmentation.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_keyword(cls, v: str) -> str:
+        if keyword.iskeyword(v):
+            raise ValueError(f"{v!r} is a Python keyword")
+        return v
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the spec language (for editor completion)."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "specc spec"
+    schema.setdefault("properties", {})["extends"] = {
+        "type": "string", "description": "A base spec (path relative to this file) to start from."}
+    return schema

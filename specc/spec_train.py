@@ -1,0 +1,68 @@
+"""The ``train:`` and ``data:`` sections of a spec: the papers' protocol as defaults.
+
+Each default cites where it comes from (DeepLabv3 §4.1 unless noted). Every value can be changed
+in the spec or with ``--set train.lr=0.01`` / the ``specc train`` flags.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Positive = Annotated[int, Field(gt=0)]
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrainSpec(_Base):
+    iters: Positive = Field(30_000, description="Training iterations (30k on VOC trainaug).")
+    batch_size: Positive = Field(16, description="Images per step, all processes together (16).")
+    lr: float = Field(0.007, gt=0, description="Initial learning rate (0.007).")
+    poly_power: float = Field(0.9, gt=0, description="Poly schedule: lr·(1 − it/iters)^power.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (0.9).")
+    weight_decay: float = Field(
+        4e-5, ge=0, description="L2 weight decay (4e-5; 1e-4 for ResNet in the TF code).")
+    bn_decay: float = Field(
+        0.9997, gt=0, lt=1, description="Batch-norm moving-average decay (0.9997 → PyTorch "
+        "momentum 0.0003).")
+    freeze_bn: bool = Field(
+        False, description="Freeze BN statistics and affine parameters (the second stage, "
+        "fine-tuning at output stride 8).")
+    aux_weight: float = Field(0.4, ge=0, description="Weight of the auxiliary loss (torchvision).")
+    ignore_index: int = Field(255, ge=0, le=255, description="Label ignored by loss and metrics.")
+    hard_classes: list[int] = Field(
+        default_factory=list, description="Classes whose images are oversampled (DeepLabv3 "
+        "§4.3 bootstrapping; VOC: bicycle 2, chair 9, table 11, plant 16, sofa 18).")
+    hard_repeat: Positive = Field(2, description="How many times a hard image appears per epoch.")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="Mixed precision on CUDA (ignored on CPU).")
+    channels_last: bool = Field(False, description="channels_last memory format on CUDA.")
+    seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
+    workers: int = Field(2, ge=0, description="Data-loading worker processes.")
+    log_every: Positive = Field(10, description="Iterations between metrics.jsonl records.")
+    save_every: Positive = Field(1000, description="Iterations between checkpoints.")
+    eval_every: int = Field(0, ge=0, description="Iterations between evaluations (0: at the end).")
+
+
+class SyntheticSpec(_Base):
+    size: Positive = Field(128, description="Side of the generated square images.")
+    train_length: Positive = Field(2000, description="Images in the train split.")
+    val_length: Positive = Field(200, description="Images in the val split.")
+
+
+class DataSpec(_Base):
+    source: str = Field(
+        "synthetic", description="synthetic, voc:PATH, cityscapes:PATH, ade20k:PATH or folder:PATH.")
+    train_split: str = Field("train", description="Split used for training (VOC: train_aug).")
+    val_split: str = Field("val", description="Split used for evaluation.")
+    scale_min: float = Field(0.5, gt=0, description="Smallest random scale (0.5).")
+    scale_max: float = Field(2.0, gt=0, description="Largest random scale (2.0).")
+    scale_step: float = Field(0.25, gt=0, description="Step between random scales (0.25).")
+    flip: bool = Field(True, description="Random left-right flip.")
+    crop: tuple[Positive, Positive] | None = Field(
+        None, description="Training crop (H, W); defaults to input.crop.")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec,
+                                     description="The built-in data set.")
