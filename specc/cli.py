@@ -77,8 +77,11 @@ def build(
     check: Annotated[bool, typer.Option(
         help="Write nothing; exit 1 if the output folder differs from what the specs compile "
              "to.")] = False,
+    strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
 ) -> None:
     """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript)."""
+    from specc.advice import advise
+    from specc.api import compile_graph, load_spec
     from specc.build import build_to
 
     paths = list(specs or [])
@@ -88,6 +91,12 @@ def build(
         raise SpeccError("nothing to build: give spec files or --all")
     differs = []
     for path in paths:
+        doc = load_spec(path, set_ or [])
+        notes = advise(doc, *compile_graph(doc))
+        for note in notes:
+            err.print(note, markup=False)
+        if strict and notes:
+            raise SpeccError(f"{path}: warnings found and --strict given")
         result = build_to(path, out_dir, overrides=set_ or [], weights=weights, check=check)
         if check:
             if result:
