@@ -128,7 +128,10 @@ def _backbone(g: nx.DiGraph) -> dict[str, Any]:
     for stage in g.graph["stages"]:
         members = [m for m in units if m["stage"] == stage]
         keys = sorted({m["spec_key"] for m in members})
-        entry = dict(attr=stage, spec_key=", ".join(keys), units=[])
+        spec_key = ", ".join(keys)
+        if spec_key in ("backbone.preset", "backbone.cascade"):
+            spec_key = f"{spec_key} → {stage}"
+        entry = dict(attr=stage, spec_key=spec_key, units=[])
         unroll = any(
             inner is not None or i < len(members) - 1
             for i, m in enumerate(members)

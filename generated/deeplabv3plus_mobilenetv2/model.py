@@ -183,41 +183,41 @@ class Backbone(nn.Module):
         self.stem = nn.Sequential(
             ConvBNAct(3, 32, kernel_size=3, stride=2, act="relu6", eps=0.001),  # (N, 32, H/2, W/2)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → layer1
         self.layer1 = nn.Sequential(
             InvertedResidual(32, 16, expansion=1, eps=0.001),  # unit1: (N, 16, H/2, W/2)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → layer2
         self.layer2 = nn.Sequential(
             InvertedResidual(16, 24, stride=2, eps=0.001),  # unit1: (N, 24, H/4, W/4)
             InvertedResidual(24, 24, eps=0.001),  # unit2: (N, 24, H/4, W/4)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → layer3
         self.layer3 = nn.Sequential(
             InvertedResidual(24, 32, stride=2, eps=0.001),  # unit1: (N, 32, H/8, W/8)
             InvertedResidual(32, 32, eps=0.001),  # unit2: (N, 32, H/8, W/8)
             InvertedResidual(32, 32, eps=0.001),  # unit3: (N, 32, H/8, W/8)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → layer4
         self.layer4 = nn.Sequential(
             InvertedResidual(32, 64, stride=2, eps=0.001),  # unit1: (N, 64, H/16, W/16)
             InvertedResidual(64, 64, eps=0.001),  # unit2: (N, 64, H/16, W/16)
             InvertedResidual(64, 64, eps=0.001),  # unit3: (N, 64, H/16, W/16)
             InvertedResidual(64, 64, eps=0.001),  # unit4: (N, 64, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → layer5
         self.layer5 = nn.Sequential(
             InvertedResidual(64, 96, eps=0.001),  # unit1: (N, 96, H/16, W/16)
             InvertedResidual(96, 96, eps=0.001),  # unit2: (N, 96, H/16, W/16)
             InvertedResidual(96, 96, eps=0.001),  # unit3: (N, 96, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → layer6
         self.layer6 = nn.Sequential(
             InvertedResidual(96, 160, eps=0.001),  # unit1: (N, 160, H/16, W/16)
             InvertedResidual(160, 160, dilation=2, eps=0.001),  # unit2: (N, 160, H/16, W/16)
             InvertedResidual(160, 160, dilation=2, eps=0.001),  # unit3: (N, 160, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → layer7
         self.layer7 = nn.Sequential(
             InvertedResidual(160, 320, dilation=2, eps=0.001),  # unit1: (N, 320, H/16, W/16)
         )

@@ -176,20 +176,20 @@ class Backbone(nn.Module):
             ConvBNAct(64, 128, kernel_size=3),  # (N, 128, H/2, W/2)
             nn.MaxPool2d(3, stride=2, padding=1),  # (N, 128, H/4, W/4)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block1
         self.block1 = nn.Sequential(
             Bottleneck(128, 64, 256, shortcut="conv"),  # unit1: (N, 256, H/4, W/4)
             Bottleneck(256, 64, 256),  # unit2: (N, 256, H/4, W/4)
             Bottleneck(256, 64, 256, stride=2, shortcut="subsample"),  # unit3: (N, 256, H/8, W/8)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block2
         self.block2 = nn.Sequential(
             Bottleneck(256, 128, 512, shortcut="conv"),  # unit1: (N, 512, H/8, W/8)
             Bottleneck(512, 128, 512),  # unit2: (N, 512, H/8, W/8)
             Bottleneck(512, 128, 512),  # unit3: (N, 512, H/8, W/8)
             Bottleneck(512, 128, 512, stride=2, shortcut="subsample"),  # unit4: (N, 512, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block3
         self.block3 = nn.Sequential(
             Bottleneck(512, 256, 1024, shortcut="conv"),  # unit1: (N, 1024, H/16, W/16)
             Bottleneck(1024, 256, 1024),  # unit2: (N, 1024, H/16, W/16)
@@ -215,7 +215,7 @@ class Backbone(nn.Module):
             Bottleneck(1024, 256, 1024),  # unit22: (N, 1024, H/16, W/16)
             Bottleneck(1024, 256, 1024),  # unit23: (N, 1024, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block4
         self.block4 = nn.Sequential(
             Bottleneck(1024, 512, 2048, dilation=2, shortcut="conv"),  # unit1: (N, 2048, H/16, W/16)
             Bottleneck(2048, 512, 2048, dilation=4),  # unit2: (N, 2048, H/16, W/16)

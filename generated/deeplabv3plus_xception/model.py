@@ -200,19 +200,19 @@ class Backbone(nn.Module):
             ConvBNAct(3, 32, kernel_size=3, stride=2, eps=0.001),  # (N, 32, H/2, W/2)
             ConvBNAct(32, 64, kernel_size=3, eps=0.001),  # (N, 64, H/2, W/2)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → entry1
         self.entry1 = nn.Sequential(
             XceptionUnit(64, (128, 128, 128), stride=2, relu="inside", eps=0.001),  # unit1: (N, 128, H/4, W/4)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → entry2
         self.entry2 = nn.Sequential(
             XceptionUnit(128, (256, 256, 256), stride=2, tap=2, eps=0.001),  # unit1: (N, 256, H/8, W/8)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → entry3
         self.entry3 = nn.Sequential(
             XceptionUnit(256, (728, 728, 728), stride=2, eps=0.001),  # unit1: (N, 728, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → middle
         self.middle = nn.Sequential(
             XceptionUnit(728, (728, 728, 728), shortcut="identity", eps=0.001),  # unit1: (N, 728, H/16, W/16)
             XceptionUnit(728, (728, 728, 728), shortcut="identity", eps=0.001),  # unit2: (N, 728, H/16, W/16)
@@ -231,11 +231,11 @@ class Backbone(nn.Module):
             XceptionUnit(728, (728, 728, 728), shortcut="identity", eps=0.001),  # unit15: (N, 728, H/16, W/16)
             XceptionUnit(728, (728, 728, 728), shortcut="identity", eps=0.001),  # unit16: (N, 728, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → exit1
         self.exit1 = nn.Sequential(
             XceptionUnit(728, (728, 1024, 1024), eps=0.001),  # unit1: (N, 1024, H/16, W/16)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → exit2
         self.exit2 = nn.Sequential(
             XceptionUnit(1024, (1536, 1536, 2048), rates=(2, 4, 8), shortcut="none", relu="inside", eps=0.001),  # unit1: (N, 2048, H/16, W/16)
         )

@@ -158,20 +158,20 @@ class Backbone(nn.Module):
             ConvBNAct(3, 64, kernel_size=7, stride=2),  # (N, 64, H/2, W/2)
             nn.MaxPool2d(3, stride=2, padding=1),  # (N, 64, H/4, W/4)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block1
         self.block1 = nn.Sequential(
             Bottleneck(64, 64, 256, shortcut="conv"),  # unit1: (N, 256, H/4, W/4)
             Bottleneck(256, 64, 256),  # unit2: (N, 256, H/4, W/4)
             Bottleneck(256, 64, 256),  # unit3: (N, 256, H/4, W/4)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block2
         self.block2 = nn.Sequential(
             Bottleneck(256, 128, 512, stride=2, shortcut="conv"),  # unit1: (N, 512, H/8, W/8)
             Bottleneck(512, 128, 512),  # unit2: (N, 512, H/8, W/8)
             Bottleneck(512, 128, 512),  # unit3: (N, 512, H/8, W/8)
             Bottleneck(512, 128, 512),  # unit4: (N, 512, H/8, W/8)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block3
         self.block3 = nn.Sequential(
             Bottleneck(512, 256, 1024, shortcut="conv"),  # unit1: (N, 1024, H/8, W/8)
             Bottleneck(1024, 256, 1024, dilation=2),  # unit2: (N, 1024, H/8, W/8)
@@ -197,7 +197,7 @@ class Backbone(nn.Module):
             Bottleneck(1024, 256, 1024, dilation=2),  # unit22: (N, 1024, H/8, W/8)
             Bottleneck(1024, 256, 1024, dilation=2),  # unit23: (N, 1024, H/8, W/8)
         )
-        # spec: backbone.preset
+        # spec: backbone.preset → block4
         self.block4 = nn.Sequential(
             Bottleneck(1024, 512, 2048, dilation=2, shortcut="conv"),  # unit1: (N, 2048, H/8, W/8)
             Bottleneck(2048, 512, 2048, dilation=4),  # unit2: (N, 2048, H/8, W/8)
