@@ -238,6 +238,29 @@ class GraphBuilder:
                          spec_key=spec_key)
 
 
+def _reserved_attributes() -> frozenset[str]:
+    """Names a stage may not take: they are attributes of the generated ``Backbone`` module."""
+    import keyword
+
+    from torch import nn
+
+    return frozenset(dir(nn.Module)) | frozenset(keyword.kwlist) | {"stem", "features"}
+
+
+def check_stage_names(schedule: Schedule) -> None:
+    """Stage names become attributes of the generated backbone; refuse those that clash.
+
+    Raises:
+        SpecError: a stage is named like a keyword or an ``nn.Module`` attribute.
+    """
+    reserved = _reserved_attributes()
+    for i, stage in enumerate(schedule.stages):
+        if stage in reserved:
+            raise SpecError(f"stage name {stage!r} is reserved (a Python keyword or an "
+                            "nn.Module attribute); choose another name",
+                            path=f"backbone.stages[{i}].name")
+
+
 def build_graph(spec: Spec, schedule: Schedule) -> nx.DiGraph:
     """The model DAG of ``spec`` under ``schedule``, linted.
 
@@ -246,6 +269,7 @@ def build_graph(spec: Spec, schedule: Schedule) -> nx.DiGraph:
     """
     from specc.heads import add_heads  # the head half of the builder
 
+    check_stage_names(schedule)
     b = GraphBuilder(spec, schedule)
     h, w = spec.input.crop
     x = b._add("input", "input", [], _Cursor("input", 3, h, w, 1, 1, 1), spec_key="input")
