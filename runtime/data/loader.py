@@ -1,0 +1,195 @@
+"""Batches for training and evaluation: DataLoader construction and hard-image bootstrapping.
+
+:func:`build_loader` wraps a data set and a transform into a ``torch.utils.data.DataLoader`` with
+deterministic shuffling and worker seeding, optionally sharded with a ``DistributedSampler``.
+
+:func:`bootstrap_indices` implements the hard-image bootstrapping of DeepLabv3 §4.3: images that
+contain a hard class are repeated in the epoch. Which classes each image contains is found by
+reading every label once (:func:`class_presence`) and cached per data set object.
+"""
+
+from __future__ import annotations
+
+import random
+import weakref
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from specc.errors import DataError
+
+from .base import SegmentationDataset
+from .transforms import SegmentationTransform
+
+# DeepLabv3 §4.3: "bicycle, chair, table, potted-plant, and sofa" on PASCAL VOC.
+VOC_HARD_CLASSES = ("bicycle", "chair", "dining table", "potted plant", "sofa")
+
+_PRESENCE_CACHE: weakref.WeakKeyDictionary[SegmentationDataset, np.ndarray] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class TransformedDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A data set whose samples pass through a transform (optionally over a list of indices).
+
+    ``indices`` (for instance from :func:`bootstrap_indices`) selects and repeats samples.
+    """
+
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        transform: SegmentationTransform,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.dataset[self.indices[index]])
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a DataLoader worker from the seed torch gave that worker.
+
+    torch derives each worker's seed from the loader's generator, so with a seeded generator every
+    worker's random streams (torch, numpy, random) are the same from run to run.
+    """
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def build_loader(
+    dataset: SegmentationDataset,
+    transform: SegmentationTransform,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    distributed: bool = False,
+    drop_last: bool | None = None,
+    indices: Sequence[int] | None = None,
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """A DataLoader of ``(images (N, 3, H, W) float32, labels (N, H, W) int64)`` batches.
+
+    ``drop_last`` defaults to ``shuffle``: training drops the ragged last batch (a batch of one
+    breaks batch norm statistics, DeepLabv3 §4.1), evaluation keeps every image. With
+    ``distributed`` each process reads its own shard; call ``loader.sampler.set_epoch(epoch)``
+    every epoch so the shards reshuffle. With ``num_workers == 0`` the augmentation draws from the
+    global torch generator, so seed it (``torch.manual_seed``) for a repeatable run.
+
+    Raises:
+        ValueError: a batch size below 1 or a negative worker count.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(
+            f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
+        )
+    if drop_last is None:
+        drop_last = shuffle
+    data = TransformedDataset(dataset, transform, indices)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    sampler = (
+        DistributedSampler(data, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        if distributed
+        else None
+    )
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,  # keep workers (and their file handles) across epochs
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+class _PresenceView(Dataset[np.ndarray]):
+    """Per-index class presence vectors, so a DataLoader can read labels in parallel."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        label = self.dataset.load_label(index)
+        counts = np.bincount(label.ravel(), minlength=256)
+        return counts[: self.dataset.num_classes] > 0
+
+
+def class_presence(dataset: SegmentationDataset, num_workers: int = 0) -> np.ndarray:
+    """Which classes each sample's label contains: bool ``(len(dataset), num_classes)``.
+
+    Every label is read once per data set object; later calls return the cached table.
+
+    Raises:
+        DataError: a label file is missing, unreadable or holds invalid values.
+    """
+    cached = _PRESENCE_CACHE.get(dataset)
+    if cached is not None:
+        return cached
+    loader = DataLoader(_PresenceView(dataset), batch_size=None, num_workers=num_workers)
+    rows = [np.asarray(row, dtype=bool) for row in loader]
+    table = np.stack(rows) if rows else np.zeros((0, dataset.num_classes), dtype=bool)
+    _PRESENCE_CACHE[dataset] = table
+    return table
+
+
+def class_ids(dataset: SegmentationDataset, names: Iterable[str]) -> list[int]:
+    """Train ids of the named classes, e.g. :data:`VOC_HARD_CLASSES`.
+
+    Raises:
+        DataError: a name is not one of the data set's classes (the message lists them).
+    """
+    ids = []
+    for name in names:
+        if name not in dataset.class_names:
+            raise DataError(
+                f"{dataset.name}: no class named {name!r}; classes: {', '.join(dataset.class_names)}"
+            )
+        ids.append(dataset.class_names.index(name))
+    return ids
+
+
+def bootstrap_indices(
+    dataset: SegmentationDataset,
+    hard_classes: Iterable[int],
+    repeat: int = 2,  # DeepLabv3 §4.3 "duplicate the images that contain hard classes"
+    num_workers: int = 0,
+) -> list[int]:
+    """Sample indices in order, each image containing any hard class repeated ``repeat`` times.
+
+    Pass the result as ``indices`` to :func:`build_loader`.
+
+    Raises:
+        DataError: a hard class id outside ``0 .. num_classes - 1``, ``repeat`` below 1, or a label
+            that cannot be read.
+    """
+    hard = sorted(set(hard_classes))
+    bad = [c for c in hard if not 0 <= c < dataset.num_classes]
+    if bad:
+        raise DataError(
+            f"{dataset.name}: hard classes {bad} are not class ids 0..{dataset.num_classes - 1}"
+        )
+    if repeat < 1:
+        raise DataError(f"{dataset.name}: hard-image repeat must be at least 1, got {repeat}")
+    if not hard or repeat == 1:
+        return list(range(len(dataset)))
+    is_hard = class_presence(dataset, num_workers)[:, hard].any(axis=1)
+    indices: list[int] = []
+    for index, flag in enumerate(is_hard):
+        indices.extend([index] * (repeat if flag else 1))
+    return indices
