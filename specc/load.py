@@ -45,6 +45,14 @@ class SourceMap:
 
     file: str
     positions: dict[Key, Location] = field(default_factory=dict)
+    #: Key path → where the key itself (not its value) was written, for "unknown key" errors.
+    keys: dict[Key, Location] = field(default_factory=dict)
+
+    def locate_key(self, key: Key | str) -> Location:
+        """Where the key of ``key`` was written (its value's position if the key's is unknown)."""
+        parts = parse_key(key) if isinstance(key, str) else key
+        loc = self.keys.get(tuple(parts))
+        return loc if loc is not None else self.locate(parts)
 
     def locate(self, key: Key | str) -> Location:
         """The position of ``key`` (a tuple or a dotted path), or of its nearest known parent."""
@@ -122,8 +130,11 @@ class _Builder:
                                     location=_loc(self.file, knode))
                 name = knode.value
                 if name in out:
-                    raise SpecError(f"duplicate key {name!r}", location=_loc(self.file, knode),
+                    first = self.sources.keys[(*key, name)]
+                    raise SpecError(f"duplicate key {name!r} (first written at line {first.line}, "
+                                    f"column {first.column})", location=_loc(self.file, knode),
                                     path=format_path((*key, name)))
+                self.sources.keys[(*key, name)] = _loc(self.file, knode)
                 out[name] = self.build(vnode, (*key, name))
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -131,37 +142,55 @@ class _Builder:
         return self.scalars.construct_object(node, deep=True)
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, display: str) -> str:
+    where = Location(display)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise SpecError("no such file", location=Location(str(path))) from None
+        raise SpecError("no such file", location=where) from None
     except IsADirectoryError:
-        raise SpecError("expected a YAML file, found a directory", location=Location(str(path))) from None
+        raise SpecError("expected a YAML file, found a directory", location=where) from None
     except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", location=Location(str(path))) from None
+        raise SpecError(f"cannot read: {exc.strerror}", location=where) from None
     if len(data) > MAX_FILE_BYTES:
-        raise SpecError(f"file is {len(data)} bytes; a spec is expected under {MAX_FILE_BYTES}",
-                        location=Location(str(path)))
+        raise SpecError(f"expected a spec under {MAX_FILE_BYTES} bytes, found a file of "
+                        f"{len(data)} bytes", location=where)
+    if b"\0" in data:
+        at = _byte_location(data, data.index(b"\0"), display)
+        raise SpecError("expected YAML text, found binary data (a NUL byte)", location=at)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"expected UTF-8 YAML text, found binary data (byte {exc.start})",
-                        location=Location(str(path))) from None
+        at = _byte_location(data, exc.start, display)
+        raise SpecError(f"expected UTF-8 text, found the byte 0x{data[exc.start]:02x}, which is "
+                        "not UTF-8 (save the file as UTF-8)", location=at) from None
+
+
+def _byte_location(data: bytes, offset: int, display: str) -> Location:
+    """The line and column (in characters) of byte ``offset`` of ``data``."""
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return Location(display, data.count(b"\n", 0, offset) + 1, column)
 
 
 def _parse_document(text: str, file: str, sources: SourceMap, root: Key = ()) -> Any:
+    """Compose and build one YAML document; ``_EMPTY`` when it holds no node at all."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
         problem = exc.problem or exc.context or "malformed YAML"
+        if "'\\t'" in problem:
+            problem += " (indent with spaces; YAML does not allow tabs)"
         raise SpecError(f"not valid YAML: {problem}", location=loc) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", location=Location(file)) from None
+    except RecursionError:
+        raise SpecError("not valid as a spec: the document nests too deeply",
+                        location=Location(file)) from None
     if node is None:
-        return None
+        return _EMPTY
     try:
         return _Builder(file, sources).build(node, root)
     except yaml.constructor.ConstructorError as exc:
@@ -169,7 +198,12 @@ def _parse_document(text: str, file: str, sources: SourceMap, root: Key = ()) ->
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
         raise SpecError(f"unsupported YAML value: {exc.problem}", location=loc) from None
     except RecursionError:
-        raise SpecError("the document nests too deeply", location=Location(file)) from None
+        raise SpecError("not valid as a spec: the document nests too deeply",
+                        location=Location(file)) from None
+
+
+#: What :func:`_parse_document` returns for a document with no content (only comments or blanks).
+_EMPTY = object()
 
 
 def _merge(base: Any, over: Any, base_src: SourceMap, over_src: SourceMap, key: Key,
@@ -182,6 +216,7 @@ def _merge(base: Any, over: Any, base_src: SourceMap, over_src: SourceMap, key: 
             child = (*key, name)
             if name in over:
                 b = base.get(name)
+                out_src.keys[child] = over_src.keys.get(child) or base_src.locate_key(child)
                 if over[name] is None and name in base:
                     # An explicit null removes an optional section from the base (e.g. aux: null).
                     merged[name] = None
@@ -201,34 +236,41 @@ def _copy_positions(src: SourceMap, key: Key, dst: SourceMap) -> None:
     for k, loc in src.positions.items():
         if k[:n] == key:
             dst.positions[k] = loc
+    for k, loc in src.keys.items():
+        if k[:n] == key:
+            dst.keys[k] = loc
 
 
 def _load_file(path: Path, seen: tuple[Path, ...], display: str) -> tuple[dict[str, Any], SourceMap, list[Path]]:
     resolved = path.resolve()
-    if resolved in seen:
-        chain = " → ".join(p.name for p in (*seen, resolved))
-        raise SpecError(f"extends: cycle {chain}", location=Location(display))
-    if len(seen) >= MAX_EXTENDS_DEPTH:
-        raise SpecError(f"extends: chain deeper than {MAX_EXTENDS_DEPTH}", location=Location(display))
     sources = SourceMap(display)
-    data = _parse_document(_read_text(path), display, sources)
-    if data is None:
+    data = _parse_document(_read_text(path, display), display, sources)
+    if data is _EMPTY:
         raise SpecError("the file is empty; expected a mapping with at least name, num_classes "
                         "and backbone", location=Location(display))
     if not isinstance(data, dict):
         raise SpecError(f"expected a mapping at the top level, found {_kind(data)}",
                         location=sources.locate(()))
     files = [path]
-    base_name = data.pop("extends", None)
-    if base_name is None:
+    if "extends" not in data:
         return data, sources, files
+    base_name = data.pop("extends")
     if not isinstance(base_name, str) or not base_name:
         raise sources.error(("extends",), f"expected a file name, found {_kind(base_name)}")
     base_path = path.parent / base_name
     if not base_path.is_file():
-        raise sources.error(("extends",), f"no such file {base_name!r} next to {path.name}")
+        raise sources.error(("extends",), f"expected a spec file next to {path.name}, found no "
+                            f"file {base_name!r}")
+    chain = (*seen, resolved)
+    if base_path.resolve() in chain:
+        names = " → ".join(p.name for p in (*chain, base_path.resolve()))
+        raise sources.error(("extends",), f"expected a chain of bases that ends, found a cycle: "
+                            f"{names}")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise sources.error(("extends",), f"expected at most {MAX_EXTENDS_DEPTH} levels of "
+                            "extends, found more")
     base_display = str(Path(display).parent / base_name)
-    base, base_src, base_files = _load_file(base_path, (*seen, resolved), base_display)
+    base, base_src, base_files = _load_file(base_path, chain, base_display)
     merged_src = SourceMap(display)
     merged = _merge(base, data, base_src, sources, (), merged_src)
     merged_src.positions[()] = Location(display, 1, 1)
@@ -244,50 +286,68 @@ def _kind(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
     return f"{type(value).__name__} {value!r}"
 
 
 def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
-    """Apply one ``key.path=value`` override in place; the value is read as YAML (``[12,24,36]``)."""
+    """Apply one ``key.path=value`` override in place; the value is read as YAML (``[12,24,36]``).
+
+    Raises:
+        SpecError: the override is not ``key.path=value``, the path is malformed or runs through
+            a value that is not a mapping (or a list too short), or the value is not YAML.
+    """
     where = Location(f"--set {text}")
     if "=" not in text:
-        raise SpecError("expected key.path=value", location=where)
+        raise SpecError(f"expected key.path=value, found {text!r}", location=where)
     key_text, value_text = text.split("=", 1)
     try:
         key = parse_key(key_text.strip())
     except ValueError:
-        raise SpecError(f"malformed key path {key_text.strip()!r}; expected e.g. aspp.rates[1]",
+        raise SpecError(f"expected a key path such as aspp.rates[1], found {key_text.strip()!r}",
                         location=where) from None
     tmp = SourceMap(where.file)
-    value = _parse_document(value_text, where.file, tmp, key) if value_text.strip() else None
+    try:
+        value = _parse_document(value_text, where.file, tmp, key) if value_text.strip() else None
+    except SpecError as exc:
+        raise SpecError(exc.detail, location=where, path=format_path(key)) from None
+    if value is _EMPTY:
+        value = None
     node: Any = data
-    for i, part in enumerate(key[:-1]):
-        nxt = key[i + 1]
+    for i, part in enumerate(key):
+        last = i == len(key) - 1
+        here = format_path(key[:i]) or "the spec"
         if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                raise SpecError(f"{format_path(key[:i])} has no item [{part}]", location=where)
+            if not isinstance(node, list):
+                raise SpecError(f"expected a list to index with [{part}], found {_kind(node)}",
+                                location=where, path=here)
+            if part >= len(node):
+                have = (f"a list of {len(node)}" if node else "an empty list; set the whole "
+                        "list instead, e.g. key=[a, b]")
+                raise SpecError(f"expected an index below {len(node)}, found [{part}] into {have}",
+                                location=where, path=here)
+        elif not isinstance(node, dict):
+            raise SpecError(f"expected a mapping to set {part!r} in, found {_kind(node)}",
+                            location=where, path=here)
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = [] if isinstance(key[i + 1], int) else {}
             node = node[part]
-            continue
-        if not isinstance(node, dict):
-            raise SpecError(f"{format_path(key[:i])} is not a mapping", location=where)
-        if node.get(part) is None:
-            node[part] = [] if isinstance(nxt, int) else {}
-        node = node[part]
-    last = key[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise SpecError(f"{format_path(key[:-1])} has no item [{last}]", location=where)
-        node[last] = value
-    else:
-        if not isinstance(node, dict):
-            raise SpecError(f"{format_path(key[:-1])} is not a mapping", location=where)
-        node[last] = value
     n = len(key)
-    for k in [k for k in sources.positions if k[:n] == key]:
-        del sources.positions[k]
+    for table in (sources.positions, sources.keys):
+        for k in [k for k in table if k[:n] == key]:
+            del table[k]
     for k in tmp.positions:
         sources.positions[k] = where
+    for k in tmp.keys:
+        sources.keys[k] = where
     sources.positions[key] = where
+    sources.keys[key] = where
 
 
 def canonical_sha256(data: Any) -> str:
