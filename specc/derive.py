@@ -111,6 +111,45 @@ def _cascade_name(last: str, i: int, taken: set[str]) -> str:
     return name if name not in taken else f"{last}_cascade{i}"
 
 
+Plan = list[tuple[str, str, str, UnitSpec, bool]]
+
+
+def _cascade(plan: Plan, last: StageSpec, stage_names: list[str], copies: int,
+             placement: str) -> Plan:
+    """Append ``copies`` copies of the last stage, each one stride-2 step deeper (v3 §3.2).
+
+    Where the step sits follows the stride placement. 'first': it opens each copy (its first
+    unit has stride 2). 'last' (the paper's ResNet): it closes the stage *before* each copy —
+    "the last convolution contains stride 2 except the one in the last block" — so the last stage
+    and every copy but the final one end with a doubled stride, and the final copy keeps the
+    last stage's own strides. With the paper's placement, block4–block7 then run at rates 2, 4,
+    8, 16 at output stride 16 (Fig. 3b), and without atrous convolution block7 reaches 256.
+    """
+    template = _expand_repeats(last, "backbone.cascade", placement)
+    n = len(template)
+
+    def stepped(j: int, unit: UnitSpec) -> UnitSpec:
+        if placement == "first":
+            return unit.model_copy(update={"stride": 2 if j == 0 else 1})
+        return unit.model_copy(update={"stride": unit.stride * 2}) if j == n - 1 else unit
+
+    out = list(plan)
+    if placement == "last":
+        own = [i for i, p in enumerate(out) if p[0] == last.name]
+        for j, i in enumerate(own):
+            stage, name, key, unit, is_copy = out[i]
+            out[i] = (stage, name, key, stepped(j, unit), is_copy)
+    for c in range(1, copies + 1):
+        copy_name = _cascade_name(last.name, c, set(stage_names))
+        stage_names.append(copy_name)
+        final = c == copies
+        for j, (name, _key, unit) in enumerate(template):
+            if placement == "first" or not final:
+                unit = stepped(j, unit)
+            out.append((copy_name, name, "backbone.cascade", unit, True))
+    return out
+
+
 def derive(spec: Spec) -> Schedule:
     """The stride/dilation schedule of ``spec``'s backbone and the effective ASPP rates.
 
@@ -122,7 +161,7 @@ def derive(spec: Spec) -> Schedule:
     placement = default_stride_placement(bb)
     stem, stages = expand(bb)
     key_of = (lambda i: f"backbone.stages[{i}]") if bb.preset is None else (lambda i: "backbone.preset")
-    plan: list[tuple[str, str, str, UnitSpec, bool]] = []
+    plan: Plan = []
     stage_names: list[str] = []
     for i, stage in enumerate(stages):
         if stage.name in stage_names:
@@ -133,14 +172,8 @@ def derive(spec: Spec) -> Schedule:
             plan.append((stage.name, name, key if bb.preset is None else "backbone.preset", unit, False))
 
     last = stages[-1]
-    for c in range(1, bb.cascade + 1):
-        copy_name = _cascade_name(last.name, c, set(stage_names))
-        stage_names.append(copy_name)
-        units = _expand_repeats(last, "backbone.cascade", placement)
-        strided = 0 if placement == "first" else len(units) - 1
-        for j, (name, _key, unit) in enumerate(units):
-            unit = unit.model_copy(update={"stride": 2 if j == strided else 1})
-            plan.append((copy_name, name, "backbone.cascade", unit, True))
+    if bb.cascade:
+        plan = _cascade(plan, last, stage_names, bb.cascade, placement)
 
     # Multi-grid slots: the units of the last stage, or the 3×3 convs of its single unit.
     last_units = [p for p in plan if p[0] == last.name]
@@ -161,8 +194,10 @@ def derive(spec: Spec) -> Schedule:
         reachable.append(reachable[-1] * p[3].stride)
     reachable = sorted(set(reachable))
     if os_target not in reachable:
-        raise SpecError(f"output stride {os_target} cannot be reached; this backbone reaches "
-                        f"{', '.join(map(str, reachable))}", path="backbone.output_stride")
+        values = ", ".join(map(str, reachable[:-1])) + f" or {reachable[-1]}" \
+            if len(reachable) > 1 else str(reachable[0])
+        raise SpecError(f"expected an output stride this backbone reaches ({values}), found "
+                        f"{os_target}", path="backbone.output_stride")
 
     units: list[ScheduledUnit] = []
     mg_stage_index: dict[str, int] = {}
@@ -183,10 +218,8 @@ def derive(spec: Spec) -> Schedule:
         if in_mg_stage:
             j = mg_stage_index.get(stage_name, 0)
             mg_stage_index[stage_name] = j + 1
-            if len(last_units) > 1:
-                factor = (mg[j],) * n_convs
-            else:
-                factor = mg
+            # One rate per unit of a multi-unit stage, one per 3×3 conv of a single unit.
+            factor = (mg[j],) * n_convs if len(last_units) > 1 else mg
             if bb.multi_grid_mode == "multiply":
                 rates = tuple(unit_rate * f for f in factor)
             else:
@@ -207,8 +240,9 @@ def derive(spec: Spec) -> Schedule:
             value = r * aspp.rates_output_stride / os_target
             if value != int(value) or value < 1:
                 raise SpecError(
-                    f"rate {r} written for output stride {aspp.rates_output_stride} scales to "
-                    f"{value:g} at output stride {os_target}; expected a whole number ≥ 1",
+                    f"expected a rate that scales to a whole number ≥ 1 at output stride "
+                    f"{os_target}, found {r}: written for output stride "
+                    f"{aspp.rates_output_stride}, it scales to {value:g}",
                     path=f"aspp.rates[{i}]")
             scaled.append(int(value))
         aspp_rates = tuple(scaled)
