@@ -22,6 +22,8 @@ from specc.errors import Location, SpecError
 MAX_FILE_BYTES = 1_000_000
 #: Most values one document may expand to (guards against alias "billion laughs" bombs).
 MAX_NODES = 50_000
+#: Deepest nesting of flow lists and mappings read (a spec nests a handful).
+MAX_DEPTH = 64
 #: Deepest ``extends:`` chain followed.
 MAX_EXTENDS_DEPTH = 16
 
@@ -119,6 +121,11 @@ class _Builder:
                 location=_loc(self.file, node),
             )
         self.sources.positions[key] = _loc(self.file, node)
+        plain = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+        if type(node) in plain and node.tag != plain[type(node)]:
+            # The builder below would read a tagged collection as a plain one; refuse the tag.
+            raise SpecError(f"unsupported YAML value: expected a plain mapping or list, found "
+                            f"the tag {node.tag!r}", location=_loc(self.file, node))
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for knode, vnode in node.value:
@@ -173,8 +180,46 @@ def _byte_location(data: bytes, offset: int, display: str) -> Location:
     return Location(display, data.count(b"\n", 0, offset) + 1, column)
 
 
+_FLOW_TOKENS = re.compile(r"""[\[\]{}'"#\n\\]""")
+
+
+def _check_flow_depth(text: str, file: str) -> None:
+    """Refuse deeply nested ``[`` / ``{`` before PyYAML's scanner spends minutes on them.
+
+    PyYAML's time grows with the cube of the flow nesting depth (a 100 kB file of ``[`` would
+    take hours). Quotes and comments are skipped; brackets inside plain scalars may over-count,
+    which only matters past :data:`MAX_DEPTH` of them.
+    """
+    depth, quote, comment, escaped = 0, "", False, False
+    for m in _FLOW_TOKENS.finditer(text):
+        ch = m.group()
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (m.start() == 0 or text[m.start() - 1] in " \t\n"):
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, m.start()) + 1
+                column = m.start() - text.rfind("\n", 0, m.start())
+                raise SpecError(f"not valid as a spec: expected at most {MAX_DEPTH} nested "
+                                "lists or mappings, found more", location=Location(file, line, column))
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+
+
 def _parse_document(text: str, file: str, sources: SourceMap, root: Key = ()) -> Any:
     """Compose and build one YAML document; ``_EMPTY`` when it holds no node at all."""
+    _check_flow_depth(text, file)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -183,6 +228,8 @@ def _parse_document(text: str, file: str, sources: SourceMap, root: Key = ()) ->
         problem = exc.problem or exc.context or "malformed YAML"
         if "'\\t'" in problem:
             problem += " (indent with spaces; YAML does not allow tabs)"
+        elif "<block end>" in problem or "mapping values are not allowed" in problem:
+            problem += " (check the indentation: the keys of one mapping line up)"
         raise SpecError(f"not valid YAML: {problem}", location=loc) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", location=Location(file)) from None
