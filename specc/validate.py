@@ -55,10 +55,7 @@ def _document_key(err: dict[str, Any], data: Any) -> tuple[Key, tuple[tuple[int,
     branches: list[tuple[int, str]] = []
     node = data
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and isinstance(part, str) and part in node:
-            key.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, dict | list) and _has(node, part):
             key.append(part)
             node = node[part]
         elif (i == len(loc) - 1 and err["type"] in _KEY_ERRORS and isinstance(part, str)
@@ -309,6 +306,14 @@ def validate(raw: RawSpec) -> Spec:
             loc = raw.sources.locate_key(key) if kind == "extra_forbidden" else \
                 raw.sources.locate(key)
             errors.append(SpecError(text, location=loc, path=format_path(key)))
-        errors.sort(key=lambda e: (e.location.line if e.location else 0,
-                                   e.location.column if e.location else 0))
+        errors.sort(key=lambda e: _order(e, raw))
         raise SpecErrors(errors) from None
+
+
+def _order(err: SpecError, raw: RawSpec) -> tuple[int, str, int, int]:
+    """File order: the spec itself, then its bases, then ``--set`` overrides; then line, column."""
+    loc = err.location
+    if loc is None:
+        return (3, "", 0, 0)
+    rank = 0 if loc.file == raw.sources.file else 2 if loc.file.startswith("--set ") else 1
+    return (rank, loc.file, loc.line, loc.column)
