@@ -130,12 +130,10 @@ def info(
     doc = load_spec(spec, overrides)
     schedule, graph = compile_graph(doc)
     data = info_of(doc, schedule, graph)
-    try:
-        from specc.advice import atrous_branches
+    from specc.advice import atrous_branches, stage_receptive_fields
 
-        data["atrous_branches"] = atrous_branches(doc, schedule, graph)
-    except ImportError:
-        pass
+    data["atrous_branches"] = atrous_branches(doc, schedule, graph)
+    data["stages"] = stage_receptive_fields(schedule, graph)
     if json_:
         print(json.dumps(data, indent=2))
         return
@@ -159,6 +157,10 @@ def _print_info(data: dict) -> None:
                       "×".join(map(str, r["feature_size"])), str(r["channels"]),
                       str(r["receptive_field"]))
     out.print(table)
+    for s in data.get("stages", []):
+        out.print(f"  {s['stage']}: OS {s['output_stride']}, "
+                  f"{s['feature_size'][0]}×{s['feature_size'][1]}, rates {s['rates']}, "
+                  f"RF {s['receptive_field']} px")
     out.print(f"input {data['input_size'][0]}×{data['input_size'][1]}, output stride "
               f"{data['output_stride']}, multi-grid {data['multi_grid']}, strides placed "
               f"'{data['stride_placement']}'")
