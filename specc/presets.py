@@ -83,11 +83,9 @@ def xception(depth: int) -> tuple[StemSpec, list[StageSpec]]:
         return XceptionUnit(type="xception", channels=channels, stride=stride, **kw)
 
     entry = [(128, 128, 128), (256, 256, 256), (728, 728, 728)]
-    stages = []
-    for i, ch in enumerate(entry):
-        # The first entry block follows the stem's ReLU, so its separable convs carry their own.
-        relu = "inside" if i == 0 else "pre"
-        stages.append(StageSpec(name=f"entry{i + 1}", units=[unit(ch, 2, relu=relu)]))
+    # Every unit but exit2 puts a ReLU before each separable conv and none inside it (the TF
+    # code's activation_fn_in_separable_conv=False; timm's start_with_relu=True), entry1 too.
+    stages = [StageSpec(name=f"entry{i + 1}", units=[unit(ch, 2)]) for i, ch in enumerate(entry)]
     if depth == 71:
         # Xception-71 splits entry block2 and block3 in two (one strided, one not).
         stages = [
