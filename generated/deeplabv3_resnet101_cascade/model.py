@@ -135,21 +135,21 @@ class Backbone(nn.Module):
         )
         # spec: backbone.cascade → block5
         self.block5 = nn.Sequential(
-            Bottleneck(2048, 512, 2048, dilation=2),  # unit1: (N, 2048, H/16, W/16)
-            Bottleneck(2048, 512, 2048, dilation=4),  # unit2: (N, 2048, H/16, W/16)
-            Bottleneck(2048, 512, 2048, dilation=2),  # unit3: (N, 2048, H/16, W/16)
-        )
-        # spec: backbone.cascade → block6
-        self.block6 = nn.Sequential(
             Bottleneck(2048, 512, 2048, dilation=4),  # unit1: (N, 2048, H/16, W/16)
             Bottleneck(2048, 512, 2048, dilation=8),  # unit2: (N, 2048, H/16, W/16)
             Bottleneck(2048, 512, 2048, dilation=4),  # unit3: (N, 2048, H/16, W/16)
         )
-        # spec: backbone.cascade → block7
-        self.block7 = nn.Sequential(
+        # spec: backbone.cascade → block6
+        self.block6 = nn.Sequential(
             Bottleneck(2048, 512, 2048, dilation=8),  # unit1: (N, 2048, H/16, W/16)
             Bottleneck(2048, 512, 2048, dilation=16),  # unit2: (N, 2048, H/16, W/16)
             Bottleneck(2048, 512, 2048, dilation=8),  # unit3: (N, 2048, H/16, W/16)
+        )
+        # spec: backbone.cascade → block7
+        self.block7 = nn.Sequential(
+            Bottleneck(2048, 512, 2048, dilation=16),  # unit1: (N, 2048, H/16, W/16)
+            Bottleneck(2048, 512, 2048, dilation=32),  # unit2: (N, 2048, H/16, W/16)
+            Bottleneck(2048, 512, 2048, dilation=16),  # unit3: (N, 2048, H/16, W/16)
         )
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:

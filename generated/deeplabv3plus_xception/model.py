@@ -202,7 +202,7 @@ class Backbone(nn.Module):
         )
         # spec: backbone.preset → entry1
         self.entry1 = nn.Sequential(
-            XceptionUnit(64, (128, 128, 128), stride=2, relu="inside", eps=0.001),  # unit1: (N, 128, H/4, W/4)
+            XceptionUnit(64, (128, 128, 128), stride=2, eps=0.001),  # unit1: (N, 128, H/4, W/4)
         )
         # spec: backbone.preset → entry2
         self.entry2 = nn.Sequential(
