@@ -31,8 +31,15 @@ def build_to(path: Path, out_dir: Path, *, overrides: list[str] | tuple[str, ...
         return differs
     module = built.module
     if weights is not None:
+        from specc.errors import WeightsError
+        from specc.importers import contents
         from specc.weights import load_into, read_state_dict
 
+        if contents(weights) == "backbone":
+            raise WeightsError(
+                f"{weights}: holds backbone weights only (import-weights --backbone-only); a "
+                "built model needs every tensor. Start a training run from it instead "
+                "(train.init_weights).")
         load_into(module, read_state_dict(weights), str(weights))
     module.eval()
     from specc.compile import save_script, script_module
