@@ -160,6 +160,9 @@ def derive(spec: Spec) -> Schedule:
     bb = spec.backbone
     placement = default_stride_placement(bb)
     stem, stages = expand(bb)
+    if not stages:
+        raise SpecError("expected at least one stage, found an empty list",
+                        path="backbone.stages")
     key_of = (lambda i: f"backbone.stages[{i}]") if bb.preset is None else (lambda i: "backbone.preset")
     plan: Plan = []
     stage_names: list[str] = []

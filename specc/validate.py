@@ -62,6 +62,8 @@ def _document_key(err: dict[str, Any], data: Any) -> tuple[Key, tuple[tuple[int,
               and isinstance(node, dict)):
             key.append(part)
             node = None
+        elif isinstance(part, int):
+            node = None  # an item missing from a fixed-length list: the error is the list's
         else:
             branches.append((len(key), str(part)))
     return tuple(key), tuple(branches)
@@ -186,6 +188,8 @@ def _join(alternatives: list[str]) -> str:
         for piece in alt.replace(" or ", ", ").split(", ") if alt.startswith("'") else [alt]:
             if piece not in parts:
                 parts.append(piece)
+    if not parts:
+        return "another value"
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
@@ -199,6 +203,15 @@ def _message(p: _Problem, data: Any) -> str:
     err, key = p.err, p.key
     kind = err["type"]
     ctx = err.get("ctx") or {}
+    if kind == "missing" and isinstance(err["loc"][-1], int):
+        # A fixed-length list (a tuple) with too few items: pydantic names the first missing one.
+        found = _value_at(key, data)
+        model = _model_at(key[:-1], data)
+        field = model.model_fields.get(str(key[-1])) if model else None
+        sizes = [len(get_args(t)) for t in _alternatives(field.annotation if field else None)
+                 if get_origin(t) is tuple and Ellipsis not in get_args(t)]
+        wanted = f"exactly {_items(sizes[0])}" if sizes else "more items"
+        return f"expected {wanted}, found {_describe(found)}"
     if kind == "missing":
         model = _model_at(key[:-1], data)
         field = model.model_fields.get(str(key[-1])) if model else None
