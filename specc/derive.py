@@ -91,17 +91,21 @@ def _expand_repeats(stage: StageSpec, key: str, placement: str) -> list[tuple[st
     out: list[tuple[str, str, UnitSpec]] = []
     for i, entry in enumerate(stage.units):
         n = entry.repeat
+        if entry.name and n > 1:
+            raise SpecError(f"expected repeat: 1 for a named unit (a name is one unit's), found "
+                            f"repeat: {n}; drop the name or the repeat",
+                            path=f"{key}.units[{i}].name")
         for k in range(n):
             placed = (k == 0) if placement == "first" else (k == n - 1)
             stride = entry.stride if placed else 1
-            name = entry.name if (entry.name and n == 1) else f"unit{len(out) + 1}"
+            name = entry.name or f"unit{len(out) + 1}"
             unit = entry.model_copy(update={"stride": stride, "repeat": 1, "name": name})
             out.append((name, f"{key}.units[{i}]", unit))
     names = [n for n, _, _ in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise SpecError(f"unit names must be unique within a stage; repeated: {', '.join(dup)}",
-                        path=f"{key}.units")
+        raise SpecError(f"expected unique unit names in stage {stage.name!r}, found "
+                        f"{', '.join(dup)} more than once", path=f"{key}.units")
     return out
 
 
