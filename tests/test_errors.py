@@ -114,6 +114,14 @@ CASES = [
         "  stages:\n    - name: s1\n      units: [{type: basic, channels: 8}]\n",
         "  stages: []\n")},
          "spec.yaml:6:11: backbone.stages: expected at least one stage, found an empty list"),
+    Case("named unit that repeats", {"spec.yaml": STAGES.format(stage="s1").replace(
+        "channels: 8}]", "channels: 8, name: u, repeat: 2}]")},
+         "spec.yaml:8:48: backbone.stages[0].units[0].name: expected repeat: 1 for a named unit "
+         "(a name is one unit's), found repeat: 2; drop the name or the repeat"),
+    Case("two units with one name", {"spec.yaml": STAGES.format(stage="s1").replace(
+        "channels: 8}]", "channels: 8}, {type: basic, channels: 8, name: unit1}]")},
+         "spec.yaml:8:14: backbone.stages[0].units: expected unique unit names in stage 's1', "
+         "found unit1 more than once"),
     Case("unknown preset", {"spec.yaml": BASE.replace("resnet50", "resnet51")},
          "spec.yaml:4:11: backbone.preset: expected 'resnet18', 'resnet34', 'resnet50', "
          "'resnet101', 'resnet152', 'xception41', 'xception65', 'xception71' or 'mobilenetv2', "
