@@ -1,0 +1,332 @@
+"""Checkpoints that survive ``kill -9``, and weights that are checked before they are loaded.
+
+Layout of a run folder::
+
+    RUN_DIR/checkpoint -> checkpoint-0001000/   symlink to the last complete checkpoint
+        model.safetensors   weights and BN buffers (safetensors: no pickle, loads anywhere)
+        state.pt            optimizer, iteration, RNG states (torch.save of plain data)
+        spec.json           the resolved spec, its sha256 and the architecture's sha256
+    RUN_DIR/metrics.jsonl   one JSON object per logged step
+    RUN_DIR/model.pt        TorchScript model, written when training ends
+
+Why it is crash-safe: a checkpoint is written into a fresh temporary folder, every file fsynced,
+the folder renamed to ``checkpoint-<iteration>``, and only then the ``checkpoint`` symlink is
+replaced by ``rename(2)``, which is atomic. Killed at any moment, ``RUN_DIR/checkpoint`` points
+either to the previous complete checkpoint or to the new complete one; half-written folders are
+never pointed to and are removed by the next save. Single files (metrics, plots, model.pt) are
+written to a temporary file in the same folder and moved over the target with ``os.replace``.
+
+Resuming compares the *architecture hash*: the sha256 of the resolved spec without its ``train``
+and ``data`` sections (STYLE.md item 19), so changing the learning rate or the iteration count
+resumes, while changing a layer is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from specc.api import architecture_sha256
+from specc.errors import TrainingError, WeightsError
+from specc.weights import load_into, read_state_dict
+
+LINK = "checkpoint"  # RUN_DIR/checkpoint: the pointer to the last good checkpoint
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+SPEC = "spec.json"
+TORCHSCRIPT = "model.pt"
+EXTRA_SPEC = "specc/spec.json"  # the resolved spec stored inside model.pt (torch.jit extra file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory entry to disk (so a rename survives a power cut, not just a kill)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Create ``path`` all at once: ``write(tmp)`` fills a temporary file next to it, then rename.
+
+    A reader (or a crash) sees either the old file or the complete new one, never a partial one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec identity and RNG state
+
+
+def arch_sha256(resolved: Mapping[str, Any]) -> str:
+    """sha256 of the resolved spec without ``train`` and ``data``: what the weights depend on."""
+    return architecture_sha256(dict(resolved))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved specs (train/data excluded)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            if not prefix and key in ("train", "data"):
+                continue
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if old == new else [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def check_same_architecture(
+    spec_info: Mapping[str, Any], resolved: Mapping[str, Any], where: Path
+) -> None:
+    """Refuse to resume a checkpoint whose architecture hash differs from this spec's.
+
+    Raises:
+        TrainingError: naming both hashes and the spec keys that changed.
+    """
+    arch = arch_sha256(resolved)
+    if spec_info.get("arch_sha256") == arch:
+        return
+    changes = _differences(spec_info.get("resolved", {}), dict(resolved))
+    raise TrainingError(
+        f"{where}: cannot resume, the checkpoint was trained with a different architecture "
+        f"(sha256 {str(spec_info.get('arch_sha256'))[:12]}, this spec {arch[:12]}); only "
+        "train/data settings may change on resume. Differences:\n  "
+        + "\n  ".join(changes[:12] or ["(not recorded)"]))
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random states (python, numpy, torch, CUDA) as plain, loadable data."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(),
+                                        "pos": int(np_state["state"]["pos"])}},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states :func:`rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
+                         "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_dir(run_dir: Path) -> Path | None:
+    """The last complete checkpoint folder of a run (resolved), or None when there is none."""
+    link = run_dir / LINK
+    if not link.exists():
+        return None
+    return link.resolve()
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    weights: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any],
+    spec_info: Mapping[str, Any],
+) -> Path:
+    """Write a checkpoint for ``state["iteration"]`` and point ``RUN_DIR/checkpoint`` at it.
+
+    Returns the new checkpoint folder. Older checkpoint folders and leftovers of interrupted
+    saves are removed afterwards.
+
+    Raises:
+        TrainingError: ``RUN_DIR/checkpoint`` exists and is not a symlink written by specc.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    link = run_dir / LINK
+    if link.exists() and not link.is_symlink():
+        raise TrainingError(f"{link}: expected a symlink to a checkpoint folder; move it away")
+    iteration = int(state["iteration"])
+    final = run_dir / f"checkpoint-{iteration:07d}"
+    if link.is_symlink() and link.resolve() == final.resolve() and final.is_dir():
+        return final  # this iteration is already saved
+    # 1. everything into a fresh temporary folder, each file fsynced
+    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{iteration:07d}.", dir=run_dir))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    meta = {"iteration": str(iteration), "spec_sha256": str(spec_info.get("sha256", ""))}
+    save_file(tensors, tmp / WEIGHTS, metadata=meta)
+    torch.save(dict(state), tmp / STATE)
+    (tmp / SPEC).write_text(json.dumps(spec_info, indent=1, sort_keys=True), encoding="utf-8")
+    for name in (WEIGHTS, STATE, SPEC):
+        with open(tmp / name, "rb+") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    # 2. the complete folder gets its final name
+    if final.exists():
+        shutil.rmtree(final)  # a leftover of a crashed run, not the one the link points to
+    os.rename(tmp, final)
+    # 3. the atomic switch: a new symlink renamed over the old one
+    new_link = run_dir / f".{LINK}.{os.getpid()}.link"
+    new_link.unlink(missing_ok=True)
+    os.symlink(final.name, new_link)
+    os.replace(new_link, link)
+    _fsync_dir(run_dir)
+    # 4. tidy up: older checkpoints and interrupted saves
+    for old in run_dir.glob("checkpoint-*"):
+        if old.is_dir() and old.resolve() != final.resolve():
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in run_dir.glob(".checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """``(weights, state, spec_info)`` of the last checkpoint of ``run_dir``.
+
+    Raises:
+        TrainingError: there is no checkpoint, or its files are missing or unreadable.
+    """
+    folder = checkpoint_dir(run_dir)
+    if folder is None:
+        raise TrainingError(f"{run_dir}: no checkpoint to resume from ({run_dir / LINK} missing)")
+    try:
+        weights = load_file(folder / WEIGHTS)
+        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
+        spec_info = json.loads((folder / SPEC).read_text(encoding="utf-8"))
+    except Exception as err:  # any unreadable file makes the checkpoint unusable
+        raise TrainingError(f"{folder}: cannot read checkpoint: {err}") from None
+    return weights, state, spec_info
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights from a run folder, a .safetensors file or a TorchScript model.pt
+
+
+def find_weights(path: Path) -> Path:
+    """The weights file ``path`` designates: a run folder, a checkpoint folder or a file.
+
+    Raises:
+        WeightsError: nothing usable at ``path``.
+    """
+    if path.is_dir():
+        for candidate in (path / LINK / WEIGHTS, path / WEIGHTS, path / TORCHSCRIPT):
+            if candidate.is_file():
+                return candidate
+        raise WeightsError(
+            f"{path}: no weights found (expected {LINK}/{WEIGHTS}, {WEIGHTS} or {TORCHSCRIPT})"
+        )
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file or folder")
+    return path
+
+
+def _jit_load(path: Path, extra: dict[str, str] | None = None) -> torch.jit.ScriptModule:
+    """torch.jit.load on the CPU, without its deprecation warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra or {})
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The state dict stored at ``path`` (see :func:`find_weights`), and the file it came from.
+
+    A ``.pt`` file may be a TorchScript model (``RUN_DIR/model.pt``) or a ``torch.save``'d state
+    dict; a ``.safetensors`` file holds the tensors directly.
+
+    Raises:
+        WeightsError: the path is missing, or the file holds no readable state dict.
+    """
+    file = find_weights(path)
+    if file.suffix != ".safetensors":
+        try:
+            module = _jit_load(file)
+        except Exception:  # not TorchScript: try a plain state dict below
+            pass
+        else:
+            return {k: v.detach() for k, v in module.state_dict().items()}, file
+    return read_state_dict(file), file
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``weights`` into ``model`` after checking every name and shape fits.
+
+    Raises:
+        WeightsError: listing the missing, unexpected and reshaped tensors.
+    """
+    load_into(model, dict(weights), source)
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript export
+
+
+def export_torchscript(model: nn.Module, path: Path, spec_info: Mapping[str, Any]) -> Path:
+    """Script ``model`` (in eval mode) and save it atomically, the resolved spec inside it."""
+    from specc.compile import script_module  # the compiler's own scripting entry point
+
+    was_training = model.training
+    model.eval()
+    try:
+        scripted = script_module(model)
+    finally:
+        model.train(was_training)
+    extra = {EXTRA_SPEC: json.dumps(spec_info, sort_keys=True)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
+        return atomic_write(path, lambda tmp: torch.jit.save(scripted, str(tmp),
+                                                             _extra_files=extra))
+
+
+def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any] | None]:
+    """A TorchScript model and the spec info saved inside it (None for foreign models).
+
+    Raises:
+        WeightsError: the file is missing or not TorchScript.
+    """
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    extra = {EXTRA_SPEC: ""}
+    try:
+        module = _jit_load(path, extra)
+    except Exception as err:
+        raise WeightsError(f"{path}: not a TorchScript model ({err})") from None
+    info = json.loads(extra[EXTRA_SPEC]) if extra[EXTRA_SPEC] else None
+    return module, info

@@ -1,0 +1,194 @@
+"""``specc train``, ``specc eval``, ``specc predict`` and ``specc plot``: typer command functions.
+
+specc/cli.py registers these functions on its app. Each one turns its flags into ``--set``
+overrides of the spec (so the run's recorded spec says what was really used), calls the runtime
+and prints where the results are. Bad input raises a :class:`~specc.errors.SpeccError`, which the
+CLI prints as one message with exit code 2. Heavy imports happen inside the functions, so
+``specc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a spec value: key.path=value (YAML), e.g. train.lr=0.01.")]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="Data source: synthetic, voc:PATH, cityscapes:PATH, ade20k:PATH, folder:PATH.")]
+ScalesOpt = Annotated[str | None, typer.Option(
+    "--scales", help="Comma-separated inference scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")]
+FlipOpt = Annotated[bool, typer.Option(
+    "--flip", help="Also average the left-right mirrored prediction.")]
+
+
+def _overrides(set_: list[str] | None, **flags: Any) -> list[str]:
+    """``--set`` values followed by the dedicated flags that were given (flags win)."""
+    out = list(set_ or [])
+    for key, value in flags.items():
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")  # JSON is YAML: strings stay strings
+    return out
+
+
+@contextmanager
+def _worker_errors() -> Iterator[None]:
+    """Show a data error raised in a DataLoader worker with its own message.
+
+    PyTorch re-raises a worker's exception in the main process with the worker's traceback
+    folded into the message; the user needs only the last part (which names the file).
+    """
+    from specc.errors import SpeccError
+
+    try:
+        yield
+    except SpeccError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        _, _, message = text.rpartition(f"{type(err).__module__}.{type(err).__qualname__}: ")
+        try:
+            clean = type(err)(message.strip())
+        except TypeError:
+            clean = SpeccError(message.strip())
+        raise clean from None
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def train(
+    spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
+    data: DataOpt = None,
+    iters: Annotated[int | None, typer.Option(help="Training iterations (train.iters).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per step over all processes (train.batch_size).")] = None,
+    crop: Annotated[int | None, typer.Option(
+        help="Square training crop N×N (data.crop; input.crop is left as it is).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run folder; default runs/<spec name>.")] = None,
+    save_every: Annotated[int | None, typer.Option(
+        help="Iterations between checkpoints (train.save_every).")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue from RUN_DIR/checkpoint (same architecture only).")] = False,
+    init: Annotated[Path | None, typer.Option(
+        help="Start from these weights (run folder, .safetensors or model.pt), e.g. stage 1 "
+             "before fine-tuning at output stride 8.")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="cpu or cuda; default cuda when available.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train a spec's model; checkpoints, metrics.jsonl and model.pt go to the run folder.
+
+    Under `torchrun --nproc_per_node=N -m specc train ...` the global batch is split over N
+    processes (DistributedDataParallel).
+    """
+    from runtime.train import train as run_training
+    from specc.api import load_spec
+
+    doc = load_spec(spec, _overrides(
+        set_, **{"data.source": data, "train.iters": iters, "train.batch_size": batch_size,
+                 "data.crop": [crop, crop] if crop else None, "train.save_every": save_every}))
+    run_dir = out or Path("runs") / doc.spec.name
+    console = _console()
+    with _worker_errors():
+        result = run_training(doc, run_dir, resume=resume, init=init, device=device,
+                              console=console)
+    if result.model_path is None:  # not rank 0
+        return
+    lines = [f"trained {doc.spec.name}: {result.iteration} iterations"
+             + (f", last loss {result.loss:.4f}" if result.loss is not None else ""),
+             f"checkpoint: {run_dir / 'checkpoint'}", f"model:      {result.model_path}",
+             f"metrics:    {run_dir / 'metrics.jsonl'}"]
+    if result.scores is not None:
+        lines.insert(1, f"val mIoU {100 * result.scores['miou']:.2f} %, pixel accuracy "
+                        f"{100 * result.scores['pixel_accuracy']:.2f} %")
+    console.print("\n".join(lines), markup=False)
+
+
+def eval_(
+    spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Run folder, .safetensors weights or TorchScript model.pt; default "
+             "runs/<spec name>.")] = None,
+    data: DataOpt = None,
+    scales: ScalesOpt = None,
+    flip: FlipOpt = False,
+    set_: SetOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Evaluate weights on the validation split: mIoU, per-class IoU, pixel accuracy.
+
+    `--set backbone.output_stride=8` evaluates weights trained at 16 (DeepLabv3 §4.3).
+    """
+    from runtime.evaluate import evaluate_checkpoint, parse_scales
+    from specc.api import load_spec
+
+    scale_list = parse_scales(scales)
+    doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
+    with _worker_errors():
+        report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
+                                     scales=scale_list, flip=flip, console=_console())
+    if json_:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{doc.spec.name}: mIoU {100 * report['miou']:.2f} %", caption=(
+        f"{report['data']} {report['split']}, {report['images']} images, output stride "
+        f"{report['output_stride']}, scales {','.join(str(s) for s in scale_list)}"
+        f"{', flip' if flip else ''}"))
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    for name, iou in zip(report["classes"], report["per_class_iou"], strict=True):
+        table.add_row(name, "—" if iou is None else f"{100 * iou:.2f}")
+    table.add_section()
+    table.add_row("[bold]mIoU", f"[bold]{100 * report['miou']:.2f}")
+    table.add_row("pixel accuracy", f"{100 * report['pixel_accuracy']:.2f}")
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"weights: {report['checkpoint']}   (— : class absent from labels and "
+                  "predictions, left out of the mean)", markup=False)
+
+
+def predict(
+    model: Annotated[Path, typer.Argument(help="A spec file, or a TorchScript model.pt.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="With a spec: run folder, .safetensors or model.pt; default runs/<spec name>.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("predictions"),
+    scales: ScalesOpt = None,
+    flip: FlipOpt = False,
+    set_: SetOpt = None,
+) -> None:
+    """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
+    from runtime.evaluate import parse_scales
+    from runtime.predict import load_predictor, predict_files
+
+    scale_list = parse_scales(scales)
+    predictor = load_predictor(model, checkpoint, set_ or [])
+    written = predict_files(predictor, images, out, scales=scale_list, flip=flip)
+    for image, mask, overlay in written:
+        typer.echo(f"{image}: {mask}  {overlay}")
+    typer.echo(f"{len(written)} image(s) segmented with {predictor.source}; results in {out}/")
+
+
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or its metrics.jsonl).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="PNG to write; default RUN_DIR/curves.png.")] = None,
+) -> None:
+    """Plot loss, learning rate and mIoU curves from RUN_DIR/metrics.jsonl to a PNG."""
+    from runtime.plot import plot_run
+
+    typer.echo(f"curves: {plot_run(run_dir, out)}")

@@ -1,0 +1,125 @@
+"""Inference on image files: colour-coded masks and overlays, written as PNG.
+
+For every input image ``photo.jpg`` the output folder gets
+
+* ``photo_mask.png`` — a palette PNG whose pixel values are the predicted class ids and whose
+  palette is the PASCAL VOC colour map (so it opens as a coloured picture and reads back as labels);
+* ``photo_overlay.png`` — the image with the coloured mask blended over it at 50 %.
+
+Each file is written to a temporary name and renamed, so an interrupted run never leaves a
+truncated PNG. The model is either a spec plus weights, or a TorchScript ``model.pt`` from
+``specc train`` (which carries its spec, hence the normalization, inside it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from runtime.checkpoint import atomic_write, load_torchscript, load_weights, read_weights
+from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
+from runtime.data.base import read_image
+from runtime.evaluate import predict_probs
+from specc.errors import SpeccError
+
+OVERLAY_ALPHA = 0.5  # half image, half mask: both stay readable
+
+
+@dataclass
+class Predictor:
+    """A model ready for inference and the normalization its inputs need."""
+
+    model: nn.Module
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str  # where the weights came from, for messages
+
+
+def load_predictor(
+    model: Path, checkpoint: Path | None = None, overrides: Sequence[str] = ()
+) -> Predictor:
+    """A predictor from a TorchScript ``model.pt``, or from a spec and its weights.
+
+    For a spec, ``checkpoint`` is a run folder, a ``.safetensors`` file or a ``model.pt``;
+    it defaults to ``runs/<spec name>``.
+
+    Raises:
+        SpeccError: a bad combination of arguments; SpecError / WeightsError from loading.
+    """
+    if model.suffix in (".pt", ".pth"):
+        if checkpoint is not None or overrides:
+            raise SpeccError(f"{model}: a TorchScript model carries its own weights and spec; "
+                             "--checkpoint and --set apply to a spec file")
+        module, info = load_torchscript(model)
+        resolved_input = (info or {}).get("resolved", {}).get("input", {})
+        mean = tuple(resolved_input.get("mean", IMAGENET_MEAN))
+        std = tuple(resolved_input.get("std", IMAGENET_STD))
+        return Predictor(module.eval(), mean, std, str(model))  # type: ignore[arg-type]
+    from specc.api import build, load_spec
+
+    doc = load_spec(model, list(overrides))
+    net = build(doc).module
+    weights, file = read_weights(checkpoint or Path("runs") / doc.spec.name)
+    load_weights(net, weights, str(file))
+    spec_input = doc.spec.input
+    return Predictor(net.eval(), tuple(spec_input.mean), tuple(spec_input.std), str(file))
+
+
+def _output_names(images: Sequence[Path]) -> list[str]:
+    """Output stems: the image's stem, with ``_2``, ``_3`` ... when two images share it."""
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for path in images:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        names.append(path.stem if count == 1 else f"{path.stem}_{count}")
+    return names
+
+
+def write_png(image: Image.Image, path: Path) -> Path:
+    """Save a PIL image as PNG atomically."""
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def predict_files(
+    predictor: Predictor,
+    images: Sequence[Path],
+    out_dir: Path,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    device: torch.device | None = None,
+) -> list[tuple[Path, Path, Path]]:
+    """Predict every image and write its mask and overlay; returns ``(image, mask, overlay)``.
+
+    All images are read (and checked) before anything is written.
+
+    Raises:
+        DataError: an image is missing or cannot be decoded (the message names it).
+        SpeccError: no images given.
+    """
+    if not images:
+        raise SpeccError("no images given")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pictures = [read_image(path) for path in images]  # DataError names a bad file
+    transform = eval_transform(mean=predictor.mean, std=predictor.std)
+    model = predictor.model.to(device).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, picture, stem in zip(images, pictures, _output_names(images), strict=True):
+        x, _ = transform((picture, np.zeros((picture.height, picture.width), np.uint8)))
+        with torch.inference_mode():
+            probs = predict_probs(model, x.unsqueeze(0).to(device), scales, flip)
+        label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        mask = colorize(label)
+        overlay = Image.blend(picture, mask.convert("RGB"), OVERLAY_ALPHA)
+        mask_path = write_png(mask, out_dir / f"{stem}_mask.png")
+        overlay_path = write_png(overlay, out_dir / f"{stem}_overlay.png")
+        written.append((path, mask_path, overlay_path))
+    return written

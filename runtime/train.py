@@ -1,0 +1,396 @@
+"""The training loop: DeepLabv3 §4.1's protocol, as plain as nanoGPT's train.py.
+
+One function, :func:`train`, reads top to bottom: set up processes and seeds, open the data,
+build the model from the spec, make the optimizer, maybe resume, then loop — learning rate,
+batch, forward, loss, step, log, evaluate, save — and finally export TorchScript.
+
+Choices and their reasons (the numbers themselves live in ``spec.train``, see spec_train.py):
+
+* SGD with momentum and the "poly" schedule ``lr · (1 − it/iters)^power`` (DeepLabv3 §4.1).
+* Weight decay on convolution and linear weights only, not on batch-norm scales/shifts or
+  biases: the TF DeepLab code puts its L2 regularizer on conv weights only (slim's arg_scope).
+* Batch-norm momentum ``1 − bn_decay`` (TF's decay 0.9997 is PyTorch's momentum 0.0003).
+  ``freeze_bn`` keeps BN layers in eval mode and their affine parameters fixed: the paper's second
+  stage (fine-tuning at output stride 8 with a small batch).
+* The model returns logits at input resolution, so the loss is cross-entropy against the
+  full-resolution labels (downsampling the labels instead cost ~1.2 %, DeepLabv3 §4.1), averaged
+  over non-ignored pixels, plus ``aux_weight`` times the auxiliary head's loss when there is one.
+* Hard-image bootstrapping (DeepLabv3 §4.3): images with ``hard_classes`` appear ``hard_repeat``
+  times per epoch.
+* A non-finite loss (or non-finite weights at save time) stops the run with a TrainingError;
+  the step is not applied and the last good checkpoint stays.
+* Seeds: the same seed on every process for the initial weights, then (seed, iteration, rank)
+  for data and augmentation, so a resumed run is deterministic too (its data order is re-seeded
+  from the iteration it resumes at).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from runtime import checkpoint as ckpt
+from runtime import distributed
+from runtime.data import bootstrap_indices, build_loader, open_dataset, train_transform
+from runtime.evaluate import autocast, evaluate, val_batches
+from specc.errors import TrainingError
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    iteration: int
+    loss: float | None  # mean loss of the last logged window
+    scores: dict[str, Any] | None  # the final evaluation (rank 0), as in ``specc eval --json``
+    model_path: Path | None  # RUN_DIR/model.pt (rank 0)
+
+
+def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float) -> float:
+    """The "poly" learning rate of DeepLabv3 §4.1 for the step taken at ``iteration`` (0-based)."""
+    return base_lr * (1.0 - iteration / max_iter) ** power
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every batch-norm layer of the model (plain or synchronized)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode, except batch norm stays in eval mode when it is frozen."""
+    model.train()
+    if freeze_bn:
+        for bn in batchnorms(model):
+            bn.eval()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two SGD groups: conv/linear weights with weight decay; BN parameters and biases without."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def segmentation_loss(
+    outputs: dict[str, torch.Tensor], labels: torch.Tensor, ignore_index: int, aux_weight: float
+) -> torch.Tensor:
+    """Cross-entropy of the full-resolution logits, averaged over labelled pixels, plus aux."""
+
+    def cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] != labels.shape[-2:]:
+            raise TrainingError(
+                f"the model's logits are {tuple(logits.shape[-2:])} but the labels are "
+                f"{tuple(labels.shape[-2:])}; the model must upsample to the input size")
+        total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+        # a batch that is all void gives loss 0, not 0/0
+        return total / (labels != ignore_index).sum().clamp(min=1)
+
+    loss = cross_entropy(outputs["out"])
+    if "aux" in outputs:  # kept even at weight 0, so DDP sees a gradient for every parameter
+        loss = loss + aux_weight * cross_entropy(outputs["aux"])
+    return loss
+
+
+def forever(loader: DataLoader[Any], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches, epoch after epoch (reshuffling the distributed shards each epoch)."""
+    while True:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _trim_metrics(path: Path, last_iter: int) -> None:
+    """Keep the records up to ``last_iter`` (the checkpoint): a resumed run rewrites the rest."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["iter"] <= last_iter:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    ckpt.atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter when the ``tensorboard`` package is installed, else None."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def train(
+    doc: Any,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    init: Path | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> TrainResult:
+    """Train the model of a loaded spec (``specc.api.load_spec``) into ``run_dir``.
+
+    ``resume`` continues from ``RUN_DIR/checkpoint`` (same architecture required; with no
+    checkpoint yet it starts from iteration 0). ``init`` starts from the weights of another run or
+    file (e.g. stage 1 of the paper, before fine-tuning at output stride 8 with frozen BN).
+    Under ``torchrun`` every process calls this; rank 0 logs and writes files.
+
+    Raises:
+        TrainingError: a non-finite loss, a checkpoint of another architecture, a batch that does
+            not split over the processes, ...
+        DataError / WeightsError: unreadable data or weights that do not fit.
+    """
+    ctx = distributed.setup(device)
+    try:
+        return _train(doc, Path(run_dir), resume, init, ctx, console or Console(stderr=True))
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
+           ctx: distributed.Context, console: Console) -> TrainResult:
+    from specc.api import build
+
+    spec, tr, data = doc.spec, doc.spec.train, doc.spec.data
+    arch = ckpt.arch_sha256(doc.resolved)
+    spec_info = {"name": spec.name, "sha256": doc.sha256, "arch_sha256": arch,
+                 "resolved": doc.resolved}
+    say = console.print if ctx.is_main else (lambda *a, **k: None)
+
+    # -- run folder: a new run never overwrites a checkpoint; --resume continues it
+    saved = ckpt.checkpoint_dir(run_dir)
+    if saved is not None and not resume:
+        raise TrainingError(f"{run_dir} already holds a checkpoint ({saved.name}); pass --resume "
+                            "to continue it, or --out to train into another folder")
+    if resume and saved is None:
+        say(f"resume: no checkpoint in {run_dir} yet, starting from iteration 0")
+    if tr.batch_size % ctx.world_size:
+        raise TrainingError(f"train.batch_size={tr.batch_size} does not split over "
+                            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+    per_rank = tr.batch_size // ctx.world_size  # the global batch is split across processes
+    cuda = ctx.device.type == "cuda"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
+    channels_last = tr.channels_last and cuda  # a CUDA speed-up; CPU convs gain nothing from it
+    torch.backends.cudnn.benchmark = True  # fixed crop: let cuDNN pick its fastest kernels
+
+    # -- model: the same seed everywhere gives every process the same initial weights
+    seed_everything(tr.seed)
+    model = build(doc).module.to(ctx.device)
+    for bn in batchnorms(model):
+        bn.momentum = 1.0 - tr.bn_decay  # PyTorch's momentum is TF's 1 - decay
+        if tr.freeze_bn:
+            for p in (bn.weight, bn.bias):
+                if p is not None:
+                    p.requires_grad_(False)
+    if init is not None:
+        weights, file = ckpt.read_weights(init)
+        ckpt.load_weights(model, weights, str(file))
+        say(f"initialized from {file}")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    # -- optimizer: SGD + momentum; the poly schedule sets the lr every step
+    optimizer = torch.optim.SGD(param_groups(model, tr.weight_decay), lr=tr.lr,
+                                momentum=tr.momentum)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+
+    # -- resume: weights, optimizer, iteration and RNG from the last good checkpoint
+    start = 0
+    rng_restored = False
+    if resume and saved is not None:
+        weights, state, info = ckpt.load_checkpoint(run_dir)
+        ckpt.check_same_architecture(info, doc.resolved, saved)
+        ckpt.load_weights(model, weights, str(saved / ckpt.WEIGHTS))
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise TrainingError(f"{saved}: optimizer state does not match this run "
+                                f"(was train.freeze_bn changed?): {err}") from None
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+        if len(state["rng"]) == ctx.world_size:
+            ckpt.set_rng_state(state["rng"][ctx.rank])
+            rng_restored = True
+        say(f"resuming {run_dir} at iteration {start} of {tr.iters}"
+            + (" (already finished: exporting only)" if start >= tr.iters else ""))
+    if not rng_restored:  # per process: different augmentation on every rank
+        seed_everything(derive_seed(tr.seed, start, ctx.rank))
+
+    # -- data: random scale / crop / flip (DeepLabv3 §4.1), hard images repeated (§4.3)
+    train_set = open_dataset(data.source, data.train_split, spec.num_classes, seed=tr.seed,
+                             synthetic_size=data.synthetic.size,
+                             synthetic_length=data.synthetic.train_length)
+    indices = (bootstrap_indices(train_set, tr.hard_classes, tr.hard_repeat, tr.workers)
+               if tr.hard_classes else None)
+    transform = train_transform(
+        data.crop or spec.input.crop, min_scale=data.scale_min, max_scale=data.scale_max,
+        scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
+        ignore_index=tr.ignore_index)
+    loader = build_loader(train_set, transform, per_rank, shuffle=True, num_workers=tr.workers,
+                          seed=derive_seed(tr.seed, start), distributed=ctx.distributed,
+                          indices=indices)
+    if loader.generator is not None and ctx.distributed:  # worker seeds differ per process
+        loader.generator.manual_seed(derive_seed(tr.seed, start, ctx.rank))
+    if len(loader) == 0:
+        raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
+                            f"fewer than one batch of {per_rank} per process")
+    val_set, val_loader = val_batches(spec, ctx)
+    batches = forever(loader, epoch=start // len(loader))
+
+    # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
+    ddp = distributed.wrap(model, ctx)
+    raw = distributed.unwrap(ddp)
+    metrics_path = run_dir / METRICS
+    log = board = None
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if start:
+            _trim_metrics(metrics_path, start)
+        log = open(metrics_path, "a" if start else "w", encoding="utf-8")  # noqa: SIM115
+        board = _tensorboard(run_dir)
+        ckpt.atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
+    if ctx.distributed and not cuda:
+        say("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN statistics")
+    progress = Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                   "{task.fields[speed]:.2f} it/s"),
+        TimeRemainingColumn(), console=console, disable=not ctx.is_main)
+    last_loss: float | None = None
+    scores: dict[str, Any] | None = None
+    window: list[float] = []
+    t_start = t_window = time.perf_counter()
+    set_train_mode(ddp, tr.freeze_bn)
+
+    try:
+        with progress:
+            task = progress.add_task("train", total=tr.iters, completed=start, loss=math.nan,
+                                     lr=poly_lr(tr.lr, start, tr.iters, tr.poly_power), speed=0.0)
+            for it in range(start, tr.iters):
+                # learning rate: poly schedule
+                lr = poly_lr(tr.lr, it, tr.iters, tr.poly_power)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+
+                # batch
+                images, labels = next(batches)
+                images = images.to(ctx.device, non_blocking=True)
+                labels = labels.to(ctx.device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+
+                # forward and loss at full label resolution
+                with autocast(ctx.device, amp_dtype):
+                    outputs = ddp(images)
+                loss = segmentation_loss(outputs, labels, tr.ignore_index, tr.aux_weight)
+
+                # stop on a non-finite loss before it reaches the weights (all processes agree)
+                loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
+                if not math.isfinite(loss_value):
+                    last = ckpt.checkpoint_dir(run_dir)
+                    raise TrainingError(
+                        f"loss is {loss_value} at iteration {it + 1}; training stopped. The last good "
+                        f"checkpoint is kept: {last if last else 'none was saved yet'}. Lower train.lr "
+                        "or check the data.")
+
+                # backward and step
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                done = it + 1
+                window.append(loss_value)
+
+                # evaluate (every eval_every iterations and at the end)
+                record: dict[str, Any] = {}
+                if done == tr.iters or (tr.eval_every and done % tr.eval_every == 0):
+                    distributed.sync_buffers(raw, ctx)
+                    result = evaluate(raw, val_loader, spec.num_classes, device=ctx.device, ctx=ctx,
+                                      ignore_index=tr.ignore_index, amp_dtype=amp_dtype,
+                                      total=len(val_set), console=console)
+                    set_train_mode(ddp, tr.freeze_bn)
+                    scores = result.as_dict(val_set.class_names)
+                    record = {"miou": result.miou, "pixel_accuracy": result.pixel_accuracy,
+                              "per_class_iou": result.per_class_iou}
+
+                # log: metrics.jsonl, TensorBoard, progress bar
+                if done % tr.log_every == 0 or done == tr.iters or record:
+                    now = time.perf_counter()
+                    last_loss = sum(window) / len(window)
+                    speed = len(window) / max(now - t_window, 1e-9)
+                    record = {"iter": done, "loss": last_loss, "lr": lr, "it_s": speed,
+                              "elapsed_s": now - t_start, **record}
+                    if log is not None:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    if board is not None:
+                        for key in ("loss", "lr", "miou", "pixel_accuracy"):
+                            if key in record:
+                                board.add_scalar(key, record[key], done)
+                    progress.update(task, loss=last_loss, lr=lr, speed=speed)
+                    window, t_window = [], now
+                progress.update(task, completed=done)
+
+                # checkpoint: every save_every iterations and at the end
+                if done % tr.save_every == 0 or done == tr.iters:
+                    if not all(torch.isfinite(p).all() for p in raw.parameters()):
+                        raise TrainingError(f"non-finite weights after iteration {done}; training "
+                                            "stopped, the last good checkpoint is kept")
+                    rngs = distributed.gather_objects(ckpt.rng_state(), ctx)
+                    if ctx.is_main:
+                        state = {"iteration": done, "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                                 "rng": rngs, "lr": lr, "world_size": ctx.world_size}
+                        ckpt.save_checkpoint(run_dir, weights=raw.state_dict(), state=state,
+                                             spec_info=spec_info)
+    finally:
+        if log is not None:
+            log.close()
+        if board is not None:
+            board.close()
+
+    # -- export: TorchScript of the trained weights in a fresh (non-DDP, non-SyncBN) model
+    model_path = None
+    if ctx.is_main:
+        final = build(doc).module
+        ckpt.load_weights(final, raw.state_dict(), "trained model")
+        model_path = ckpt.export_torchscript(final, run_dir / ckpt.TORCHSCRIPT, spec_info)
+    distributed.barrier(ctx)
+    return TrainResult(run_dir=run_dir, iteration=tr.iters, loss=last_loss, scores=scores,
+                       model_path=model_path)

@@ -1,0 +1,99 @@
+"""Shared helpers of the runtime tests: a tiny version of the small spec, one trained run, the CLI.
+
+The trained run is made once per test process and cached here (test modules import this module,
+so they share it); tests that change a run work on a copy.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+# One intra-op thread: on a shared two-core machine, OpenMP's spinning worker threads make small
+# convolutions ten times slower as soon as another process competes for the cores.
+torch.set_num_threads(1)
+ENV_ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same for the `specc` subprocesses
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "specs" / "deeplabv3plus_mobilenetv2.yaml"
+NUM_CLASSES = 5
+# The shipped small spec, shrunk to run in seconds on a CPU: a quarter-width MobileNetV2, thin
+# ASPP and decoder, 64 px synthetic images and 65 px crops (the paper's 513 = 8k + 1 shape).
+TINY = [
+    "backbone.width_multiplier=0.25",
+    f"num_classes={NUM_CLASSES}",
+    "aspp.channels=32",
+    "aspp.projection.channels=32",
+    "decoder.channels=32",
+    "decoder.projection=16",
+    "data.crop=[65,65]",
+    "data.synthetic.size=64",
+    "data.synthetic.train_length=64",
+    "data.synthetic.val_length=6",
+    "train.batch_size=4",
+    "train.workers=0",
+    "train.log_every=1",
+    "train.lr=0.02",
+]
+BASE_ITERS = 40
+
+_CACHE: dict[str, Path] = {}
+
+
+def sets(overrides: Sequence[str]) -> list[str]:
+    """``["a=1", "b=2"]`` → ``["--set", "a=1", "--set", "b=2"]``."""
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def quiet() -> Console:
+    """A console that prints nowhere (progress bars off the test output)."""
+    return Console(file=io.StringIO())
+
+
+def train_tiny(run_dir: Path, extra: Sequence[str] = (), **kwargs: object) -> object:
+    """Train the tiny spec in this process; returns runtime.train.TrainResult."""
+    from runtime.train import train
+    from specc.api import load_spec
+
+    doc = load_spec(SPEC, [*TINY, *extra])
+    return train(doc, run_dir, console=quiet(), **kwargs)  # type: ignore[arg-type]
+
+
+def base_run(factory: pytest.TempPathFactory) -> Path:
+    """A finished run of the tiny spec (BASE_ITERS iterations at output stride 16), made once."""
+    if "base" not in _CACHE:
+        run = factory.mktemp("base") / "run"
+        train_tiny(run, [f"train.iters={BASE_ITERS}", f"train.save_every={BASE_ITERS // 2}"])
+        _CACHE["base"] = run
+    return _CACHE["base"]
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a run folder (the checkpoint symlink stays a relative symlink)."""
+    shutil.copytree(run, dest, symlinks=True)
+    return dest
+
+
+def cli(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``specc ARGS`` in this process: ``(exit code, stdout, stderr)``."""
+    from specc.cli import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def python() -> str:
+    """The interpreter running the tests (the project's venv)."""
+    return sys.executable

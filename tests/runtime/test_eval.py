@@ -1,0 +1,280 @@
+"""Evaluation, prediction and plotting: metrics by hand, the eval report, weights that (do not) fit."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import runkit
+import torch
+from PIL import Image
+
+from runtime.evaluate import evaluate, parse_scales, predict_probs
+from runtime.metrics import confusion_matrix, scores
+from specc.errors import SpeccError, WeightsError
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return runkit.base_run(tmp_path_factory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics against a hand-computed confusion matrix
+
+TARGET = torch.tensor([[0, 0, 1], [1, 2, 255]])
+PRED = torch.tensor([[0, 1, 1], [1, 1, 0]])
+# (target, prediction) pairs without the ignored pixel: (0,0) (0,1) (1,1) (1,1) (2,1)
+CM = torch.tensor([[1, 1, 0, 0], [0, 2, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+
+
+def test_confusion_matrix_by_hand() -> None:
+    assert torch.equal(confusion_matrix(PRED, TARGET, 4), CM)
+
+
+def test_scores_by_hand() -> None:
+    s = scores(CM)
+    # IoU = TP / (TP + FP + FN): class 0: 1/(2+1-1); class 1: 2/(2+4-2); class 2: 0/(1+0-0);
+    # class 3 is in neither labels nor predictions: undefined and left out of the mean.
+    assert s.per_class_iou == [0.5, 0.5, 0.0, None]
+    assert s.miou == pytest.approx(1 / 3)
+    assert s.pixel_accuracy == pytest.approx(3 / 5)
+    assert s.mean_accuracy == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert s.pixels == 5
+
+
+def test_confusion_matrix_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        confusion_matrix(PRED, TARGET[:1], 4)
+    with pytest.raises(ValueError, match="target values"):
+        confusion_matrix(PRED, torch.full_like(TARGET, 7), 4)
+
+
+def test_empty_matrix_is_nan() -> None:
+    assert math.isnan(scores(torch.zeros(3, 3, dtype=torch.int64)).miou)
+
+
+class Echo(torch.nn.Module):
+    """A "model" whose logits are its input: predictions are chosen by the test."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": x}
+
+
+def test_evaluate_matches_confusion_matrix() -> None:
+    logits = torch.nn.functional.one_hot(PRED, 4).permute(2, 0, 1).float()[None] * 10
+    batches = [(logits, TARGET[None])]
+    s = evaluate(Echo(), batches, 4, device=torch.device("cpu"))
+    assert s.per_class_iou == [0.5, 0.5, 0.0, None]
+
+
+def test_multiscale_flip_averages_probabilities() -> None:
+    x = torch.randn(2, 3, 17, 23)
+    plain = predict_probs(Echo(), x)
+    assert torch.allclose(plain, x.softmax(1))
+    # flipping, predicting and flipping back is the identity for a per-pixel model
+    assert torch.allclose(predict_probs(Echo(), x, flip=True), plain, atol=1e-6)
+    multi = predict_probs(Echo(), x, scales=(0.5, 1.0, 1.5), flip=True)
+    assert multi.shape == x.shape
+    assert torch.allclose(multi.sum(1), torch.ones(2, 17, 23), atol=1e-5)
+
+
+def test_parse_scales() -> None:
+    assert parse_scales(None) == (1.0,)
+    assert parse_scales("0.5, 1,1.75") == (0.5, 1.0, 1.75)
+    for bad in ("1,x", "0", "-1"):
+        with pytest.raises(SpeccError, match="--scales"):
+            parse_scales(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# specc eval
+
+
+def _eval_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    code, out, err = runkit.cli(["eval", runkit.SPEC, *args, "--json",
+                                 *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_eval_json_report(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = _eval_json(["--checkpoint", str(trained)], capsys)
+    assert 0.0 <= report["miou"] <= 1.0
+    assert 0.0 <= report["pixel_accuracy"] <= 1.0
+    assert len(report["per_class_iou"]) == runkit.NUM_CLASSES
+    assert all(v is None or 0.0 <= v <= 1.0 for v in report["per_class_iou"])
+    assert report["classes"][0] == "background"
+    assert report["images"] == 6 and report["output_stride"] == 16
+    # the run's own end-of-training evaluation saw the same weights and images
+    final = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()][-1]
+    assert report["miou"] == pytest.approx(final["miou"], abs=1e-9)
+
+
+def test_eval_from_weights_and_torchscript_agree(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _eval_json(["--checkpoint", str(trained / "checkpoint" / "model.safetensors")], capsys)
+    b = _eval_json(["--checkpoint", str(trained / "model.pt")], capsys)
+    assert a["miou"] == pytest.approx(b["miou"], abs=1e-9)
+    assert a["checkpoint"].endswith("model.safetensors") and b["checkpoint"].endswith("model.pt")
+
+
+def test_eval_os16_weights_at_os8_multiscale_flip(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _eval_json(["--checkpoint", str(trained), "--set", "backbone.output_stride=8",
+                         "--scales", "0.75,1.0,1.25", "--flip"], capsys)
+    assert report["output_stride"] == 8 and report["flip"] is True
+    assert report["scales"] == [0.75, 1.0, 1.25]
+    assert 0.0 <= report["miou"] <= 1.0
+
+
+def test_eval_table(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", trained,
+                                 *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0, err
+    assert "mIoU" in out and "pixel accuracy" in out and "background" in out
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("decoder.projection=8", ["wrong shape", "decoder.project"]),
+        ("decoder=null", ["unexpected", "decoder."]),
+    ],
+)
+def test_eval_weights_of_another_decoder(
+    trained: Path, capsys: pytest.CaptureFixture[str], override: str, expected: list[str]
+) -> None:
+    code, _, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", trained,
+                               *runkit.sets([*runkit.TINY, override])], capsys)
+    assert code == 2
+    assert "model.safetensors" in err and "do not fit" in err
+    for text in expected:
+        assert text in err
+
+
+def test_weights_error_lists_names(trained: Path) -> None:
+    from runtime.evaluate import evaluate_checkpoint
+    from specc.api import load_spec
+
+    doc = load_spec(runkit.SPEC, [*runkit.TINY, "decoder.convs=1"])
+    with pytest.raises(WeightsError, match=r"decoder\.fuse\.1"):
+        evaluate_checkpoint(doc, trained)
+
+
+# ---------------------------------------------------------------------------------------------
+# specc predict and specc plot
+
+
+def _image(path: Path, size: tuple[int, int] = (40, 56)) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_predict_writes_pngs(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = _image(tmp_path / "street.jpg")
+    out = tmp_path / "pred"
+    code, stdout, err = runkit.cli(["predict", runkit.SPEC, img, "--checkpoint", trained,
+                                    "--out", out, *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0, err
+    mask, overlay = out / "street_mask.png", out / "street_overlay.png"
+    assert str(mask) in stdout and str(overlay) in stdout
+    with Image.open(mask) as m:
+        assert m.mode == "P" and m.size == (56, 40)
+        assert np.asarray(m).max() < runkit.NUM_CLASSES
+    with Image.open(overlay) as o:
+        assert o.mode == "RGB" and o.size == (56, 40)
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_predict_with_torchscript_model(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _image(tmp_path / "a.png", (33, 47))
+    code, _, err = runkit.cli(["predict", trained / "model.pt", a, a, "--out", tmp_path / "o",
+                               "--scales", "0.5,1", "--flip"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "a_2_mask.png", "a_2_overlay.png", "a_mask.png", "a_overlay.png"]
+
+
+def test_plot_writes_png(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "curves.png"
+    code, stdout, err = runkit.cli(["plot", trained, "--out", out], capsys)
+    assert code == 0, err
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 500
+    assert str(out) in stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit code 2 and the file named
+
+
+def _folder(root: Path, *, image: bytes | None = None, mask_value: int = 1,
+            mask_size: tuple[int, int] = (24, 32), classes: int | None = None) -> Path:
+    """A folder data set with a val split of two images; one of them can be broken."""
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "masks" / "val").mkdir(parents=True)
+    _image(root / "images" / "val" / "a.png", (24, 32))
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(root / "masks" / "val" / "a.png")
+    if image is None:
+        _image(root / "images" / "val" / "b.png", (24, 32))
+    else:
+        (root / "images" / "val" / "b.png").write_bytes(image)
+    Image.fromarray(np.full(mask_size, mask_value, np.uint8)).save(root / "masks" / "val" / "b.png")
+    if classes is not None:
+        (root / "classes.txt").write_text("\n".join(f"c{i}" for i in range(classes)))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"image": b"\x89PNG\r\n\x1a\n truncated"}, "images/val/b.png"),
+        ({"mask_value": 9}, "masks/val/b.png"),
+        ({"mask_size": (20, 20)}, "masks/val/b.png"),
+        ({"classes": 3}, "classes.txt"),
+    ],
+    ids=["corrupt-image", "mask-out-of-range", "size-mismatch", "class-count"],
+)
+def test_eval_bad_data_exits_2(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kwargs: dict, named: str
+) -> None:
+    root = _folder(tmp_path / "ds", **kwargs)
+    code, _, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", trained,
+                               "--data", f"folder:{root}", *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2
+    assert named in err
+    assert "Traceback" not in err
+
+
+def test_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", tmp_path / "nowhere",
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2 and "nowhere" in err
+
+
+def test_predict_missing_and_corrupt_images_exit_2(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    for image in (bad, tmp_path / "missing.png"):
+        code, _, err = runkit.cli(["predict", trained / "model.pt", image, "--out",
+                                   tmp_path / "o"], capsys)
+        assert code == 2 and str(image) in err
+    assert not (tmp_path / "o").exists()  # nothing written when an input is bad
+
+
+def test_plot_without_metrics_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = runkit.cli(["plot", tmp_path], capsys)
+    assert code == 2 and "metrics.jsonl" in err

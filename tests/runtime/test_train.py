@@ -1,0 +1,255 @@
+"""Training: the loss goes down, checkpoints survive kill -9, resume continues and refuses another
+architecture, NaN stops the run, torchrun runs DDP on gloo, bad data exits 2."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import runkit
+import torch
+from PIL import Image
+
+from runtime import checkpoint as ckpt
+from runtime import train as train_mod
+from runtime.plot import read_metrics
+from specc.errors import TrainingError
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return runkit.base_run(tmp_path_factory)
+
+
+def _iters(run: Path) -> list[int]:
+    return [r["iter"] for r in read_metrics(run / "metrics.jsonl")]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop's pieces
+
+
+def test_poly_lr() -> None:
+    assert train_mod.poly_lr(0.007, 0, 100, 0.9) == 0.007
+    assert train_mod.poly_lr(0.007, 50, 100, 0.9) == pytest.approx(0.007 * 0.5**0.9)
+    assert train_mod.poly_lr(0.007, 99, 100, 0.9) > 0
+
+
+def test_loss_ignores_void_and_never_divides_by_zero() -> None:
+    logits = torch.randn(2, 3, 5, 5)
+    labels = torch.full((2, 5, 5), 255)
+    assert train_mod.segmentation_loss({"out": logits}, labels, 255, 0.4).item() == 0.0
+    labels[0, 0, 0] = 1
+    expected = torch.nn.functional.cross_entropy(logits[:1, :, :1, :1], labels[:1, :1, :1])
+    got = train_mod.segmentation_loss({"out": logits}, labels, 255, 0.4)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    with_aux = train_mod.segmentation_loss({"out": logits, "aux": logits}, labels, 255, 0.4)
+    assert with_aux.item() == pytest.approx(1.4 * expected.item(), rel=1e-5)
+    with pytest.raises(TrainingError, match="upsample"):
+        train_mod.segmentation_loss({"out": logits[..., :4]}, labels, 255, 0.4)
+
+
+def test_weight_decay_and_frozen_bn() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    decay, no_decay = train_mod.param_groups(model, 4e-5)
+    assert [p.ndim for p in decay["params"]] == [4]  # conv weight only
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0  # bias, BN γ, β
+    train_mod.set_train_mode(model, freeze_bn=True)
+    assert model.training and not model[1].training
+
+
+# ---------------------------------------------------------------------------------------------
+# A run
+
+
+def test_loss_goes_down_and_run_folder_is_complete(trained: Path) -> None:
+    records = read_metrics(trained / "metrics.jsonl")
+    assert [r["iter"] for r in records] == list(range(1, runkit.BASE_ITERS + 1))
+    losses = [r["loss"] for r in records]
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.75 * first, (first, last)
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(0.02) and all(a > b for a, b in itertools.pairwise(lrs))
+    assert 0.0 <= records[-1]["miou"] <= 1.0  # evaluated at the end
+    weights, state, info = ckpt.load_checkpoint(trained)
+    assert state["iteration"] == runkit.BASE_ITERS
+    assert info["arch_sha256"] == ckpt.arch_sha256(info["resolved"])
+    assert info["resolved"]["train"]["iters"] == runkit.BASE_ITERS
+    assert (trained / "checkpoint").is_symlink() and len(list(trained.glob("checkpoint-*"))) == 1
+    assert (trained / "model.pt").is_file()
+    bn = [k for k in weights if k.endswith("running_var")]
+    assert bn and not all(torch.all(weights[k] == 1) for k in bn)  # BN statistics were trained
+
+
+def test_crash_during_save_keeps_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    weights = {"w": torch.ones(2)}
+    info = {"sha256": "x", "arch_sha256": "y", "resolved": {}}
+    ckpt.save_checkpoint(tmp_path, weights=weights, state={"iteration": 1}, spec_info=info)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # stands in for a kill half-way through writing
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, weights={"w": torch.zeros(2)}, state={"iteration": 2},
+                             spec_info=info)
+    monkeypatch.undo()
+    loaded, state, _ = ckpt.load_checkpoint(tmp_path)
+    assert state["iteration"] == 1 and torch.equal(loaded["w"], torch.ones(2))
+    ckpt.save_checkpoint(tmp_path, weights=weights, state={"iteration": 3}, spec_info=info)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "checkpoint-0000003"]
+
+
+def test_rng_state_round_trip() -> None:
+    state = ckpt.rng_state()
+    a = (np.random.rand(), torch.rand(1).item(), __import__("random").random())
+    ckpt.set_rng_state(state)
+    assert (np.random.rand(), torch.rand(1).item(), __import__("random").random()) == a
+
+
+def test_kill_9_then_resume_continues(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [runkit.python(), "-m", "specc", "train", str(runkit.SPEC), "--out", str(run),
+            "--iters", "30", "--save-every", "3", *runkit.sets(runkit.TINY)]
+    env = {**os.environ, **runkit.ENV_ONE_THREAD}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint").exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    time.sleep(0.3)  # land somewhere in the next iterations, maybe in the middle of a save
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, state, _ = ckpt.load_checkpoint(run)
+    killed_at = state["iteration"]
+    assert 3 <= killed_at < 30
+    done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run} at iteration {killed_at}" in done.stderr.replace("\n", "")
+    assert _iters(run) == list(range(1, 31))  # continues; records past the checkpoint rewritten
+    _, state, _ = ckpt.load_checkpoint(run)
+    assert state["iteration"] == 30 and (run / "model.pt").is_file()
+
+
+def test_resume_restores_optimizer_and_continues(trained: Path, tmp_path: Path) -> None:
+    run = runkit.copy_run(trained, tmp_path / "run")
+    _, before, _ = ckpt.load_checkpoint(run)
+    iters = runkit.BASE_ITERS + 4
+    runkit.train_tiny(run, [f"train.iters={iters}", f"train.save_every={iters}"], resume=True)
+    assert _iters(run) == list(range(1, iters + 1))
+    _, after, _ = ckpt.load_checkpoint(run)
+    assert after["iteration"] == iters
+    assert after["optimizer"]["state"].keys() == before["optimizer"]["state"].keys()
+
+
+@pytest.mark.parametrize("override", ["backbone.output_stride=8", "aspp.channels=16"])
+def test_resume_refuses_another_architecture(trained: Path, tmp_path: Path, override: str) -> None:
+    run = runkit.copy_run(trained, tmp_path / "run")
+    with pytest.raises(TrainingError, match="different architecture") as err:
+        runkit.train_tiny(run, [override, "train.iters=50"], resume=True)
+    assert override.split("=")[0] in str(err.value)  # says what changed
+    assert ckpt.load_checkpoint(run)[1]["iteration"] == runkit.BASE_ITERS  # untouched
+
+
+def test_init_second_stage_at_os8_with_frozen_bn(trained: Path, tmp_path: Path) -> None:
+    """The paper's second stage: start from stage-1 weights, output stride 8, BN frozen."""
+    run = tmp_path / "stage2"
+    runkit.train_tiny(run, ["backbone.output_stride=8", "train.freeze_bn=true", "train.iters=2",
+                            "train.save_every=2", "train.lr=0.001"], init=trained)
+    before, _, _ = ckpt.load_checkpoint(trained)
+    after, state, info = ckpt.load_checkpoint(run)
+    assert state["iteration"] == 2 and info["resolved"]["backbone"]["output_stride"] == 8
+    layers = [k.removesuffix("running_mean") for k in before if k.endswith("running_mean")]
+    bn = [p + n for p in layers for n in ("weight", "bias", "running_mean", "running_var")]
+    assert bn and all(torch.equal(before[k], after[k]) for k in bn)  # statistics and γ, β kept
+    others = [k for k in before if k.endswith("weight") and k not in bn]
+    assert any(not torch.equal(before[k], after[k]) for k in others)  # the rest trains
+
+
+def test_new_run_refuses_to_overwrite(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", trained,
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2 and "--resume" in err
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    real = train_mod.segmentation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real(*args, **kwargs)  # type: ignore[arg-type]
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_mod, "segmentation_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"loss is nan at iteration 5.*checkpoint-0000004"):
+        runkit.train_tiny(run, ["train.iters=8", "train.save_every=2"])
+    weights, state, _ = ckpt.load_checkpoint(run)
+    assert state["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert not (run / "model.pt").exists()
+
+
+def test_huge_lr_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run", "--iters", "12",
+                               *runkit.sets([*runkit.TINY, "train.lr=1e30"])], capsys)
+    assert code == 2
+    assert "training stopped" in err and "Traceback" not in err
+
+
+def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [runkit.python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "specc", "train", str(runkit.SPEC), "--out", str(run), "--iters", "3",
+            "--save-every", "2", *runkit.sets(runkit.TINY)]
+    done = subprocess.run(args, env={**os.environ, **runkit.ENV_ONE_THREAD},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _iters(run) == [1, 2, 3]
+    _, state, _ = ckpt.load_checkpoint(run)
+    assert state["iteration"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert (run / "model.pt").is_file()
+    assert done.stderr.count("trained deeplabv3plus_mobilenetv2") == 1  # rank 0 reports
+
+
+def test_batch_must_split_over_processes(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(train_mod.distributed, "setup",
+                        lambda device=None: train_mod.distributed.Context(rank=0, world_size=3))
+    monkeypatch.setattr(train_mod.distributed, "cleanup", lambda ctx: None)
+    with pytest.raises(TrainingError, match="multiple of 3"):
+        runkit.train_tiny(tmp_path / "run")
+
+
+def test_corrupt_training_image_in_worker_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "ds"
+    for split in ("train", "val"):
+        for i in range(4):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+            rgb = np.random.default_rng(i).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(np.zeros((24, 32), np.uint8)).save(root / "masks" / split / f"{i}.png")
+    (root / "images" / "train" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run", "--iters", "4",
+                               "--data", f"folder:{root}",
+                               *runkit.sets([*runkit.TINY, "train.workers=2"])], capsys)
+    assert code == 2
+    assert "images/train/2.png" in err
+    assert "Traceback" not in err and "worker" not in err
+
+
+def test_metrics_record_fields(trained: Path) -> None:
+    first = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"iter", "loss", "lr", "it_s", "elapsed_s"} <= first.keys()
