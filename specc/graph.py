@@ -238,13 +238,25 @@ class GraphBuilder:
                          spec_key=spec_key)
 
 
+#: Public members of ``torch.nn.Module`` (and its ``training`` flag): a stage named like one of
+#: them would shadow it in the generated ``Backbone``. Kept as data so validation needs no torch.
+_MODULE_MEMBERS = frozenset("""
+add_module apply bfloat16 buffers call_super_init children compile cpu cuda double dump_patches
+eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu
+load_state_dict modules mtia named_buffers named_children named_modules named_parameters
+parameters register_backward_hook register_buffer register_forward_hook
+register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook
+register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
+register_parameter register_state_dict_post_hook register_state_dict_pre_hook requires_grad_
+set_extra_state set_submodule share_memory state_dict to to_empty train training type xpu
+zero_grad""".split())
+
+
 def _reserved_attributes() -> frozenset[str]:
     """Names a stage may not take: they are attributes of the generated ``Backbone`` module."""
     import keyword
 
-    from torch import nn
-
-    return frozenset(dir(nn.Module)) | frozenset(keyword.kwlist) | {"stem", "features"}
+    return _MODULE_MEMBERS | frozenset(keyword.kwlist) | {"stem", "features"}
 
 
 def check_stage_names(schedule: Schedule) -> None:

@@ -65,6 +65,11 @@ def resolve_tap(b: GraphBuilder, name: str, stride: int | None, key: str) -> dic
                                 f"tap one of: {allowed}", path=key)
             return dict(node=node, unit=path, inner=inner)
     if node.startswith("backbone.stem"):
+        stem_out = max((n for n in b.g if n.startswith("backbone.stem.")),
+                       key=lambda n: list(b.g.nodes).index(n))
+        if node != stem_out:
+            raise SpecError(f"cannot tap {name!r} inside the stem; tap its output {stem_out!r}",
+                            path=key)
         return dict(node=node, unit="stem", inner=None)
     raise SpecError(f"cannot tap {name!r}", path=key)
 

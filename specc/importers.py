@@ -20,14 +20,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
-from torch import Tensor, nn
 
 from specc.errors import SpeccError, WeightsError
 from specc.weights import mismatches, read_state_dict
 
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
     from specc.api import Built
     from specc.derive import Schedule
 
@@ -381,6 +382,8 @@ def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
         raise SpeccError(f"--out: expected a .safetensors file, found {out}")
     doc = load_spec(spec, list(overrides))
     source = read_state_dict(src)
+    import torch
+
     with torch.device("meta"):  # only the names and shapes are needed: skip initialising
         built = build(doc)
     imported = import_state(built, source, from_, backbone_only=backbone_only, what=str(src))

@@ -11,7 +11,15 @@ from __future__ import annotations
 import keyword
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from specc.spec_train import DataSpec, TrainSpec
 
@@ -20,7 +28,9 @@ Identifier = Annotated[
     StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$"),
     Field(description="A lower-case identifier: letters, digits and '_', starting with a letter."),
 ]
-Positive = Annotated[int, Field(gt=0)]
+#: A whole number > 0; strict, so that YAML's ``true``/``yes`` is not read as 1.
+Positive = Annotated[int, Strict(), Field(gt=0)]
+
 NodeName = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$"),
@@ -77,7 +87,7 @@ class _UnitBase(Base):
 class BasicUnit(_UnitBase):
     """ResNet basic block: two 3×3 convs; stride on the first."""
 
-    type: Literal["basic"]
+    type: Literal["basic"] = Field(description="Unit type: a ResNet basic block.")
     channels: Positive = Field(description="Output channels.")
 
 
@@ -85,7 +95,7 @@ class BottleneckUnit(_UnitBase):
     """ResNet bottleneck: 1×1 → 3×3 (stride, dilation) → 1×1; 1×1 conv shortcut when channels
     change, strided subsampling when only the stride does, identity otherwise."""
 
-    type: Literal["bottleneck"]
+    type: Literal["bottleneck"] = Field(description="Unit type: a ResNet bottleneck.")
     channels: Positive = Field(description="Output channels (4 × mid_channels in ResNet).")
     mid_channels: Positive = Field(description="Channels of the 1×1 reduction and the 3×3 conv.")
 
@@ -93,7 +103,7 @@ class BottleneckUnit(_UnitBase):
 class XceptionUnit(_UnitBase):
     """Aligned-Xception unit: three 3×3 separable convs, the stride on the third."""
 
-    type: Literal["xception"]
+    type: Literal["xception"] = Field(description="Unit type: an aligned-Xception unit.")
     channels: tuple[Positive, Positive, Positive] = Field(
         description="Output channels of the three separable convs.")
     shortcut: Literal["conv", "identity", "none"] = Field(
@@ -108,7 +118,7 @@ class XceptionUnit(_UnitBase):
 class InvertedResidualUnit(_UnitBase):
     """MobileNetV2 inverted residual: 1×1 expand → 3×3 depthwise (stride, dilation) → 1×1 linear."""
 
-    type: Literal["inverted_residual"]
+    type: Literal["inverted_residual"] = Field(description="Unit type: a MobileNetV2 inverted residual.")
     channels: Positive = Field(description="Output channels.")
     expansion: Positive = Field(6, description="Expansion ratio t of the MobileNetV2 table.")
 
@@ -201,13 +211,27 @@ class ImagePoolingSpec(Base):
 
 class ProjectionSpec(Base):
     channels: Positive = Field(256, description="Channels after the concat projection.")
-    kernel: Positive = Field(1, description="Kernel of the projection conv (1 or 3).")
+    kernel: Positive = Field(1, description="Kernel of the projection conv (odd: 1 or 3).")
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"expected an odd kernel size, found {v}")
+        return v
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after the projection.")
 
 
 class ExtraConvSpec(Base):
     channels: Positive = Field(256, description="Channels of the extra conv before the classifier.")
-    kernel: Positive = Field(3, description="Kernel size of the extra conv (torchvision: 3).")
+    kernel: Positive = Field(3, description="Kernel size of the extra conv (odd; torchvision: 3).")
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"expected an odd kernel size, found {v}")
+        return v
 
 
 class ASPPSpec(Base):

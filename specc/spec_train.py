@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
-Positive = Annotated[int, Field(gt=0)]
+#: A whole number > 0; strict, so that YAML's ``true``/``yes`` is not read as 1.
+Positive = Annotated[int, Strict(), Field(gt=0)]
 
 
 class _Base(BaseModel):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from specc.errors import WeightsError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -16,6 +18,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         WeightsError: the file is missing or not a readable state dict.
     """
+    import torch
+
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file")
