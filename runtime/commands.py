@@ -79,7 +79,7 @@ def train(
     save_every: Annotated[int | None, typer.Option(
         help="Iterations between checkpoints (train.save_every).")] = None,
     resume: Annotated[bool, typer.Option(
-        help="Continue from RUN_DIR/checkpoint (same architecture only).")] = False,
+        "--resume", help="Continue from RUN_DIR/checkpoint (same architecture only).")] = False,
     init: Annotated[Path | None, typer.Option(
         help="Start from these weights (run folder, .safetensors or model.pt), e.g. stage 1 "
              "before fine-tuning at output stride 8.")] = None,
@@ -89,8 +89,7 @@ def train(
 ) -> None:
     """Train a spec's model; checkpoints, metrics.jsonl and model.pt go to the run folder.
 
-    Under `torchrun --nproc_per_node=N -m specc train ...` the global batch is split over N
-    processes (DistributedDataParallel).
+    Under `torchrun --nproc_per_node=N -m specc train ...` the global batch is split over N processes (DistributedDataParallel).
     """
     from runtime.train import train as run_training
     from specc.api import load_spec

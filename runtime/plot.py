@@ -72,7 +72,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
             ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes)
         if key == "miou":
             ax.set_ylim(0.0, 1.0)  # a fraction: the full range shows how far there is to go
-        ax.set_xlim(0, max(r["iter"] for r in records))
+        ax.set_xlim(0, 1.03 * max(r["iter"] for r in records))  # room for the last marker
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.grid(True, alpha=0.3)
