@@ -218,9 +218,16 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                 if p is not None:
                     p.requires_grad_(False)
     if init is not None:
+        from specc.importers import BACKBONE, contents, load_partial
+
         weights, file = ckpt.read_weights(init)
-        ckpt.load_weights(model, weights, str(file))
-        say(f"initialized from {file}")
+        if contents(file) == BACKBONE:
+            # ImageNet backbone from `specc import-weights --backbone-only`: the heads start fresh
+            fresh = load_partial(model, weights)
+            say(f"initialized the backbone from {file}; {len(fresh)} head tensors start fresh")
+        else:
+            ckpt.load_weights(model, weights, str(file))
+            say(f"initialized from {file}")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 

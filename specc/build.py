@@ -39,7 +39,7 @@ def build_to(path: Path, out_dir: Path, *, overrides: list[str] | tuple[str, ...
             raise WeightsError(
                 f"{weights}: holds backbone weights only (import-weights --backbone-only); a "
                 "built model needs every tensor. Start a training run from it instead "
-                "(train.init_weights).")
+                "(specc train SPEC --init FILE).")
         load_into(module, read_state_dict(weights), str(weights))
     module.eval()
     from specc.compile import save_script, script_module

@@ -253,3 +253,21 @@ def test_corrupt_training_image_in_worker_exits_2(
 def test_metrics_record_fields(trained: Path) -> None:
     first = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
     assert {"iter", "loss", "lr", "it_s", "elapsed_s"} <= first.keys()
+
+
+def test_init_from_backbone_only_weights(trained: Path, tmp_path: Path) -> None:
+    """A backbone-only file (import-weights --backbone-only) starts the backbone; heads start fresh."""
+    from safetensors.torch import save_file
+
+    weights, _, _ = ckpt.load_checkpoint(trained)
+    backbone = {k: v.contiguous() for k, v in weights.items() if k.startswith("backbone.")}
+    source = tmp_path / "backbone.safetensors"
+    save_file(backbone, str(source), metadata={"specc.contents": "backbone"})
+    run = tmp_path / "run"
+    runkit.train_tiny(run, ["train.iters=1", "train.save_every=1", "train.lr=1e-9",
+                            "train.freeze_bn=true"], init=source)
+    after, _, _ = ckpt.load_checkpoint(run)
+    conv = [k for k in backbone if k.endswith("conv.weight")]
+    assert conv and all(torch.allclose(after[k], backbone[k], atol=1e-6) for k in conv)
+    heads = [k for k in after if k.startswith(("aspp.", "decoder.")) and k.endswith("conv.weight")]
+    assert heads and any(not torch.allclose(after[k], weights[k], atol=1e-3) for k in heads)
