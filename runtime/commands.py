@@ -191,3 +191,38 @@ def plot(
     from runtime.plot import plot_run
 
     typer.echo(f"curves: {plot_run(run_dir, out)}")
+
+
+def samples(
+    spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("samples"),
+    split: Annotated[str | None, typer.Option(help="Split; default the spec's data.val_split.")] = None,
+    count: Annotated[int, typer.Option(help="How many images, from the first.")] = 4,
+    data: Annotated[str | None, typer.Option(
+        help="Data source; default the spec's data.source.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the first images of a data split as PNGs (<i>_image.png, <i>_label.png in VOC
+    colours): something to look at, and inputs for `specc predict`."""
+    from runtime.data import colorize, open_dataset
+    from specc.api import load_spec
+    from specc.errors import SpeccError
+    from specc.fsutil import atomic_write_bytes
+
+    if count <= 0:
+        raise SpeccError(f"--count: expected a positive number, found {count}")
+    doc = load_spec(spec, set_ or [])
+    d = doc.spec.data
+    split = split or d.val_split
+    length = d.synthetic.val_length if split == d.val_split else d.synthetic.train_length
+    dataset = open_dataset(data or d.source, split, doc.spec.num_classes, seed=doc.spec.train.seed,
+                           synthetic_size=d.synthetic.size, synthetic_length=length)
+    import io
+
+    for i in range(min(count, len(dataset))):
+        image, label = dataset[i]
+        for suffix, picture in (("image", image), ("label", colorize(label))):
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            atomic_write_bytes(out / f"{i:04d}_{suffix}.png", buffer.getvalue())
+    typer.echo(f"{min(count, len(dataset))} {split} image(s) of {data or d.source} in {out}/")

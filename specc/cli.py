@@ -211,7 +211,7 @@ def _register_optional() -> None:
     except ImportError:
         return
     for name, attr in (("train", "train"), ("eval", "eval_"), ("predict", "predict"),
-                       ("plot", "plot")):
+                       ("plot", "plot"), ("samples", "samples")):
         fn = getattr(rt, attr, None)
         if fn is not None:
             app.command(name)(fn)
