@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import networkx as nx
 import typer
 
+from specc.analysis import group_of
 from specc.errors import SpeccError
 from specc.graph import ordered_nodes
 
@@ -42,12 +43,7 @@ def cluster_of(node: str) -> str:
     and output stand alone (empty string)."""
     if node in ("input", "output"):
         return ""
-    parts = node.split(".")
-    if parts[0] == "backbone":
-        return ".".join(parts[:2])
-    if parts[0] in ("aspp", "decoder", "aux"):
-        return parts[0]
-    return "head"
+    return group_of(node)
 
 
 # ------------------------------------------------------------------------------------------------

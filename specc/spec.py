@@ -12,6 +12,7 @@ import keyword
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,6 +31,16 @@ Identifier = Annotated[
 ]
 #: A whole number > 0; strict, so that YAML's ``true``/``yes`` is not read as 1.
 Positive = Annotated[int, Strict(), Field(gt=0)]
+
+
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError(f"expected an odd kernel size, found {value}")
+    return value
+
+
+#: A kernel size: odd, so that "same" padding keeps the feature map centred.
+OddKernel = Annotated[int, Strict(), Field(gt=0), AfterValidator(_odd)]
 
 NodeName = Annotated[
     str,
@@ -55,15 +66,8 @@ class Base(BaseModel):
 
 class StemConv(Base):
     channels: Positive = Field(description="Output channels of this stem convolution.")
-    kernel: Positive = Field(3, description="Kernel size (odd).")
+    kernel: OddKernel = Field(3, description="Kernel size (odd).")
     stride: Positive = Field(1, description="Stride of this convolution.")
-
-    @field_validator("kernel")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"expected an odd kernel size, found {v}")
-        return v
 
 
 class StemSpec(Base):
@@ -211,27 +215,13 @@ class ImagePoolingSpec(Base):
 
 class ProjectionSpec(Base):
     channels: Positive = Field(256, description="Channels after the concat projection.")
-    kernel: Positive = Field(1, description="Kernel of the projection conv (odd: 1 or 3).")
-
-    @field_validator("kernel")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"expected an odd kernel size, found {v}")
-        return v
+    kernel: OddKernel = Field(1, description="Kernel of the projection conv (odd: 1 or 3).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after the projection.")
 
 
 class ExtraConvSpec(Base):
     channels: Positive = Field(256, description="Channels of the extra conv before the classifier.")
-    kernel: Positive = Field(3, description="Kernel size of the extra conv (odd; torchvision: 3).")
-
-    @field_validator("kernel")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError(f"expected an odd kernel size, found {v}")
-        return v
+    kernel: OddKernel = Field(3, description="Kernel size of the extra conv (odd; torchvision: 3).")
 
 
 class ASPPSpec(Base):
