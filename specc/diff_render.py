@@ -1,0 +1,258 @@
+"""Laying out a ``specc diff`` report: sections of (columns, rows), as rich tables or markdown."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from specc.analysis import group_of
+
+#: Items listed per category in tables before "… N more" (JSON always has every item).
+LIST_LIMIT = 20
+
+
+@dataclass
+class Section:
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    footer: list[str] = field(default_factory=list)
+
+
+def fmt(value: Any, attr: str = "") -> str:
+    """A value as a reader wants it: sizes as 33×33, lists as 6, 12, 18, mappings as YAML flow."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list) and attr in ("feature_size", "shape", "input_size", "crop",
+                                            "input.crop") and all(isinstance(v, int) for v in value):
+        return "×".join(map(str, value))
+    if isinstance(value, list):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _signed(n: int) -> str:
+    return f"+{n:,}" if n > 0 else f"{n:,}"
+
+
+def _ratio(r: float | None) -> str:
+    return "—" if r is None else f"×{r:.3f}"
+
+
+def _limited(items: list[str], limit: int = LIST_LIMIT) -> list[str]:
+    return items if len(items) <= limit else [*items[:limit], f"… {len(items) - limit} more"]
+
+
+def _unit_runs(units: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Consecutive units of one stage with the same changes, as ``block3 unit1–unit22``."""
+    runs: list[list[dict[str, Any]]] = []
+    for u in units:
+        last = runs[-1][-1] if runs else None
+        if last is not None and last["stage"] == u["stage"] and last["changes"] == u["changes"]:
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    out = []
+    for run in runs:
+        first, end = run[0], run[-1]
+        where = f"{first['stage']} {first['unit']}" + (f"–{end['unit']}" if len(run) > 1 else "")
+        out.append((where, first["changes"]))
+    return out
+
+
+_LABELS = {"input_size": "input size", "output_stride": "output stride",
+           "aspp_rates": "ASPP rates (effective)", "receptive_field": "receptive field (px)",
+           "feature_size": "feature at crop", "nominal_stride": "nominal stride",
+           "rates": "dilation rates"}
+
+
+def sections(result: dict[str, Any]) -> list[Section]:
+    """The report as sections holding only what differs."""
+    out = []
+    if result["spec_changes"]:
+        out.append(Section("spec", ("key", "A", "B"),
+                           [(c["path"], fmt(c["a"], c["path"]), fmt(c["b"], c["path"]))
+                            for c in result["spec_changes"]]))
+    sch = result["schedule"]
+    if sch:
+        rows = []
+        for key in ("input_size", "output_stride", "aspp_rates", "receptive_field"):
+            if key in sch:
+                rows.append(("network", _LABELS[key], fmt(sch[key]["a"], key),
+                             fmt(sch[key]["b"], key)))
+        for s in sch.get("stages", []):
+            for attr, ab in s["changes"].items():
+                rows.append((f"{s['stage']} (stage)", _LABELS.get(attr, attr), fmt(ab["a"], attr),
+                             fmt(ab["b"], attr)))
+        for where, changes in _unit_runs(sch.get("units", [])):
+            for attr, ab in changes.items():
+                rows.append((where, _LABELS.get(attr, attr), fmt(ab["a"], attr),
+                             fmt(ab["b"], attr)))
+        for key, label in (("stages_removed", "stages only in A"), ("stages_added", "stages only in B"),
+                           ("units_removed", "units only in A"), ("units_added", "units only in B")):
+            if key in sch:
+                rows.append((label, "", ", ".join(_limited(sch[key])), ""))
+        out.append(Section("schedule", ("where", "what", "A", "B"), rows))
+    if result["cost"] or result["params"]["diff"] or result["macs"]["diff"]:
+        rows = []
+        for c in [*result["cost"], {"group": "total", "params": result["params"],
+                                    "macs": result["macs"]}]:
+            for measure, label in (("params", "parameters"), ("macs", "multiply-adds")):
+                m = c[measure]
+                if m["diff"] or c["group"] == "total":
+                    rows.append((c["group"], label, f"{m['a']:,}", f"{m['b']:,}",
+                                 _signed(m["diff"]), _ratio(m["ratio"])))
+        out.append(Section("cost", ("part", "measure", "A", "B", "B − A", "B / A"), rows))
+    if result["graph"] is not None and any(result["graph"].values()):
+        out.append(_graph_section(result["graph"]))
+    if result["weights_compatible"] is not None and not result["identical"]:
+        out.append(_weights_section(result))
+    return out
+
+
+def _describe(n: dict[str, Any]) -> str:
+    op = n.get("op", "")
+    bits = [op + (f" {n['kernel']}×{n['kernel']}" if isinstance(n.get("kernel"), int) else "")]
+    if n.get("stride", 1) != 1:
+        bits.append(f"stride {n['stride']}")
+    if n.get("dilation", 1) != 1:
+        bits.append(f"dilation {n['dilation']}")
+    if op in ("conv", "sepconv"):
+        bits.append(f"{n['in_channels']}→{n['out_channels']}")
+    if "shape" in n:
+        bits.append(fmt(n["shape"], "shape"))
+    if n.get("params"):
+        bits.append(f"{n['params']:,} params")
+    return ", ".join(bits)
+
+
+#: Node attributes that differ node by node when a whole part changes resolution.
+_VARYING = ("params", "macs", "receptive_field", "shape", "kernel")
+
+
+def _part(node: str) -> str:
+    return node if node in ("input", "output") else group_of(node)
+
+
+def _graph_section(gr: dict[str, Any]) -> Section:
+    rows: list[tuple[str, ...]] = []
+    for kind, label in (("added", "only in B"), ("removed", "only in A")):
+        by_group: dict[str, list[dict[str, Any]]] = {}
+        for n in gr[kind]:
+            by_group.setdefault(_part(n["node"]), []).append(n)
+        for group, nodes in by_group.items():
+            if len(nodes) > 6:
+                params = sum(n.get("params", 0) for n in nodes)
+                rows.append((label, f"{group} ({len(nodes)} nodes)", f"{params:,} params"))
+            else:
+                rows.extend((label, n["node"], _describe(n)) for n in nodes)
+    # Changed nodes, grouped by part and by what changed (sizes and costs may vary inside a group).
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in gr["changed"]:
+        fixed = {k: v for k, v in c["changes"].items() if k not in _VARYING}
+        key = json.dumps([_part(c["node"]), list(c["changes"]), fixed])
+        groups.setdefault((_part(c["node"]), key), []).append(c)
+    for (group, _key), nodes in groups.items():
+        where = nodes[0]["node"] if len(nodes) == 1 else f"{group} ({len(nodes)} nodes)"
+        parts = []
+        for attr in nodes[0]["changes"]:
+            values = {json.dumps(n["changes"][attr]) for n in nodes}
+            if len(values) == 1:
+                ab = nodes[0]["changes"][attr]
+                parts.append(f"{attr} {fmt(ab['a'], attr)} → {fmt(ab['b'], attr)}")
+            elif attr in ("params", "macs"):
+                a = sum(n["changes"][attr]["a"] or 0 for n in nodes)
+                b = sum(n["changes"][attr]["b"] or 0 for n in nodes)
+                parts.append(f"{attr} {a:,} → {b:,} in all")
+            else:
+                parts.append(f"{attr} (varies)")
+        rows.append(("changed", where, "; ".join(parts)))
+    for kind, label in (("edges_added", "edges only in B"), ("edges_removed", "edges only in A")):
+        if gr[kind]:
+            n = len(gr[kind])
+            rows.append((label, f"{n} edge{'s' if n > 1 else ''}",
+                         ", ".join(_limited([f"{u} → {v}" for u, v in gr[kind]], 8))))
+    return Section("graph", ("change", "node", "details"), rows)
+
+
+def compact_names(names: list[str]) -> list[str]:
+    """Parameter names sharing a module as one item: ``aux.conv.bn.{bias, weight}``."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        groups.setdefault(parent, []).append(leaf)
+    out = []
+    for parent, leaves in groups.items():
+        if not parent:
+            out.extend(leaves)
+        elif len(leaves) == 1:
+            out.append(f"{parent}.{leaves[0]}")
+        else:
+            out.append(f"{parent}.{{{', '.join(leaves)}}}")
+    return out
+
+
+def _weights_section(result: dict[str, Any]) -> Section:
+    m = result["weight_mismatches"]
+    rows: list[tuple[str, ...]] = []
+    if result["weights_compatible"]:
+        n = result.get("weights_count", {}).get("a")
+        same = f"same {n} parameter and buffer names and shapes" if n else "same architecture"
+        return Section("weights", ("check", "result"),
+                       [("a checkpoint of A loads into B", f"yes ({same})")])
+    rows.append(("a checkpoint of A loads into B", "no"))
+    for key, label in (("missing", "missing (B has, A lacks)"),
+                       ("unexpected", "unexpected (A has, B lacks)")):
+        if m[key]:
+            rows.append((f"{len(m[key])} {label}", ", ".join(_limited(compact_names(m[key])))))
+    if m["reshaped"]:
+        items = [f"{k} {fmt(a, 'shape')} → {fmt(b, 'shape')}" for k, a, b in m["reshaped"]]
+        rows.append((f"{len(items)} reshaped (A → B)", ", ".join(_limited(items))))
+    return Section("weights", ("check", "result"), rows)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The report as GitHub markdown, for a pull request."""
+    lines = [f"## specc diff: `{result['a']}` → `{result['b']}`", ""]
+    if result["identical"]:
+        lines += ["Identical: same spec, schedule, cost, graph and weights.", ""]
+    for s in sections(result):
+        lines += [f"### {s.title}", "", "| " + " | ".join(s.columns) + " |",
+                  "|" + "|".join("---" for _ in s.columns) + "|"]
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows]
+        lines.append("")
+    lines += [f"> {note}" for note in result["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_rich(result: dict[str, Any], console: Any) -> None:
+    """The report as rich tables on ``console``."""
+    from rich.table import Table
+
+    console.print(f"[bold]A[/bold] {result['a']} — {result['title']['a']}", highlight=False)
+    console.print(f"[bold]B[/bold] {result['b']} — {result['title']['b']}", highlight=False)
+    if result["identical"]:
+        console.print("identical: same spec, schedule, cost, graph and weights")
+    for s in sections(result):
+        table = Table(title=s.title, title_justify="left", show_lines=False)
+        for col in s.columns:
+            numeric = col in ("B − A", "B / A") or (s.title == "cost" and col in ("A", "B"))
+            table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+        for row in s.rows:
+            table.add_row(*row)
+        console.print(table)
+    for note in result["notes"]:
+        console.print(f"note: {note}", markup=False, highlight=False)
