@@ -187,38 +187,22 @@ def schema() -> None:
     print(json.dumps(json_schema(), indent=2))
 
 
-def _register_optional() -> None:
-    """Commands that live in other modules (runtime, import-weights, diff, graph)."""
-    try:
-        from specc.importers import import_weights_command
+def _register_commands() -> None:
+    """Commands that live beside the compiler: import-weights, diff, graph and the runtime's."""
+    from runtime import commands as rt
+    from specc.diff import diff_command
+    from specc.graphviz import graph_command
+    from specc.importers import import_weights_command
 
-        app.command("import-weights")(import_weights_command)
-    except ImportError:
-        pass
-    try:
-        from specc.diff import diff_command
-
-        app.command("diff")(diff_command)
-    except ImportError:
-        pass
-    try:
-        from specc.graphviz import graph_command
-
-        app.command("graph")(graph_command)
-    except ImportError:
-        pass
-    try:
-        from runtime import commands as rt
-    except ImportError:
-        return
-    for name, attr in (("train", "train"), ("eval", "eval_"), ("predict", "predict"),
-                       ("plot", "plot"), ("samples", "samples")):
-        fn = getattr(rt, attr, None)
-        if fn is not None:
-            app.command(name)(fn)
+    app.command("import-weights")(import_weights_command)
+    app.command("diff")(diff_command)
+    app.command("graph")(graph_command)
+    for name, fn in (("train", rt.train), ("eval", rt.eval_), ("predict", rt.predict),
+                     ("plot", rt.plot), ("samples", rt.samples)):
+        app.command(name)(fn)
 
 
-_register_optional()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
