@@ -160,6 +160,20 @@ def test_torchvision_deeplabv3(depth: int, request: pytest.FixtureRequest, tmp_p
     compare(f"deeplabv3_resnet{depth} aux", got["aux"], expected["aux"])
 
 
+def test_build_with_weights_gives_a_torchscript_archive_of_torchvision(
+        tv50: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    """The whole user path: import-weights, then `specc build --weights`, then torch.jit.load."""
+    ref, src = tv50
+    weights = import_weights(ZOO[50], src, "torchvision", tmp_path / "w.safetensors")
+    assert specc_cli("build", ZOO[50], "--weights", weights, "--out", tmp_path / "out") == 0
+    scripted = torch.jit.load(str(tmp_path / "out" / "torchvision_deeplabv3_resnet50" / "model.pt"))
+    x = image(seed=3)
+    with torch.no_grad():
+        expected, got = ref(x), scripted(x)
+    compare("model.pt out", got["out"], expected["out"])
+    compare("model.pt aux", got["aux"], expected["aux"])
+
+
 # -- torchvision ImageNet ResNet → backbone only --------------------------------------------------
 
 
