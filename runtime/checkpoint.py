@@ -29,7 +29,7 @@ import random
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from specc.api import architecture_sha256
+from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
 from specc.errors import TrainingError, WeightsError
+from specc.fsutil import atomic_write, fsync_dir
 from specc.weights import load_into, read_state_dict
 
 LINK = "checkpoint"  # RUN_DIR/checkpoint: the pointer to the last good checkpoint
@@ -51,62 +52,16 @@ EXTRA_SPEC = "specc/spec.json"  # the resolved spec stored inside model.pt (torc
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic files
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry to disk (so a rename survives a power cut, not just a kill)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Create ``path`` all at once: ``write(tmp)`` fills a temporary file next to it, then rename.
-
-    A reader (or a crash) sees either the old file or the complete new one, never a partial one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write a UTF-8 text file atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-# ---------------------------------------------------------------------------------------------
 # Spec identity and RNG state
 
 
-def arch_sha256(resolved: Mapping[str, Any]) -> str:
-    """sha256 of the resolved spec without ``train`` and ``data``: what the weights depend on."""
-    return architecture_sha256(dict(resolved))
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved specs (train/data excluded)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            if not prefix and key in ("train", "data"):
-                continue
-            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-        return out
-    return [] if old == new else [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
+    from specc.diff import spec_changes
+
+    arch = [{k: v for k, v in d.items() if k not in NON_ARCHITECTURE_KEYS} for d in (old, new)]
+    return [f"{c['path']}: {json.dumps(c['a'])} -> {json.dumps(c['b'])}"
+            for c in spec_changes(*arch)]
 
 
 def check_same_architecture(
@@ -117,7 +72,7 @@ def check_same_architecture(
     Raises:
         TrainingError: naming both hashes and the spec keys that changed.
     """
-    arch = arch_sha256(resolved)
+    arch = architecture_sha256(dict(resolved))
     if spec_info.get("arch_sha256") == arch:
         return
     changes = _differences(spec_info.get("resolved", {}), dict(resolved))
@@ -198,7 +153,7 @@ def save_checkpoint(
     for name in (WEIGHTS, STATE, SPEC):
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     # 2. the complete folder gets its final name
     if final.exists():
         shutil.rmtree(final)  # a leftover of a crashed run, not the one the link points to
@@ -208,7 +163,7 @@ def save_checkpoint(
     new_link.unlink(missing_ok=True)
     os.symlink(final.name, new_link)
     os.replace(new_link, link)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     # 4. tidy up: older checkpoints and interrupted saves
     for old in run_dir.glob("checkpoint-*"):
         if old.is_dir() and old.resolve() != final.resolve():

@@ -148,15 +148,6 @@ def gather_objects(obj: T, ctx: Context) -> list[T]:
     return out
 
 
-def broadcast_object(obj: T, ctx: Context) -> T:
-    """Rank 0's ``obj`` on every process."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(ctx: Context) -> None:
     """Wait until every process gets here."""
     if ctx.distributed:

@@ -30,8 +30,6 @@ from runtime.data import build_loader, eval_transform, open_dataset
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from specc.errors import SpeccError
 
-PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # DeepLabv3 §4.3 multi-scale inputs
-
 
 def parse_scales(text: str | None) -> tuple[float, ...]:
     """``"0.5,0.75,1"`` → ``(0.5, 0.75, 1.0)``; None or empty → ``(1.0,)``.

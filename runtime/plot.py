@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from runtime.checkpoint import atomic_write
 from specc.errors import SpeccError
+from specc.fsutil import atomic_write
 
 METRICS = "metrics.jsonl"
 FIGURE = "curves.png"

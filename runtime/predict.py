@@ -22,11 +22,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from runtime.checkpoint import atomic_write, load_torchscript, load_weights, read_weights
+from runtime.checkpoint import load_torchscript, load_weights, read_weights
 from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
 from runtime.data.base import read_image
 from runtime.evaluate import predict_probs
 from specc.errors import SpeccError
+from specc.fsutil import atomic_write
 
 OVERLAY_ALPHA = 0.5  # half image, half mask: both stay readable
 

@@ -49,6 +49,7 @@ from runtime import distributed
 from runtime.data import bootstrap_indices, build_loader, open_dataset, train_transform
 from runtime.evaluate import autocast, evaluate, val_batches
 from specc.errors import TrainingError
+from specc.fsutil import atomic_write_text
 
 METRICS = "metrics.jsonl"
 
@@ -142,7 +143,7 @@ def _trim_metrics(path: Path, last_iter: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a kill
-    ckpt.atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _tensorboard(run_dir: Path) -> Any:
@@ -187,7 +188,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     from specc.api import build
 
     spec, tr, data = doc.spec, doc.spec.train, doc.spec.data
-    arch = ckpt.arch_sha256(doc.resolved)
+    arch = doc.architecture_sha256
     spec_info = {"name": spec.name, "sha256": doc.sha256, "arch_sha256": arch,
                  "resolved": doc.resolved}
     say = console.print if ctx.is_main else (lambda *a, **k: None)
@@ -291,7 +292,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
             _trim_metrics(metrics_path, start)
         log = open(metrics_path, "a" if start else "w", encoding="utf-8")  # noqa: SIM115
         board = _tensorboard(run_dir)
-        ckpt.atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
+        atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
     if ctx.distributed and not cuda:
         say("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN statistics")
     progress = Progress(

@@ -11,7 +11,7 @@ absolute) come from the spec. Nothing here mutates the spec: a new :class:`Sched
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from specc.errors import SpecError
 from specc.presets import default_stride_placement, expand
@@ -73,7 +73,6 @@ class Schedule:
     aspp_rates: tuple[int, ...]
     stride_placement: str
     multi_grid: tuple[int, ...] | None = None
-    notes: tuple[str, ...] = field(default=())
 
     def stage_units(self, stage: str) -> list[ScheduledUnit]:
         return [u for u in self.units if u.stage == stage]

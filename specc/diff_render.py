@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from specc.analysis import group_of
@@ -17,7 +17,6 @@ class Section:
     title: str
     columns: tuple[str, ...]
     rows: list[tuple[str, ...]]
-    footer: list[str] = field(default_factory=list)
 
 
 def fmt(value: Any, attr: str = "") -> str:

@@ -26,8 +26,6 @@ from specc.spec import (
     XceptionUnit,
 )
 
-Shape = tuple[int, int, int]
-
 
 def conv_out(size: int, kernel: int, stride: int, dilation: int) -> int:
     """Output size of a conv padded by dilation·(kernel−1)/2 ("same" for stride 1)."""

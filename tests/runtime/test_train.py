@@ -20,6 +20,7 @@ from PIL import Image
 from runtime import checkpoint as ckpt
 from runtime import train as train_mod
 from runtime.plot import read_metrics
+from specc.api import architecture_sha256
 from specc.errors import TrainingError
 
 
@@ -80,7 +81,7 @@ def test_loss_goes_down_and_run_folder_is_complete(trained: Path) -> None:
     assert 0.0 <= records[-1]["miou"] <= 1.0  # evaluated at the end
     weights, state, info = ckpt.load_checkpoint(trained)
     assert state["iteration"] == runkit.BASE_ITERS
-    assert info["arch_sha256"] == ckpt.arch_sha256(info["resolved"])
+    assert info["arch_sha256"] == architecture_sha256(info["resolved"])
     assert info["resolved"]["train"]["iters"] == runkit.BASE_ITERS
     assert (trained / "checkpoint").is_symlink() and len(list(trained.glob("checkpoint-*"))) == 1
     assert (trained / "model.pt").is_file()
