@@ -67,36 +67,6 @@ def encoder_receptive_field(g: nx.DiGraph) -> int:
     return g.nodes[g.graph["aliases"]["backbone"]]["receptive_field"]
 
 
-def manifest(doc: Document, schedule: Schedule, g: nx.DiGraph,
-             state: dict[str, list[int]] | None) -> dict[str, Any]:
-    """What a build folder says about its model; deterministic (no times, no paths)."""
-    params, macs = totals(g)
-    taps = {port: tap["node"] for port, tap in sorted(g.graph.get("taps", {}).items())}
-    man: dict[str, Any] = {
-        "specc_version": __version__,
-        "name": doc.spec.name,
-        "title": g.graph["title"],
-        "spec_sha256": doc.sha256,
-        "architecture_sha256": doc.architecture_sha256,
-        "num_classes": doc.spec.num_classes,
-        "input_size": list(g.graph["input_size"]),
-        "output_stride": schedule.output_stride,
-        "params": params,
-        "macs": macs,
-        "receptive_field": encoder_receptive_field(g),
-        "aspp_rates": list(schedule.aspp_rates),
-        "outputs": ["out", "aux"] if "aux" in taps else ["out"],
-        "taps": taps,
-        "stages": list(schedule.stages),
-        "costs": costs(g),
-        "schedule": schedule_rows(schedule, g),
-        "spec": doc.resolved,
-    }
-    if state is not None:
-        man["state_dict"] = state
-    return man
-
-
 def info(doc: Document, schedule: Schedule, g: nx.DiGraph) -> dict[str, Any]:
     """The figures ``specc info`` shows (also its ``--json``)."""
     params, macs = totals(g)
@@ -115,3 +85,22 @@ def info(doc: Document, schedule: Schedule, g: nx.DiGraph) -> dict[str, Any]:
         "schedule": schedule_rows(schedule, g),
         "taps": {p: t["node"] for p, t in sorted(g.graph.get("taps", {}).items())},
     }
+
+
+def manifest(doc: Document, schedule: Schedule, g: nx.DiGraph,
+             state: dict[str, list[int]] | None) -> dict[str, Any]:
+    """What a build folder says about its model: the ``info`` figures, the spec and its hashes,
+    and (when given) every state-dict name with its shape. Deterministic: no times, no paths."""
+    man = info(doc, schedule, g)
+    man.update({
+        "specc_version": __version__,
+        "spec_sha256": doc.sha256,
+        "architecture_sha256": doc.architecture_sha256,
+        "num_classes": doc.spec.num_classes,
+        "outputs": ["out", "aux"] if "aux" in man["taps"] else ["out"],
+        "stages": list(schedule.stages),
+        "spec": doc.resolved,
+    })
+    if state is not None:
+        man["state_dict"] = state
+    return man
