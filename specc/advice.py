@@ -13,19 +13,17 @@ The warnings:
 * bilinear upsampling with ``align_corners: true`` on a crop that is not of the form k·OS+1,
   the only crops on which that mode puts feature i at input pixel OS·i.
 
-A decoder tap at the wrong stride is not a warning but an error (:func:`specc.heads.resolve_tap`).
+A decoder tap at the wrong stride is not a warning but an error (:func:`specc.lower_heads.resolve_tap`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
 from specc.graph import ordered_nodes
 
 if TYPE_CHECKING:
-    from specc.api import Document
+    from specc.api import Compilation, Document
     from specc.derive import Schedule
 
 #: The paper's ASPP rates at output stride 16 (DeepLabv3 §3.3); doubled at 8.
@@ -95,24 +93,21 @@ def valid_taps(size: tuple[int, int] | list[int], rate: int) -> dict[str, Any]:
     }
 
 
-def atrous_branches(doc: Document, schedule: Schedule, g: nx.DiGraph) -> list[dict[str, Any]]:
-    """The valid-weight analysis of each ASPP atrous branch at the spec's crop.
+def atrous_branches(comp: Compilation) -> list[dict[str, Any]]:
+    """The valid-weight analysis of each ASPP atrous branch at the spec's input size.
 
     Each entry: ``node``, ``spec_key``, ``rate``, ``feature_size`` [h, w] (the map the branch
     reads), ``valid_taps`` (of 9, on average over output positions), ``all_taps``,
     ``center_only``, ``histogram``, ``effective_kernel`` and ``degenerate``.
     """
+    aspp = comp.network.head("aspp")
     out = []
-    for n in ordered_nodes(g):
-        d = g.nodes[n]
-        if not str(d.get("spec_key", "")).startswith("aspp.rates[") or d.get("kernel") != 3:
-            continue
-        src = next(iter(g.predecessors(n)))
-        size = list(g.nodes[src]["shape"][1:])
-        figures = valid_taps(size, d["dilation"])
-        out.append({"node": n, "spec_key": d["spec_key"], "rate": d["dilation"],
+    for conv in aspp.atrous if aspp is not None else ():
+        size = list(conv.feature_size)
+        figures = valid_taps(size, conv.rate)
+        out.append({"node": conv.node, "spec_key": conv.spec_key, "rate": conv.rate,
                     "feature_size": size, **figures,
-                    "degenerate": _degenerate(size, d["dilation"], figures["valid_taps"])})
+                    "degenerate": _degenerate(size, conv.rate, figures["valid_taps"])})
     return out
 
 
@@ -124,42 +119,36 @@ def _degenerate(size: list[int], rate: int, taps: float) -> bool:
 # Receptive field per stage
 
 
-def stage_receptive_fields(schedule: Schedule, g: nx.DiGraph) -> list[dict[str, Any]]:
-    """Per backbone stage (stem first): output stride, feature size at the crop, the dilation
-    rates its units run at, and the receptive field (input pixels) of its output."""
-    rows = []
-    stem = _stem_node(g)
-    if stem is not None:
-        d = g.nodes[stem]
-        rows.append({"stage": "stem", "output_stride": d["output_stride"],
-                     "feature_size": list(d["shape"][1:]), "rates": [1],
-                     "receptive_field": d["receptive_field"]})
-    for stage in schedule.stages:
-        node = g.graph["aliases"][f"backbone.{stage}"]
+def stage_receptive_fields(comp: Compilation) -> list[dict[str, Any]]:
+    """Per backbone stage (stem first): output stride, feature size at the input size, the
+    dilation rates its units run at, and the receptive field (input pixels) of its output."""
+    net = comp.network
+    g = net.graph
+
+    def row(stage: str, node: str, rates: list[int]) -> dict[str, Any]:
         d = g.nodes[node]
-        rates = sorted({r for u in schedule.stage_units(stage) for r in u.rates})
-        rows.append({"stage": stage, "output_stride": d["output_stride"],
-                     "feature_size": list(d["shape"][1:]), "rates": rates,
-                     "receptive_field": d["receptive_field"]})
+        return {"stage": stage, "output_stride": d["output_stride"],
+                "feature_size": list(d["shape"][1:]), "rates": rates,
+                "receptive_field": d["receptive_field"]}
+
+    rows = [row("stem", net.stem.out.node, [1])]
+    for stage in net.stages:
+        rates = sorted({conv.rate for u in stage.units for conv in u.atrous})
+        rows.append(row(stage.name, net.aliases[f"backbone.{stage.name}"], rates))
     return rows
-
-
-def _stem_node(g: nx.DiGraph) -> str | None:
-    stem = [m for m in g.graph.get("modules", []) if m.get("kind") == "stem"]
-    return stem[0]["node"] if stem else None
 
 
 # ------------------------------------------------------------------------------------------------
 # Warnings
 
 
-def advise(doc: Document, schedule: Schedule, g: nx.DiGraph) -> list[str]:
+def advise(comp: Compilation) -> list[str]:
     """Warnings for legal but suspicious choices, each ``file:line:col: warning: key: message``."""
     notes: list[tuple[str, str]] = []
-    notes += _rates_for_another_output_stride(doc, schedule)
-    notes += _degenerate_branches(doc, schedule, g)
-    notes += _misaligned_crop(doc, schedule, g)
-    src = doc.raw.sources
+    notes += _rates_for_another_output_stride(comp.doc, comp.schedule)
+    notes += _degenerate_branches(comp)
+    notes += _misaligned_crop(comp)
+    src = comp.doc.raw.sources
     return [f"{src.locate(key)}: warning: {key}: {message}" for key, message in notes]
 
 
@@ -216,10 +205,11 @@ def _rates_for_another_output_stride(doc: Document, schedule: Schedule) -> list[
              "scaled")]
 
 
-def _degenerate_branches(doc: Document, schedule: Schedule, g: nx.DiGraph) -> list[tuple[str, str]]:
+def _degenerate_branches(comp: Compilation) -> list[tuple[str, str]]:
     notes = []
-    crop = "×".join(map(str, g.graph["input_size"]))
-    for b in atrous_branches(doc, schedule, g):
+    crop = "×".join(map(str, comp.network.input.size))
+    schedule = comp.schedule
+    for b in atrous_branches(comp):
         if not b["degenerate"]:
             continue
         h, w = b["feature_size"]
@@ -242,13 +232,14 @@ def _crops(size: int, os_: int) -> str:
     return f"{lo} or {hi}" if lo >= os_ + 1 else f"{hi}"
 
 
-def _misaligned_crop(doc: Document, schedule: Schedule, g: nx.DiGraph) -> list[tuple[str, str]]:
+def _misaligned_crop(comp: Compilation) -> list[tuple[str, str]]:
     """Bilinear align_corners=True upsampling maps corner to corner; feature i lands on input
     pixel OS·i only when (out − 1) = ratio·(in − 1) on both axes, i.e. crops of the form k·OS+1."""
     notes: list[tuple[str, str]] = []
     keys_done: set[str] = set()
-    h, w = g.graph["input_size"]
-    os_ = schedule.output_stride
+    g = comp.graph
+    h, w = comp.network.input.size
+    os_ = comp.schedule.output_stride
     for n in ordered_nodes(g):
         d = g.nodes[n]
         if d["op"] != "upsample" or d.get("mode") != "bilinear" or not d.get("align_corners"):

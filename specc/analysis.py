@@ -11,8 +11,8 @@ from specc import __version__
 from specc.graph import ordered_nodes
 
 if TYPE_CHECKING:
-    from specc.api import Document
-    from specc.derive import Schedule
+    from specc.api import Compilation
+    from specc.plan import Network
 
 
 def group_of(node: str) -> str:
@@ -44,13 +44,13 @@ def totals(g: nx.DiGraph) -> tuple[int, int]:
     return params, macs
 
 
-def schedule_rows(schedule: Schedule, g: nx.DiGraph) -> list[dict[str, Any]]:
+def schedule_rows(comp: Compilation) -> list[dict[str, Any]]:
     """Per unit: stride, dilation rates, output stride, feature size at the crop, channels."""
+    g = comp.graph
+    units = {u.path: u for u in comp.network.units()}
     rows = []
-    for u in schedule.units:
-        entry = next(m for m in g.graph["modules"] if m.get("stage") == u.stage
-                     and m.get("name") == u.name)
-        node = g.nodes[entry["node"]]
+    for u in comp.schedule.units:
+        node = g.nodes[units[u.path].out.node]
         prefix = u.path + "."
         params = sum(d["params"] for n, d in g.nodes(data=True) if n.startswith(prefix) or n == u.path)
         rows.append(dict(stage=u.stage, unit=u.name, type=u.unit.type,
@@ -62,45 +62,45 @@ def schedule_rows(schedule: Schedule, g: nx.DiGraph) -> list[dict[str, Any]]:
     return rows
 
 
-def encoder_receptive_field(g: nx.DiGraph) -> int:
+def encoder_receptive_field(net: Network) -> int:
     """Receptive field (input pixels) of the backbone's output."""
-    return g.nodes[g.graph["aliases"]["backbone"]]["receptive_field"]
+    return net.graph.nodes[net.aliases["backbone"]]["receptive_field"]
 
 
-def info(doc: Document, schedule: Schedule, g: nx.DiGraph) -> dict[str, Any]:
+def info(comp: Compilation) -> dict[str, Any]:
     """The figures ``specc info`` shows (also its ``--json``)."""
-    params, macs = totals(g)
+    net, schedule = comp.network, comp.schedule
+    params, macs = totals(net.graph)
     return {
-        "name": doc.spec.name,
-        "title": g.graph["title"],
+        "name": net.name,
+        "title": net.title,
         "params": params,
         "macs": macs,
-        "input_size": list(g.graph["input_size"]),
+        "input_size": list(net.input.size),
         "output_stride": schedule.output_stride,
-        "receptive_field": encoder_receptive_field(g),
+        "receptive_field": encoder_receptive_field(net),
         "aspp_rates": list(schedule.aspp_rates),
         "multi_grid": list(schedule.multi_grid) if schedule.multi_grid else None,
         "stride_placement": schedule.stride_placement,
-        "costs": costs(g),
-        "schedule": schedule_rows(schedule, g),
-        "taps": {p: t["node"] for p, t in sorted(g.graph.get("taps", {}).items())},
+        "costs": costs(net.graph),
+        "schedule": schedule_rows(comp),
+        "taps": {p: t.node for p, t in net.taps.items()},
     }
 
 
-def manifest(doc: Document, schedule: Schedule, g: nx.DiGraph,
-             state: dict[str, list[int]] | None) -> dict[str, Any]:
+def manifest(comp: Compilation) -> dict[str, Any]:
     """What a build folder says about its model: the ``info`` figures, the spec and its hashes,
-    and (when given) every state-dict name with its shape. Deterministic: no times, no paths."""
-    man = info(doc, schedule, g)
+    and every state-dict name with its shape. Deterministic: no times, no paths."""
+    doc = comp.doc
+    man = info(comp)
     man.update({
         "specc_version": __version__,
         "spec_sha256": doc.sha256,
         "architecture_sha256": doc.architecture_sha256,
         "num_classes": doc.spec.num_classes,
-        "outputs": ["out", "aux"] if "aux" in man["taps"] else ["out"],
-        "stages": list(schedule.stages),
+        "outputs": list(comp.network.outputs),
+        "stages": list(comp.schedule.stages),
         "spec": doc.resolved,
+        "state_dict": comp.state_shapes,
     })
-    if state is not None:
-        man["state_dict"] = state
     return man

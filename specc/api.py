@@ -1,27 +1,39 @@
-"""The Python API: the compiler stages strung together, mirroring the command line.
+"""The Python API: a spec document and its compilation, mirroring the command line.
 
 >>> doc = load_spec("specs/deeplabv3plus_xception.yaml", ["backbone.output_stride=8"])
 >>> built = build(doc)
 >>> built.module(torch.randn(1, 3, 65, 65))["out"].shape
 torch.Size([1, 21, 65, 65])
+
+Every command reaches the pipeline through one :class:`Compilation` per spec: it derives the
+schedule, lowers the network, emits the source and instantiates the module lazily, each at most
+once, so a command pays only for the stages it reads.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import networkx as nx
 
 from specc import __version__
+from specc.advice import advise
+from specc.analysis import manifest
 from specc.derive import Schedule, derive
+from specc.emit import emit
 from specc.errors import SpecError, SpecErrors
-from specc.graph import build_graph
-from specc.load import RawSpec, canonical_sha256, load
+from specc.graph import lower
+from specc.load import RawSpec, SourceMap, canonical_sha256, load
+from specc.plan import Network
 from specc.spec import Spec
 from specc.validate import validate
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: Sections of a spec that do not change the network (training protocol and data).
 NON_ARCHITECTURE_KEYS = ("train", "data")
@@ -46,6 +58,20 @@ class Document:
     def architecture_sha256(self) -> str:
         """sha256 of the parts of the spec that shape the network (not train/data)."""
         return architecture_sha256(self.resolved)
+
+    @classmethod
+    def from_resolved(cls, resolved: dict[str, Any], origin: Path) -> Document:
+        """A document from a resolved spec stored elsewhere (a manifest, a checkpoint).
+
+        Raises:
+            pydantic.ValidationError: it is not a valid spec (for this version of specc).
+        """
+        spec = Spec.model_validate(resolved)
+        data = spec.model_dump(mode="json")
+        digest = canonical_sha256(data)
+        raw = RawSpec(data=data, sources=SourceMap(str(origin)), path=origin, sha256=digest,
+                      files=(origin,))
+        return cls(spec=spec, raw=raw, resolved=data, sha256=digest)
 
 
 def architecture_sha256(resolved: dict[str, Any]) -> str:
@@ -72,52 +98,95 @@ def _located(doc: Document, err: SpecError) -> SpecError:
         err.detail, location=doc.raw.sources.locate(()))
 
 
-def compile_graph(doc: Document) -> tuple[Schedule, nx.DiGraph]:
-    """Derive the schedule and build the linted graph, placing any error at its spec key."""
-    try:
-        schedule = derive(doc.spec)
-        return schedule, build_graph(doc.spec, schedule)
-    except SpecError as err:
-        raise _located(doc, err) from None
+class Compilation:
+    """One spec compiled: every stage computed on first use and kept.
+
+    Errors of the derive and lower stages are placed at their spec key in the spec's file.
+    """
+
+    #: How many networks have been lowered in this process (a command lowers each spec once).
+    lowered: ClassVar[int] = 0
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+
+    @property
+    def spec(self) -> Spec:
+        return self.doc.spec
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        """The stride and dilation of every unit, and the effective ASPP rates."""
+        try:
+            return derive(self.doc.spec)
+        except SpecError as err:
+            raise _located(self.doc, err) from None
+
+    @cached_property
+    def network(self) -> Network:
+        """The lowered network: blocks, taps and the linted layer graph."""
+        schedule = self.schedule
+        try:
+            net = lower(self.doc.spec, schedule)
+        except SpecError as err:
+            raise _located(self.doc, err) from None
+        Compilation.lowered += 1
+        return net
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The layer graph, shapes on every node."""
+        return self.network.graph
+
+    @cached_property
+    def source(self) -> str:
+        """The generated ``model.py``."""
+        return emit(self.network, sha256=self.doc.sha256)
+
+    @cached_property
+    def module(self) -> nn.Module:
+        """A fresh model from the source (random weights, train mode). Each compilation makes
+        one; call :func:`specc.compile.instantiate` on :attr:`source` for another."""
+        from specc.compile import instantiate  # torch: kept out of validate/info start-up
+
+        return instantiate(self.source)
+
+    @cached_property
+    def state_shapes(self) -> dict[str, list[int]]:
+        """Every state-dict name with its shape (from a model on the meta device: no memory)."""
+        import torch  # kept out of validate/info start-up
+
+        from specc.compile import instantiate
+
+        with torch.device("meta"):
+            model = instantiate(self.source)
+        return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+    @cached_property
+    def warnings(self) -> list[str]:
+        """Warnings for legal but suspicious choices (``file:line:col: warning: ...``)."""
+        return advise(self)
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        """What ``manifest.json`` holds."""
+        return manifest(self)
 
 
-@dataclass
-class Built:
-    doc: Document
-    schedule: Schedule
-    graph: nx.DiGraph
-    source: str
-    manifest: dict[str, Any]
-    module: Any = field(default=None, repr=False)
+def compile_spec(doc: Document) -> Compilation:
+    """The compilation of a document (nothing is computed until it is read)."""
+    return Compilation(doc)
 
 
-def emit_source(doc: Document, graph: nx.DiGraph) -> str:
-    from specc.emit import emit
-
-    return emit(graph, sha256=doc.sha256)
-
-
-def build(doc: Document, *, instantiate: bool = True) -> Built:
-    """Compile a document to source and (by default) a live ``nn.Module``."""
-    from specc.analysis import manifest
-
-    schedule, graph = compile_graph(doc)
-    source = emit_source(doc, graph)
-    module = None
-    state: dict[str, list[int]] | None = None
-    if instantiate:
-        from specc.compile import instantiate as make
-
-        module = make(source)
-        state = {k: list(v.shape) for k, v in module.state_dict().items()}
-    man = manifest(doc, schedule, graph, state)
-    return Built(doc=doc, schedule=schedule, graph=graph, source=source, manifest=man,
-                 module=module)
+def build(doc: Document) -> Compilation:
+    """A document's compilation; ``.module`` is the live ``nn.Module``, ``.graph`` the layer
+    graph, ``.manifest`` what ``manifest.json`` holds."""
+    return Compilation(doc)
 
 
 def manifest_json(man: dict[str, Any]) -> str:
     return json.dumps(man, indent=2, sort_keys=True) + "\n"
 
 
-__all__ = ["Built", "Document", "SpecError", "SpecErrors", "__version__", "build",
-           "compile_graph", "load_spec"]
+__all__ = ["Compilation", "Document", "SpecError", "SpecErrors", "__version__", "build",
+           "compile_spec", "load_spec"]

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specc.api import build, load_spec, manifest_json
+from specc.api import Compilation, manifest_json
 from specc.fsutil import atomic_write_text
 
 
-def build_to(path: Path, out_dir: Path, *, overrides: list[str] | tuple[str, ...] = (),
-             weights: Path | None = None, check: bool = False) -> list[str]:
-    """Build one spec into ``out_dir/<name>/``.
+def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
+             check: bool = False) -> list[str]:
+    """Build one compiled spec into ``out_dir/<name>/``.
 
     Returns the files written, or with ``check=True`` the files that differ from what would be
-    written (nothing is written then; model.pt is not compared, it is not kept in git).
+    written (nothing is written then, and no model is instantiated; model.pt is not compared, it
+    is not kept in git).
 
     Raises:
-        SpecError / WeightsError: an invalid spec, or weights that do not fit.
+        WeightsError: weights that do not fit.
     """
-    doc = load_spec(path, overrides)
-    built = build(doc)
-    folder = out_dir / doc.spec.name
-    files = {"model.py": built.source, "manifest.json": manifest_json(built.manifest)}
+    folder = out_dir / comp.spec.name
+    files = {"model.py": comp.source, "manifest.json": manifest_json(comp.manifest)}
     if check:
         differs = []
         for name, text in files.items():
@@ -29,7 +28,7 @@ def build_to(path: Path, out_dir: Path, *, overrides: list[str] | tuple[str, ...
             if not target.is_file() or target.read_text(encoding="utf-8") != text:
                 differs.append(str(target))
         return differs
-    module = built.module
+    module = comp.module
     if weights is not None:
         from specc.errors import WeightsError
         from specc.importers import contents

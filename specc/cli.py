@@ -51,18 +51,15 @@ def validate(
     strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
 ) -> None:
     """Check specs: errors (exit 2) and warnings for legal but suspicious choices."""
-    from specc.advice import advise
-    from specc.api import compile_graph, load_spec
+    from specc.api import compile_spec, load_spec
 
     warned = False
     for path in specs:
-        doc = load_spec(path, set_ or [])
-        schedule, graph = compile_graph(doc)
-        notes = advise(doc, schedule, graph)
-        for note in notes:
+        comp = compile_spec(load_spec(path, set_ or []))
+        for note in comp.warnings:
             err.print(f"{note}", markup=False)
-        warned |= bool(notes)
-        out.print(f"ok: {path} — {graph.graph['title']}", markup=False)
+        warned |= bool(comp.warnings)
+        out.print(f"ok: {path} — {comp.network.title}", markup=False)
     if strict and warned:
         raise SpeccError("warnings found and --strict given")
 
@@ -81,8 +78,7 @@ def build(
     strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
 ) -> None:
     """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript)."""
-    from specc.advice import advise
-    from specc.api import compile_graph, load_spec
+    from specc.api import compile_spec, load_spec
     from specc.build import build_to
 
     paths = list(specs or [])
@@ -92,13 +88,12 @@ def build(
         raise SpeccError("nothing to build: give spec files or --all")
     differs = []
     for path in paths:
-        doc = load_spec(path, set_ or [])
-        notes = advise(doc, *compile_graph(doc))
-        for note in notes:
+        comp = compile_spec(load_spec(path, set_ or []))
+        for note in comp.warnings:
             err.print(note, markup=False)
-        if strict and notes:
+        if strict and comp.warnings:
             raise SpeccError(f"{path}: warnings found and --strict given")
-        result = build_to(path, out_dir, overrides=set_ or [], weights=weights, check=check)
+        result = build_to(comp, out_dir, weights=weights, check=check)
         if check:
             if result:
                 differs.extend(result)
@@ -120,21 +115,19 @@ def info(
     set_: SetOpt = None,
 ) -> None:
     """The schedule table, ASPP rates, parameters, multiply-adds and receptive field."""
+    from specc.advice import atrous_branches, stage_receptive_fields
     from specc.analysis import info as info_of
-    from specc.api import compile_graph, load_spec
+    from specc.api import compile_spec, load_spec
 
     overrides = list(set_ or [])
     if size is not None:
         if min(size) <= 0:
             raise SpeccError(f"--size: expected positive H W, found {size[0]} {size[1]}")
         overrides.append(f"input.crop=[{size[0]}, {size[1]}]")
-    doc = load_spec(spec, overrides)
-    schedule, graph = compile_graph(doc)
-    data = info_of(doc, schedule, graph)
-    from specc.advice import atrous_branches, stage_receptive_fields
-
-    data["atrous_branches"] = atrous_branches(doc, schedule, graph)
-    data["stages"] = stage_receptive_fields(schedule, graph)
+    comp = compile_spec(load_spec(spec, overrides))
+    data = info_of(comp)
+    data["atrous_branches"] = atrous_branches(comp)
+    data["stages"] = stage_receptive_fields(comp)
     if json_:
         print(json.dumps(data, indent=2))
         return

@@ -10,14 +10,16 @@ multiply-adds, the graph's nodes and edges, and whether a checkpoint of A loads 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import networkx as nx
 import typer
+from pydantic import ValidationError
 
+from specc.api import Compilation, Document, compile_spec, load_spec
 from specc.diff_render import compact_names, render_markdown, render_rich
 from specc.errors import SpeccError
 from specc.graph import ordered_nodes
@@ -38,30 +40,20 @@ UNIT_ATTRS = ("type", "channels", "nominal_stride", "stride", "rates", "feature_
 
 @dataclass
 class Side:
-    """One variant: its manifest (figures as built), its graph, and its parameter shapes."""
+    """One variant: its manifest (figures as built), its graph, and its compilation when its spec
+    still compiles."""
 
     label: str
     manifest: dict[str, Any]
     graph: nx.DiGraph | None
-    source: str | None = None
+    compilation: Compilation | None = None
     note: str = ""
-    _state: dict[str, list[int]] | None = field(default=None, repr=False)
 
     def state(self) -> dict[str, list[int]] | None:
-        """Parameter and buffer names → shapes, from the manifest or by instantiating the source
-        on the meta device (no memory, no initialization)."""
-        if self._state is None:
-            if "state_dict" in self.manifest:
-                self._state = {k: list(v) for k, v in self.manifest["state_dict"].items()}
-            elif self.source is not None:
-                import torch
-
-                from specc.compile import instantiate
-
-                with torch.device("meta"):
-                    module = instantiate(self.source)
-                self._state = {k: list(v.shape) for k, v in module.state_dict().items()}
-        return self._state
+        """Parameter and buffer names → shapes, from the manifest or the compilation."""
+        if "state_dict" in self.manifest:
+            return {k: list(v) for k, v in self.manifest["state_dict"].items()}
+        return self.compilation.state_shapes if self.compilation is not None else None
 
 
 def load_side(path: Path, overrides: list[str], which: str) -> Side:
@@ -80,12 +72,9 @@ def load_side(path: Path, overrides: list[str], which: str) -> Side:
     elif path.suffix == ".json":
         manifest_path = path
     if manifest_path is None:
-        from specc.api import build, load_spec
-
-        doc = load_spec(path, overrides)
-        built = build(doc, instantiate=False)
+        comp = compile_spec(load_spec(path, overrides))
         label = str(path) + "".join(f" --set {o}" for o in overrides)
-        return Side(label=label, manifest=built.manifest, graph=built.graph, source=built.source)
+        return Side(label=label, manifest=comp.manifest, graph=comp.graph, compilation=comp)
     if overrides:
         raise SpeccError(f"--set-{which}: overrides apply to spec files; {path} is a build "
                          "(give the spec file instead)")
@@ -103,25 +92,16 @@ def _side_from_manifest(path: Path) -> Side:
                (man if isinstance(man, dict) else {})]
     if missing:
         raise SpeccError(f"{path}: not a specc manifest; missing {', '.join(missing)}")
-    from pydantic import ValidationError
-
-    from specc.derive import derive
-    from specc.graph import build_graph
-    from specc.spec import Spec
-
-    graph, source, note = None, None, ""
+    comp, graph, note = None, None, ""
     try:
-        spec = Spec.model_validate(man["spec"])
-        graph = build_graph(spec, derive(spec))
-        if "state_dict" not in man:
-            from specc.emit import emit
-
-            source = emit(graph, sha256=man.get("spec_sha256", ""))
+        comp = compile_spec(Document.from_resolved(man["spec"], path))
+        graph = comp.graph
     except (ValidationError, SpeccError) as exc:
+        comp = None
         note = (f"the spec in {path} no longer compiles with this specc "
                 f"({str(exc).splitlines()[0]}); its graph is not compared")
     return Side(label=str(path.parent if path.name == "manifest.json" else path), manifest=man,
-                graph=graph, source=source, note=note)
+                graph=graph, compilation=comp, note=note)
 
 
 # ------------------------------------------------------------------------------------------------

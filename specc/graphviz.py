@@ -11,7 +11,6 @@ simpler matplotlib drawing.
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import subprocess
 import sys
@@ -26,12 +25,12 @@ import typer
 from specc.analysis import group_of
 from specc.errors import SpeccError
 from specc.graph import ordered_nodes
+from specc.plan import Network, Unit
 
 #: Fill colour per output stride (light to dark as the map shrinks); others are grey.
 STRIDE_COLORS = {1: "#ffffff", 2: "#fff7bc", 4: "#d9f0a3", 8: "#a6d8f0", 16: "#fdd0a2",
                  32: "#fc9272"}
 OTHER_COLOR = "#d9d9d9"
-UNIT_KINDS = ("bottleneck", "basic", "xception", "inverted_residual")
 
 
 def color_of(output_stride: int) -> str:
@@ -85,9 +84,10 @@ def _plain(node: str) -> str:
     return node.removeprefix("backbone.")
 
 
-def layers(g: nx.DiGraph) -> Drawn:
+def layers(net: Network) -> Drawn:
     """Every layer a node."""
-    out = Drawn(title=g.graph.get("title", g.graph.get("name", "")))
+    g = net.graph
+    out = Drawn(title=net.title or net.name)
     for n in ordered_nodes(g):
         d = g.nodes[n]
         out.nodes[n] = {"label": _layer_label(n, d), "cluster": cluster_of(n), "name": _plain(n),
@@ -98,20 +98,13 @@ def layers(g: nx.DiGraph) -> Drawn:
     return out
 
 
-def _signature(entry: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in entry.items() if k not in ("index", "name", "node",
-                                                                    "spec_key")},
-                      sort_keys=True, default=list)
-
-
-def collapsed(g: nx.DiGraph) -> Drawn:
+def collapsed(net: Network) -> Drawn:
     """Each backbone unit one node; consecutive identical units of a stage one node."""
-    units = [m for m in g.graph["modules"] if m["kind"] in UNIT_KINDS]
-    runs: list[list[dict[str, Any]]] = []
-    for u in units:
+    g = net.graph
+    runs: list[list[Unit]] = []
+    for u in net.units():
         prev = runs[-1][-1] if runs else None
-        if prev is not None and prev["stage"] == u["stage"] and \
-                _signature(prev) == _signature(u):
+        if prev is not None and prev.stage == u.stage and prev.signature() == u.signature():
             runs[-1].append(u)
         else:
             runs.append([u])
@@ -119,24 +112,20 @@ def collapsed(g: nx.DiGraph) -> Drawn:
     info: dict[str, dict[str, Any]] = {}
     for run in runs:
         first, last = run[0], run[-1]
-        stage = f"backbone.{first['stage']}"
-        name = f"{stage}.{first['name']}" + (f"–{last['name']}" if len(run) > 1 else "")
+        stage = f"backbone.{first.stage}"
+        name = f"{stage}.{first.name}" + (f"–{last.name}" if len(run) > 1 else "")
         for u in run:
-            path = f"{stage}.{u['name']}"
             for n in g.nodes:
-                if n == path or n.startswith(path + "."):
+                if n == u.path or n.startswith(u.path + "."):
                     owner[n] = name
-        rates = ",".join(map(str, first["rates"]))
-        c, h, w = first["shape"]
+        c, h, w = first.out.shape
         times = f" ×{len(run)}" if len(run) > 1 else ""
-        stride = f" /{first['stride']}" if first["stride"] != 1 else ""
-        dil = f" d={rates}" if any(r > 1 for r in first["rates"]) else ""
-        label = (f"{name[len(stage) + 1:]}{times}\n{first['kind']}{stride}{dil}\n"
-                 f"{c}×{h}×{w}  OS {first['output_stride']}")
+        label = (f"{name[len(stage) + 1:]}{times}\n{first.describe()}\n"
+                 f"{c}×{h}×{w}  OS {first.out.output_stride}")
         info[name] = {"label": label, "cluster": stage, "name": _plain(name) + times,
-                      "output_stride": first["output_stride"],
-                      "dilated": any(r > 1 for r in first["rates"])}
-    full = layers(g)
+                      "output_stride": first.out.output_stride,
+                      "dilated": any(r > 1 for r in first.rates)}
+    full = layers(net)
     out = Drawn(title=full.title)
     for n, attrs in full.nodes.items():
         target = owner.get(n, n)
@@ -294,16 +283,15 @@ def graph_command(
         "--set", help="Override a spec value: key.path=value (YAML).")] = None,
 ) -> None:
     """The model DAG grouped by stage, nodes filled by output stride, labels with dilation."""
-    from specc.api import compile_graph, load_spec
+    from specc.api import compile_spec, load_spec
 
     if format_ is None:
         suffix = out.suffix.lower().lstrip(".") if out is not None else ""
         format_ = GraphFormat(suffix) if suffix in ("svg", "png") else GraphFormat.dot
     if format_ is GraphFormat.png and out is None:
         raise SpeccError("--format png writes binary data: give --out FILE")
-    doc = load_spec(spec, set_ or [])
-    _, graph = compile_graph(doc)
-    drawn = collapsed(graph) if collapse else layers(graph)
+    net = compile_spec(load_spec(spec, set_ or [])).network
+    drawn = collapsed(net) if collapse else layers(net)
     dot_text = to_dot(drawn)
     if format_ is GraphFormat.dot:
         data = dot_text.encode()

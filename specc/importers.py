@@ -1,8 +1,9 @@
 """``specc import-weights``: foreign state dicts (torchvision, timm) renamed onto a spec's tensors.
 
 Nothing is ever downloaded: the source is a file the user already has (``torch.save``'d state dict
-or ``.safetensors``). The renaming is derived from the spec's module plan
-(``graph.graph["modules"]``), not written out for one spec: the k-th stage of a ResNet preset is
+or ``.safetensors``). The renaming is derived from the spec's blocks, not written out for one
+spec: each block kind knows the names a library gives its tensors (``Block.weight_map``), and this
+module knows where the library keeps each block: the k-th stage of a ResNet preset is
 torchvision's ``layer{k}``, unit j of it ``layer{k}.{j}``; the n-th Xception unit is timm's
 ``blocks.{n}``. Every tensor of the spec must come from the source and every tensor of the source
 must land somewhere, with the same shape, except the classification head of an ImageNet network
@@ -18,18 +19,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from specc.api import compile_spec, load_spec
 from specc.errors import SpeccError, WeightsError
+from specc.plan import Network
 from specc.weights import mismatches, read_state_dict
 
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
-    from specc.api import Built
+    from specc.api import Compilation
     from specc.derive import Schedule
 
 #: Values of ``--from``.
@@ -76,19 +79,29 @@ class Imported:
 # -- plans ----------------------------------------------------------------------------------------
 
 
-def _units(modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m for m in modules if m["kind"] in ("bottleneck", "basic", "xception",
-                                                "inverted_residual")]
+def _add(plan: Plan, ours: str, mapped: dict[str, str] | str, foreign: dict[str, list[str]]) -> None:
+    """Add a block's weight map under our prefix ``ours``; a note when it has no counterpart."""
+    if isinstance(mapped, str):
+        foreign.setdefault(mapped, []).append(ours)
+        return
+    for rel, theirs in mapped.items():
+        plan.prefixes[f"{ours}.{rel}" if rel else ours] = theirs
 
 
-def _conv_bn(plan: Plan, ours: str, conv: str, bn: str) -> None:
-    plan.prefixes[f"{ours}.conv"] = conv
-    plan.prefixes[f"{ours}.bn"] = bn
+def _notes(plan: Plan, foreign: dict[str, list[str]]) -> None:
+    """One note per reason; for units, how many the spec has and the first of them."""
+    for note, where in foreign.items():
+        units = [w for w in where if w.startswith("backbone.") and w != "backbone.stem"]
+        more = ", …" if len(units) > 1 else ""
+        plan.notes.append(f"{note}; the spec has {len(units)} ({units[0]}{more})" if units
+                          else note)
 
 
-def torchvision_plan(modules: list[dict[str, Any]], stages: list[str], source: dict[str, Tensor]
-                     ) -> Plan:
+def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     """Map a torchvision ResNet: a DeepLabV3 segmentation model, or an ImageNet classifier.
+
+    Stage k of the spec is torchvision's ``layer{k}``, unit j of it ``layer{k}.{j}``; the heads
+    of a DeepLabV3 sit under ``classifier`` and ``aux_classifier``.
 
     Raises:
         WeightsError: the source is neither.
@@ -103,63 +116,30 @@ def torchvision_plan(modules: list[dict[str, Any]], stages: list[str], source: d
         raise WeightsError("not a torchvision ResNet or DeepLabV3 state dict (expected "
                            "'conv1.weight' and 'layer1.*', or 'backbone.*'); its first names: "
                            + ", ".join(keys[:5]))
-    stem = next(m for m in modules if m["kind"] == "stem")
-    if len(stem["convs"]) == 1:
-        _conv_bn(plan, "backbone.stem.0", f"{pre}conv1", f"{pre}bn1")
-    else:
-        plan.notes.append(f"torchvision ResNets have one 7×7 stem conv; the spec's stem has "
-                          f"{len(stem['convs'])}")
-    layer = {stage: f"{pre}layer{i + 1}" for i, stage in enumerate(stages)}
-    if len(stages) > 4:
-        plan.notes.append(f"torchvision ResNets have 4 stages; the spec's {', '.join(stages[4:])} "
-                          "have no counterpart")
     foreign: dict[str, list[str]] = {}
-    for m in _units(modules):
-        ours, theirs = f"backbone.{m['stage']}.{m['index']}", f"{layer[m['stage']]}.{m['index']}"
-        if m["kind"] not in ("bottleneck", "basic"):
-            foreign.setdefault(m["kind"], []).append(ours)
-            continue
-        for k in range(1, 4 if m["kind"] == "bottleneck" else 3):
-            _conv_bn(plan, f"{ours}.conv{k}", f"{theirs}.conv{k}", f"{theirs}.bn{k}")
-        if m["shortcut"] == "conv":
-            _conv_bn(plan, f"{ours}.shortcut", f"{theirs}.downsample.0", f"{theirs}.downsample.1")
-    _note_foreign(plan, "torchvision's ResNet", foreign)
-    if not pre:
-        return plan
-    # torchvision's DeepLabHead: classifier = [ASPP, 3×3 conv, BN, ReLU, 1×1 conv]; FCNHead aux.
-    for m in modules:
-        if m["kind"] == "aspp":
-            if m["separable"]:
-                plan.notes.append("torchvision's ASPP has plain 3×3 convs, the spec's are "
-                                  "separable")
-                continue
-            n = len(m["rates"])
-            for i in range(n + 1):
-                _conv_bn(plan, f"aspp.convs.{i}", f"classifier.0.convs.{i}.0",
-                         f"classifier.0.convs.{i}.1")
-            if m["pooling"] != "none":
-                _conv_bn(plan, f"aspp.convs.{n + 1}.conv", f"classifier.0.convs.{n + 1}.1",
-                         f"classifier.0.convs.{n + 1}.2")
-            _conv_bn(plan, "aspp.project", "classifier.0.project.0", "classifier.0.project.1")
-        elif m["kind"] == "extra":
-            _conv_bn(plan, "extra", "classifier.1", "classifier.2")
-        elif m["kind"] == "classifier":
-            plan.prefixes["classifier"] = "classifier.4"
-        elif m["kind"] == "aux":
-            _conv_bn(plan, "aux.conv", "aux_classifier.0", "aux_classifier.1")
-            plan.prefixes["aux.classifier"] = "aux_classifier.4"
-        elif m["kind"] == "decoder":
-            plan.notes.append("torchvision's DeepLabV3 has no decoder (DeepLabv3+)")
+    _add(plan, "backbone.stem", net.stem.weight_map("torchvision", pre), foreign)
+    if len(net.stages) > 4:
+        plan.notes.append("torchvision ResNets have 4 stages; the spec's "
+                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
+    for k, stage in enumerate(net.stages):
+        for u in stage.units:
+            _add(plan, u.module, u.weight_map("torchvision", f"{pre}layer{k + 1}.{u.index}"),
+                 foreign)
+    if pre:  # a DeepLabV3: classifier = [ASPP, 3×3 conv, BN, ReLU, 1×1 conv]; FCNHead aux
+        for head in net.heads:
+            _add(plan, head.attr, head.weight_map("torchvision", ""), foreign)
+    _notes(plan, foreign)
     return plan
 
 
-def timm_plan(modules: list[dict[str, Any]], stages: list[str], source: dict[str, Tensor]) -> Plan:
+def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     """Map timm's aligned Xception (``xception41/65/71``); its classifier ``head.*`` is dropped.
+
+    timm numbers the units through the whole network: the n-th unit is ``blocks.{n}``.
 
     Raises:
         WeightsError: the source is not one (a pre-activation ``xception*p`` included).
     """
-    del stages  # timm numbers the blocks through the whole network
     if "stem.0.conv.weight" not in source or not any(k.startswith("blocks.") for k in source):
         raise WeightsError("not a timm aligned-Xception state dict (expected 'stem.0.conv.weight' "
                            "and 'blocks.*'); its first names: " + ", ".join(list(source)[:5]))
@@ -167,31 +147,12 @@ def timm_plan(modules: list[dict[str, Any]], stages: list[str], source: dict[str
         raise WeightsError("a pre-activation Xception (timm's xception41p/65p): its units "
                            "normalize before each conv, which specc's Xception units do not")
     plan = Plan("timm aligned Xception", drop=("head.",))
-    stem = next(m for m in modules if m["kind"] == "stem")
-    for i in range(len(stem["convs"])):
-        _conv_bn(plan, f"backbone.stem.{i}", f"stem.{i}.conv", f"stem.{i}.bn")
     foreign: dict[str, list[str]] = {}
-    for n, m in enumerate(_units(modules)):
-        ours, theirs = f"backbone.{m['stage']}.{m['index']}", f"blocks.{n}"
-        if m["kind"] != "xception":
-            foreign.setdefault(m["kind"], []).append(ours)
-            continue
-        for k in range(1, 4):
-            sep, conv = f"{ours}.sep{k}", f"{theirs}.stack.conv{k}"
-            plan.prefixes.update({f"{sep}.depthwise": f"{conv}.conv_dw",
-                                  f"{sep}.bn_depthwise": f"{conv}.bn_dw",
-                                  f"{sep}.pointwise": f"{conv}.conv_pw",
-                                  f"{sep}.bn_pointwise": f"{conv}.bn_pw"})
-        if m["shortcut"] == "conv":
-            _conv_bn(plan, f"{ours}.shortcut", f"{theirs}.shortcut.conv", f"{theirs}.shortcut.bn")
-    _note_foreign(plan, "timm's aligned Xception", foreign)
+    _add(plan, "backbone.stem", net.stem.weight_map("timm", ""), foreign)
+    for n, u in enumerate(net.units()):
+        _add(plan, u.module, u.weight_map("timm", f"blocks.{n}"), foreign)
+    _notes(plan, foreign)
     return plan
-
-
-def _note_foreign(plan: Plan, source: str, foreign: dict[str, list[str]]) -> None:
-    for kind, units in foreign.items():
-        plan.notes.append(f"{source} has no {kind} units; the spec has {len(units)} "
-                          f"({units[0]}{', …' if len(units) > 1 else ''})")
 
 
 _PLANS = {"torchvision": torchvision_plan, "timm": timm_plan}
@@ -268,9 +229,9 @@ def convert(expected: dict[str, torch.Size | list[int]], source: dict[str, Tenso
                     backbone_only=backbone_only)
 
 
-def import_state(built: Built, source: dict[str, Tensor], from_: str, *,
+def import_state(comp: Compilation, source: dict[str, Tensor], from_: str, *,
                  backbone_only: bool = False, what: str = "the source") -> Imported:
-    """The tensors of ``built`` (a :class:`specc.api.Built` with its module) from ``source``.
+    """The tensors of a compiled spec's model from ``source``.
 
     Raises:
         SpeccError: an unknown ``from_``.
@@ -278,12 +239,11 @@ def import_state(built: Built, source: dict[str, Tensor], from_: str, *,
     """
     if from_ not in _PLANS:
         raise SpeccError(f"--from: expected one of {', '.join(SOURCES)}, found {from_!r}")
-    g = built.graph
-    plan = _PLANS[from_](g.graph["modules"], list(g.graph["stages"]), source)
-    expected = {k: v.shape for k, v in built.module.state_dict().items()}
+    plan = _PLANS[from_](comp.network, source)
+    expected = comp.state_shapes
     imported = convert(expected, source, plan, backbone_only=backbone_only, what=what,
-                       target=f"spec {built.doc.spec.name!r}")
-    return replace(imported, warnings=tuple(differences(built.schedule, from_)))
+                       target=f"spec {comp.spec.name!r}")
+    return replace(imported, warnings=tuple(differences(comp.schedule, from_)))
 
 
 def differences(schedule: Schedule, from_: str) -> list[str]:
@@ -374,19 +334,13 @@ def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
         SpecError: an invalid spec. WeightsError: an unreadable or ill-fitting source.
         SpeccError: a bad ``--from`` or ``--out``.
     """
-    from specc.api import build, load_spec
-
     if from_ not in SOURCES:
         raise SpeccError(f"--from: expected one of {', '.join(SOURCES)}, found {from_!r}")
     if out.suffix != ".safetensors":
         raise SpeccError(f"--out: expected a .safetensors file, found {out}")
     doc = load_spec(spec, list(overrides))
     source = read_state_dict(src)
-    import torch
-
-    with torch.device("meta"):  # only the names and shapes are needed: skip initialising
-        built = build(doc)
-    imported = import_state(built, source, from_, backbone_only=backbone_only, what=str(src))
+    imported = import_state(compile_spec(doc), source, from_, backbone_only=backbone_only, what=str(src))
     save_imported(imported, out, metadata={
         "specc.spec": doc.spec.name, "specc.architecture_sha256": doc.architecture_sha256,
         "specc.from": from_, "specc.source": Path(src).name})

@@ -12,7 +12,6 @@ import pytest
 
 from specc.advice import (
     MIN_VALID_TAPS,
-    advise,
     atrous_branches,
     implied_output_stride,
     paper_rates,
@@ -21,7 +20,7 @@ from specc.advice import (
     valid_taps,
     valid_taps_1d,
 )
-from specc.api import compile_graph, load_spec
+from specc.api import compile_spec, load_spec
 from specc.cli import main
 from specc.errors import SpecError
 
@@ -36,7 +35,7 @@ WARNING = re.compile(r"^(?P<loc>[^:]+(:\d+:\d+)?): warning: (?P<key>[a-z_.\[\]0-
 
 def warnings_for(path: Path, *overrides: str) -> dict[str, str]:
     doc = load_spec(path, list(overrides))
-    notes = advise(doc, *compile_graph(doc))
+    notes = compile_spec(doc).warnings
     out = {}
     for note in notes:
         m = WARNING.match(note)
@@ -135,7 +134,7 @@ def test_threshold_keeps_the_papers_own_settings():
 
 def test_atrous_branches_of_the_paper_model():
     doc = load_spec(V3)
-    branches = atrous_branches(doc, *compile_graph(doc))
+    branches = atrous_branches(compile_spec(doc))
     assert [b["rate"] for b in branches] == [6, 12, 18]
     assert [b["spec_key"] for b in branches] == ["aspp.rates[0]", "aspp.rates[1]", "aspp.rates[2]"]
     for b in branches:
@@ -146,16 +145,16 @@ def test_atrous_branches_of_the_paper_model():
 
 def test_atrous_branches_follow_output_stride_and_crop():
     doc = load_spec(V3, ["backbone.output_stride=8"])
-    branches = atrous_branches(doc, *compile_graph(doc))
+    branches = atrous_branches(compile_spec(doc))
     assert [(b["rate"], b["feature_size"]) for b in branches] == [
         (12, [65, 65]), (24, [65, 65]), (36, [65, 65])]
     doc = load_spec(XCEPTION, ["input.crop=[321, 257]"])  # separable branches, non-square
-    branches = atrous_branches(doc, *compile_graph(doc))
+    branches = atrous_branches(compile_spec(doc))
     assert [b["feature_size"] for b in branches] == [[21, 17]] * 3
     assert branches[2]["valid_taps"] == pytest.approx(brute_2d(21, 17, 18)[0])
     assert branches[2]["effective_kernel"] == "3×1"
     doc = load_spec(V3, ["aspp=null", "name=noaspp"])
-    assert atrous_branches(doc, *compile_graph(doc)) == []
+    assert atrous_branches(compile_spec(doc)) == []
 
 
 def test_info_json_lists_atrous_branches(capsys):
@@ -172,19 +171,20 @@ def test_info_json_lists_atrous_branches(capsys):
 
 def test_stage_receptive_fields_match_the_schedule():
     doc = load_spec(V3)
-    schedule, graph = compile_graph(doc)
-    rows = stage_receptive_fields(schedule, graph)
+    comp = compile_spec(doc)
+    graph = comp.graph
+    rows = stage_receptive_fields(comp)
     assert [r["stage"] for r in rows] == ["stem", "block1", "block2", "block3", "block4"]
     from specc.analysis import schedule_rows
 
-    last = {r["stage"]: r for r in schedule_rows(schedule, graph)}
+    last = {r["stage"]: r for r in schedule_rows(comp)}
     for r in rows[1:]:
         assert r["receptive_field"] == last[r["stage"]]["receptive_field"]
         assert r["feature_size"] == last[r["stage"]]["feature_size"]
     rfs = [r["receptive_field"] for r in rows]
     assert rfs == sorted(rfs)
     assert rows[-1]["rates"] == [2, 4, 8]
-    assert rows[-1]["receptive_field"] == graph.nodes[graph.graph["aliases"]["backbone"]][
+    assert rows[-1]["receptive_field"] == graph.nodes[comp.network.aliases["backbone"]][
         "receptive_field"]
 
 
@@ -247,7 +247,7 @@ def test_degenerate_branch_warning():
     assert ":18:" in note.split(": warning")[0]  # the line of `rates: [6, 12, 18]`
     # Just above the threshold: no warning (rate 12 on 17×17 keeps 2.52 taps).
     doc = load_spec(V3, ["input.crop=[257, 257]"])
-    rate12 = atrous_branches(doc, *compile_graph(doc))[1]
+    rate12 = atrous_branches(compile_spec(doc))[1]
     assert rate12["valid_taps"] > MIN_VALID_TAPS and not rate12["degenerate"]
 
 
@@ -286,7 +286,7 @@ def test_misaligned_crop_with_align_corners():
 def test_decoder_tap_at_the_wrong_stride_is_an_error(capsys):
     with pytest.raises(SpecError) as exc:
         load_and_compile = load_spec(V3PLUS, ["decoder.low_level=backbone.block2.unit3"])
-        compile_graph(load_and_compile)
+        _ = compile_spec(load_and_compile).network
     message = str(exc.value)
     assert "decoder.low_level" in message
     assert "at stride 8" in message and "expects stride 4" in message
@@ -297,7 +297,7 @@ def test_decoder_tap_at_the_wrong_stride_is_an_error(capsys):
 
 def test_decoder_tap_at_the_right_stride_is_accepted():
     doc = load_spec(V3PLUS, ["decoder.low_level=backbone.block2.unit3", "decoder.output_stride=8"])
-    compile_graph(doc)
+    _ = compile_spec(doc).network
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from specc.analysis import info as info_of
-from specc.api import build, compile_graph, load_spec, manifest_json
+from specc.api import build, compile_spec, load_spec, manifest_json
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").rglob("*.yaml"))
@@ -165,8 +165,7 @@ def test_api_mirrors_the_command_line(cli, tmp_path):
     spec = REPO / "specs/deeplabv3plus_mobilenetv2.yaml"
     sets = ["input.crop=[65, 65]", "backbone.width_multiplier=0.25"]
     doc = load_spec(spec, sets)
-    schedule, graph = compile_graph(doc)
-    api_info = info_of(doc, schedule, graph)
+    api_info = info_of(compile_spec(doc))
     cli_info = json.loads(cli("info", spec, "--json", *[a for s in sets for a in ("--set", s)]).out)
     assert {k: v for k, v in cli_info.items() if k in api_info} == json.loads(json.dumps(api_info))
 

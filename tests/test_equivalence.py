@@ -354,5 +354,5 @@ def test_load_partial_rejects_foreign_tensors() -> None:
 ])
 def test_differences_the_shapes_cannot_show(spec: Path, overrides: list[str], from_: str,
                                             warned: bool) -> None:
-    schedule = build(load_spec(spec, overrides), instantiate=False).schedule
+    schedule = build(load_spec(spec, overrides)).schedule
     assert bool(differences(schedule, from_)) == warned

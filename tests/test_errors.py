@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from specc.api import compile_graph, load_spec
+from specc.api import compile_spec, load_spec
 from specc.errors import SpeccError
 
 BASE = "name: m\nnum_classes: 21\nbackbone:\n  preset: resnet50\n"
@@ -267,7 +267,7 @@ def test_api_message(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     _materialize(case, tmp_path)
     with pytest.raises(SpeccError) as info:
         doc = load_spec("spec.yaml", case.overrides)
-        compile_graph(doc)
+        _ = compile_spec(doc).network
     assert str(info.value) == case.expected
 
 

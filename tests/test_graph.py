@@ -10,9 +10,10 @@ from typing import Any
 import networkx as nx
 import pytest
 
-from specc.api import compile_graph, load_spec
+from specc.api import compile_spec, load_spec
 from specc.errors import SpecError
-from specc.graph import conv_out, lint, ordered_nodes
+from specc.graph import lint, ordered_nodes
+from specc.plan import Network, conv_out
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").rglob("*.yaml"))
@@ -44,8 +45,12 @@ aspp: null
 """
 
 
+def network_of(path: Path, *overrides: str) -> Network:
+    return compile_spec(load_spec(path, list(overrides))).network
+
+
 def graph_of(path: Path, *overrides: str) -> nx.DiGraph:
-    return compile_graph(load_spec(path, list(overrides)))[1]
+    return network_of(path, *overrides).graph
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +58,19 @@ def graphs() -> dict[Path, nx.DiGraph]:
     return {p: graph_of(p) for p in SPECS}
 
 
+@pytest.fixture(scope="module")
+def networks(graphs) -> dict[Path, Network]:
+    return {p: network_of(p) for p in SPECS}
+
+
 # --------------------------------------------------------------------------------------------
 # Node attributes
 
 
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
-def test_every_node_carries_its_shape_and_stride(path, graphs):
-    g = graphs[path]
-    h, w = g.graph["input_size"]
+def test_every_node_carries_its_shape_and_stride(path, networks):
+    g = networks[path].graph
+    h, w = networks[path].input.size
     for n, d in g.nodes(data=True):
         assert set(d) >= COMMON, (n, COMMON - set(d))
         assert d["shape"][0] == d["out_channels"] and len(d["shape"]) == 3, n
@@ -98,14 +108,15 @@ def test_conv_attributes_of_known_layers(graphs):
     assert dw["dilation"] == 2
 
 
-def test_taps_are_at_their_strides(graphs):
-    for path, g in graphs.items():
-        for port, tap in g.graph["taps"].items():
-            node = g.nodes[tap["node"]]
+def test_taps_are_at_their_strides(networks):
+    for path, net in networks.items():
+        g = net.graph
+        for port, tap in net.taps.items():
+            node = g.nodes[tap.node]
             if port == "low_level":
                 assert node["output_stride"] == 4, path
-        assert g.nodes["classifier"]["output_stride"] == (4 if "low_level" in g.graph["taps"]
-                                                          else g.graph["output_stride"]), path
+        assert g.nodes["classifier"]["output_stride"] == (4 if "low_level" in net.taps
+                                                          else net.output_stride), path
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ def test_node_order_is_deterministic_and_topological():
     assert all(position[u] < position[v] for u, v in a.edges)
     # Backbone layers come in network order: every stage before the next.
     stages = [n.split(".")[1] for n in order if n.startswith("backbone.") and n.count(".") >= 2]
-    assert list(dict.fromkeys(stages)) == ["stem", *a.graph["stages"]]
+    assert list(dict.fromkeys(stages)) == ["stem", *(s.name for s in network_of(path).stages)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,17 +213,16 @@ def test_graph_parameter_count_equals_the_module(path, builds):
 # Shapes against the real tensors
 
 
-def module_of(node: str, g: nx.DiGraph) -> str | None:
+def module_of(node: str, net: Network) -> str | None:
     """The submodule (qualified name) that computes ``node``, or None for a functional step."""
+    g = net.graph
     if m := re.fullmatch(r"backbone\.stem\.conv(\d+)", node):
         return f"backbone.stem.{int(m.group(1)) - 1}"
     if node == "backbone.stem.pool":
         return f"backbone.stem.{sum(1 for n in g if n.startswith('backbone.stem.conv'))}"
     parts = node.split(".")
     if parts[0] == "backbone":
-        entry = next(m for m in g.graph["modules"]
-                     if m.get("stage") == parts[1] and m.get("name") == parts[2])
-        base = f"backbone.{entry['stage']}.{entry['index']}"
+        base = net.unit(".".join(parts[:3])).module
         if len(parts) == 3:
             return base
         return f"{base}.{'shortcut' if parts[3] == 'subsample' else parts[3]}"
@@ -233,7 +243,7 @@ def module_of(node: str, g: nx.DiGraph) -> str | None:
 
 def observed_shape(node: str, g: nx.DiGraph, small: Any) -> tuple[int, ...] | None:
     """The real (C, H, W) of ``node`` from the hooked forward pass; None if not observable."""
-    name = module_of(node, g)
+    name = module_of(node, small.built.network)
     if name is not None:
         shape = small.shapes.get(name)
         return shape[1:] if shape else None  # a unit run through forward_tap has no hook
@@ -266,9 +276,9 @@ def test_graph_shapes_equal_the_real_tensor_shapes(path, builds):
             continue
         assert real == d["shape"], (n, real, d["shape"])
     # Only the output node and units that hand out a tap (run through forward_tap) are unhooked.
-    tapped = {t["unit"] for t in g.graph["taps"].values()}
+    tapped = {t.unit for t in small.built.network.taps.values()}
     assert set(unobserved) <= {"output", *tapped}, unobserved
-    assert small.outputs["out"].shape == (1, g.graph["num_classes"], 65, 65)
+    assert small.outputs["out"].shape == (1, small.built.network.num_classes, 65, 65)
 
 
 def test_shapes_at_an_odd_non_square_crop():
@@ -297,20 +307,19 @@ def test_shapes_at_an_odd_non_square_crop():
     assert out.shape == (1, 21, 41, 75)
     checked = 0
     for n, d in g.nodes(data=True):
-        name = module_of(n, g)
+        name = module_of(n, built.network)
         if name in seen:
             assert seen[name][1:] == d["shape"], n
             checked += 1
     assert checked > 40
     assert g.nodes["backbone.layer7.unit1.project"]["shape"] == (320, 3, 5)
-    aspp = next(m for m in g.graph["modules"] if m["kind"] == "aspp")
-    assert aspp["pool_kernel"] == (3, 5)
+    assert built.network.head("aspp").pool_kernel == (3, 5)
 
 
 def test_fixed_image_pooling_kernel_derives_from_the_crop():
     def kernel(*overrides: str) -> tuple[int, int]:
-        g = graph_of(REPO / "specs/deeplabv3_resnet101.yaml", *overrides)
-        return next(m for m in g.graph["modules"] if m["kind"] == "aspp")["pool_kernel"]
+        net = network_of(REPO / "specs/deeplabv3_resnet101.yaml", *overrides)
+        return net.head("aspp").pool_kernel
 
     assert kernel() == (33, 33)  # 513 at output stride 16
     assert kernel("input.crop=[65, 65]") == (5, 5)
@@ -345,14 +354,15 @@ def test_receptive_field_by_hand(os_, expected, tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY.format(os=os_))
     doc = load_spec(path)
-    _schedule, g = compile_graph(doc)
+    net = compile_spec(doc).network
+    g = net.graph
     got = {n: g.nodes[n]["receptive_field"] for n in expected}
     assert got == expected
     assert g.nodes["backbone.s3.unit1"]["output_stride"] == os_
     assert g.nodes["classifier"]["receptive_field"] == expected["backbone.s3.unit1"]
     from specc.analysis import encoder_receptive_field
 
-    assert encoder_receptive_field(g) == expected["backbone.s3.unit1"]
+    assert encoder_receptive_field(net) == expected["backbone.s3.unit1"]
 
 
 def test_image_pooling_makes_the_receptive_field_global(graphs):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from specc.api import compile_graph, load_spec
+from specc.api import compile_spec, load_spec
 from specc.cli import main
 from specc.errors import SpeccError
 from specc.graphviz import (
@@ -37,7 +37,7 @@ _GRAPHS: dict[str, object] = {}
 
 def graph_of(path: Path):
     if str(path) not in _GRAPHS:
-        _GRAPHS[str(path)] = compile_graph(load_spec(path))[1]
+        _GRAPHS[str(path)] = compile_spec(load_spec(path)).network
     return _GRAPHS[str(path)]
 
 
@@ -68,8 +68,8 @@ def test_dot_has_every_node_and_edge():
     dot = to_dot(layers(g))
     nodes, edges = parse(dot)
     graph_nodes = {n for n in nodes if not n.startswith("legend_")}
-    assert graph_nodes == set(g.nodes)
-    assert sorted(edges) == sorted(g.edges)
+    assert graph_nodes == set(g.graph.nodes)
+    assert sorted(edges) == sorted(g.graph.edges)
     assert dot.count("{") == dot.count("}")
     assert dot.startswith("digraph specc {") and dot.endswith("}\n")
 
@@ -92,8 +92,8 @@ def test_colored_by_output_stride_and_labelled_with_dilation():
     for name, n in nodes.items():
         if name.startswith("legend_"):
             continue
-        assert n["color"] == STRIDE_COLORS[g.nodes[name]["output_stride"]], name
-        d = g.nodes[name].get("dilation", 1)
+        assert n["color"] == STRIDE_COLORS[g.graph.nodes[name]["output_stride"]], name
+        d = g.graph.nodes[name].get("dilation", 1)
         if d > 1:
             assert f"d={d}" in n["label"] and "penwidth=2.5" in n["extra"], name
         else:

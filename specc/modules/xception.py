@@ -1,4 +1,18 @@
+"""The aligned-Xception unit.
 
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+from typing import Tuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from specc.modules.conv_bn_act import ConvBNAct
+from specc.modules.separable_conv import SeparableConv
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
 
 class XceptionUnit(nn.Module):
     """Aligned-Xception unit: three 3×3 separable convs, the stride on the third, and a shortcut.

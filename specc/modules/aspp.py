@@ -1,4 +1,19 @@
+"""Atrous spatial pyramid pooling and its image-pooling branch.
 
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from specc.modules.conv_bn_act import ConvBNAct
+from specc.modules.separable_conv import SeparableConv
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
 
 class ImagePooling(nn.Module):
     """Image-level features (DeepLabv3 §3.3): average pooling → 1×1 conv → BN → ReLU →

@@ -1,4 +1,16 @@
+"""The ResNet bottleneck block.
 
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+from typing import Tuple
+
+from torch import Tensor, nn
+
+from specc.modules.conv_bn_act import ConvBNAct
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
 
 class Bottleneck(nn.Module):
     """ResNet bottleneck: 1×1 → 3×3 (stride, dilation) → 1×1, plus a shortcut that is a 1×1 conv

@@ -1,4 +1,16 @@
+"""The ResNet basic block.
 
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+from typing import Tuple
+
+from torch import Tensor, nn
+
+from specc.modules.conv_bn_act import ConvBNAct
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
 
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3×3 convs (stride on the first) and a shortcut."""

@@ -1,4 +1,15 @@
+"""The MobileNetV2 inverted residual.
 
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+
+from torch import Tensor, nn
+
+from specc.modules.conv_bn_act import ConvBNAct
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
 
 class InvertedResidual(nn.Module):
     """MobileNetV2 unit: 1×1 expansion → 3×3 depthwise (stride, dilation) → 1×1 linear

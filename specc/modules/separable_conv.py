@@ -1,4 +1,15 @@
+"""The atrous separable convolution: depthwise 3×3, optional BN + activation, pointwise 1×1.
 
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+
+from torch import Tensor, nn
+
+from specc.modules.conv_bn_act import activation
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
 
 class SeparableConv(nn.Module):
     """Atrous separable conv (DeepLabv3+ §3.2): depthwise 3×3 (dilated) → [BN → act] →

@@ -1,3 +1,20 @@
+"""The activation helper and Conv2d → BatchNorm2d → activation, the layer every block is made of.
+
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+from torch import Tensor, nn
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
+
+def activation(name: str) -> nn.Module:
+    """The activation layer called ``name``: "relu", "relu6" or "none"."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)
+    return nn.Identity()
 
 
 class ConvBNAct(nn.Module):

@@ -1,4 +1,15 @@
+"""The auxiliary FCN head.
 
+Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
+``EMITTED`` line into the generated model.py (whose header has the imports above).
+"""
+
+
+from torch import Tensor, nn
+
+from specc.modules.conv_bn_act import ConvBNAct
+
+# ---- EMITTED: everything below goes into model.py verbatim ----
 
 class AuxHead(nn.Module):
     """Auxiliary FCN head: 3×3 conv → BN → ReLU → dropout → 1×1 classifier."""

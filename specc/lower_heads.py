@@ -1,0 +1,441 @@
+"""Stage 4b — head lowering: ASPP, the extra conv, the v3+ decoder, the classifier and the
+auxiliary head, each a registered :class:`specc.plan.Head` kind, lowered in registration order.
+
+A head's ``lower`` returns None when the spec has no such head. The decoder and auxiliary head
+read backbone features through *taps*: a backbone node named in the spec, checked to be one the
+generated code can hand out (a unit's output, the stem's output, or a unit kind's tappable inner
+layer) and, for the decoder, at the declared stride.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from specc.derive import Schedule
+from specc.errors import SpecError
+from specc.lower_backbone import Stem
+from specc.plan import (
+    ALWAYS,
+    STEM,
+    AtrousConv,
+    Code,
+    Feature,
+    Head,
+    LayerGraph,
+    Line,
+    Separable,
+    Stage,
+    Tap,
+    Upsample,
+    call,
+    kinds,
+    register,
+    shape_text,
+)
+from specc.spec import SeparableStyle, Spec
+
+
+@dataclass
+class HeadContext:
+    """What the heads' lowering shares: the graph, the spec, the backbone, and what the heads
+    add to the network (taps and outputs)."""
+
+    lg: LayerGraph
+    spec: Spec
+    schedule: Schedule
+    eps: float
+    #: The image node (outputs are resized to it).
+    image: Feature
+    #: The backbone's output.
+    backbone: Feature
+    stem: Stem
+    stages: tuple[Stage, ...]
+    taps: dict[str, Tap] = field(default_factory=dict)
+    #: Output key → the tensor it returns, in order.
+    outputs: dict[str, Feature] = field(default_factory=dict)
+
+    @property
+    def upsample(self) -> Upsample:
+        up = self.spec.output.upsample
+        return Upsample(up.mode, up.align_corners)
+
+
+def separable(style: SeparableStyle) -> Separable:
+    return Separable(style.conv == "separable", style.depthwise_norm)
+
+
+def interpolate(var: str, how: Upsample) -> str:
+    """The generated call that resizes ``var`` to the input size."""
+    if how.mode == "nearest":
+        return f'F.interpolate({var}, size=size, mode="nearest")'
+    return f'F.interpolate({var}, size=size, mode="bilinear", align_corners={how.align_corners})'
+
+
+# ------------------------------------------------------------------------------------------------
+# Taps
+
+
+def _candidates(hc: HeadContext, stride: int) -> list[str]:
+    """Names a tap at ``stride`` could use: stages, units, tappable inner layers (at most 12)."""
+    g = hc.lg.g
+    names = [a for a, n in hc.lg.aliases.items()
+             if a.count(".") == 1 and g.nodes[n]["output_stride"] == stride]
+    units = [u for s in hc.stages for u in s.units]
+    names += [u.path for u in units if u.out.output_stride == stride]
+    for u in units:
+        for inner in u.taps:
+            node = f"{u.path}.{inner}"
+            if node in g and g.nodes[node]["output_stride"] == stride:
+                names.append(node)
+    seen = list(dict.fromkeys(names))
+    return [*seen[:12], "…"] if len(seen) > 12 else seen
+
+
+def resolve_tap(hc: HeadContext, port: str, name: str, stride: int | None, key: str) -> Tap:
+    """Where a tap comes from: the unit that makes it and, for a unit-internal node, which one.
+
+    Raises:
+        SpecError: no such backbone node, a node the generated code cannot hand out, or (when
+            ``stride`` is given) a node at another stride.
+    """
+    g = hc.lg.g
+    node = name if name in g else hc.lg.aliases.get(name)
+    if node is None or not node.startswith("backbone."):
+        at = f"; nodes at stride {stride}: " + ", ".join(_candidates(hc, stride)) if stride else ""
+        raise SpecError(f"no node {name!r}{at}", path=key)
+    actual = g.nodes[node]["output_stride"]
+    if stride is not None and actual != stride:
+        raise SpecError(f"{name!r} is at stride {actual}, but the decoder expects stride {stride} "
+                        f"(decoder.output_stride); nodes at stride {stride}: "
+                        + ", ".join(_candidates(hc, stride)), path=key)
+    for unit in (u for s in hc.stages for u in s.units):
+        if unit.out.node == node:
+            return Tap(port, node, unit.path, None)
+        if node.startswith(unit.path + "."):
+            inner = node[len(unit.path) + 1:]
+            if inner not in unit.taps:
+                allowed = ", ".join(f"{unit.path}.{i}" for i in unit.taps) or unit.path
+                raise SpecError(f"cannot tap {name!r} inside a {unit.kind} unit; "
+                                f"tap one of: {allowed}", path=key)
+            return Tap(port, node, unit.path, inner)
+    if node.startswith("backbone.stem"):
+        if node != hc.stem.out.node:
+            raise SpecError(f"cannot tap {name!r} inside the stem; tap its output "
+                            f"{hc.stem.out.node!r}", path=key)
+        return Tap(port, node, STEM, None)
+    raise SpecError(f"cannot tap {name!r}", path=key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Head kinds
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ASPP(Head):
+    """Atrous spatial pyramid pooling: a 1×1 branch, 3×3 branches at the rates, optional image
+    pooling, concatenated and projected (DeepLabv3 §3.3)."""
+
+    kind = "aspp"
+    code = "aspp"
+    attr = "aspp"
+    reads_backbone = True
+
+    in_channels: int
+    channels: int
+    rates: tuple[int, ...]
+    style: Separable
+    #: ``fixed`` or ``adaptive`` image pooling, or ``none``.
+    pooling: str
+    #: The fixed pooling kernel (the feature map at the spec's input size).
+    pool_kernel: tuple[int, int] | None
+    align_corners: bool
+    projection_channels: int
+    projection_kernel: int
+    dropout: float
+
+    def shared(self) -> tuple[str, ...]:
+        return ("conv_bn_act", "separable_conv") if self.style.separable else ("conv_bn_act",)
+
+    def init(self) -> list[Line]:
+        code = call("ASPP", [self.in_channels, self.channels], [
+            ("rates", list(self.rates), ALWAYS), ("separable", self.style.separable, ALWAYS),
+            ("depthwise_norm", self.style.depthwise_norm, ALWAYS),
+            ("pooling", self.pooling != "none", ALWAYS),
+            ("pool_kernel", list(self.pool_kernel or []), ALWAYS),
+            ("align_corners", self.align_corners, ALWAYS),
+            ("projection_channels", self.projection_channels, ALWAYS),
+            ("projection_kernel", self.projection_kernel, ALWAYS),
+            ("dropout", self.dropout, ALWAYS), ("eps", self.eps, 1e-5)])
+        return [Line(f"self.aspp = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.aspp(features["out"])',
+                     shape_text(self.out.channels, self.out.output_stride))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library != "torchvision":
+            return super().weight_map(library, at)
+        if self.style.separable:
+            return "torchvision's ASPP has plain 3×3 convs, the spec's are separable"
+        src = f"{at}classifier.0"
+        n = len(self.rates)
+        out = {}
+        for i in range(n + 1):
+            out[f"convs.{i}.conv"] = f"{src}.convs.{i}.0"
+            out[f"convs.{i}.bn"] = f"{src}.convs.{i}.1"
+        if self.pooling != "none":
+            out[f"convs.{n + 1}.conv.conv"] = f"{src}.convs.{n + 1}.1"
+            out[f"convs.{n + 1}.conv.bn"] = f"{src}.convs.{n + 1}.2"
+        out.update({"project.conv": f"{src}.project.0", "project.bn": f"{src}.project.1"})
+        return out
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[ASPP | None, Feature]:
+        aspp = hc.spec.aspp
+        if aspp is None:
+            return None, y
+        lg, feats, style = hc.lg, y, separable(aspp.style)
+        branches = [lg.conv("aspp.branch0", feats, aspp.channels, spec_key="aspp.channels")]
+        atrous = []
+        for i, rate in enumerate(hc.schedule.aspp_rates):
+            key = f"aspp.rates[{i}]"
+            branches.append(lg.conv3x3(f"aspp.branch{i + 1}", feats, aspp.channels, rate, style,
+                                       spec_key=key))
+            atrous.append(AtrousConv(f"aspp.branch{i + 1}", rate, (feats.h, feats.w), key))
+        pool_kernel = None
+        ip = aspp.image_pooling
+        if ip.enabled:
+            if ip.kernel == "fixed":  # the feature map at the crop (TF: image_pooling_crop_size)
+                pool_kernel = (feats.h, feats.w)
+            pooled = lg.global_pool("aspp.pool", feats, kernel=pool_kernel, mode=ip.kernel,
+                                    spec_key="aspp.image_pooling")
+            pooled = lg.conv("aspp.pool_conv", pooled, aspp.channels,
+                             spec_key="aspp.image_pooling")
+            branches.append(lg.upsample("aspp.pool_upsample", pooled, feats,
+                                        Upsample("bilinear", ip.align_corners),
+                                        spec_key="aspp.image_pooling", rf_global=True))
+        y = lg.merge("aspp.concat", "concat", branches, spec_key="aspp")
+        pr = aspp.projection
+        y = lg.conv("aspp.project", y, pr.channels, kernel=pr.kernel, spec_key="aspp.projection")
+        lg.g.nodes[y.node]["dropout"] = pr.dropout
+        block = cls(spec_key="aspp", out=y, eps=hc.eps, atrous=tuple(atrous),
+                    in_channels=feats.channels, channels=aspp.channels,
+                    rates=tuple(hc.schedule.aspp_rates), style=style,
+                    pooling=ip.kernel if ip.enabled else "none", pool_kernel=pool_kernel,
+                    align_corners=ip.align_corners, projection_channels=pr.channels,
+                    projection_kernel=pr.kernel, dropout=pr.dropout)
+        return block, y
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ExtraConv(Head):
+    """A conv → BN → ReLU between the ASPP and the classifier (torchvision's DeepLabHead)."""
+
+    kind = "extra"
+    attr = "extra"
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+
+    def init(self) -> list[Line]:
+        code = call("ConvBNAct", [self.in_channels, self.out_channels],
+                    [("kernel_size", self.kernel_size, 1), ("eps", self.eps, 1e-5)])
+        return [Line(f"self.extra = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line("y = self.extra(y)", shape_text(self.out.channels, self.out.output_stride))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "torchvision":
+            return {"conv": f"{at}classifier.1", "bn": f"{at}classifier.2"}
+        return super().weight_map(library, at)
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[ExtraConv | None, Feature]:
+        if hc.spec.aspp is None or hc.spec.aspp.extra_conv is None:
+            return None, y
+        ec = hc.spec.aspp.extra_conv
+        out = hc.lg.conv("extra", y, ec.channels, kernel=ec.kernel, spec_key="aspp.extra_conv")
+        return cls(spec_key="aspp.extra_conv", out=out, eps=hc.eps, in_channels=y.channels,
+                   out_channels=ec.channels, kernel_size=ec.kernel), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Decoder(Head):
+    """The DeepLabv3+ decoder: upsample the encoder output to the low-level feature, concat it
+    with the projected low-level feature, refine with 3×3 convs (DeepLabv3+ §3.1)."""
+
+    kind = "decoder"
+    code = "decoder"
+    attr = "decoder"
+
+    low_level_channels: int
+    encoder_channels: int
+    projection: int
+    convs: int
+    channels: int
+    style: Separable
+    upsample: Upsample
+
+    def shared(self) -> tuple[str, ...]:
+        return ("conv_bn_act", "separable_conv") if self.style.separable else ("conv_bn_act",)
+
+    def init(self) -> list[Line]:
+        code = call("Decoder", [self.encoder_channels, self.low_level_channels], [
+            ("projection", self.projection, ALWAYS), ("convs", self.convs, ALWAYS),
+            ("channels", self.channels, ALWAYS), ("separable", self.style.separable, ALWAYS),
+            ("depthwise_norm", self.style.depthwise_norm, ALWAYS),
+            ("mode", self.upsample.mode, ALWAYS),
+            ("align_corners", self.upsample.align_corners, ALWAYS), ("eps", self.eps, 1e-5)])
+        return [Line(f"self.decoder = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.decoder(y, features["low_level"])',
+                     shape_text(self.out.channels, self.out.output_stride))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "torchvision":
+            return "torchvision's DeepLabV3 has no decoder (DeepLabv3+)"
+        return super().weight_map(library, at)
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[Decoder | None, Feature]:
+        dec = hc.spec.decoder
+        if dec is None:
+            return None, y
+        lg = hc.lg
+        tap = resolve_tap(hc, "low_level", dec.low_level, dec.output_stride, "decoder.low_level")
+        hc.taps[tap.port] = tap
+        low = lg.feature(tap.node)
+        how = Upsample(dec.upsample.mode, dec.upsample.align_corners)
+        up = lg.upsample("decoder.upsample", y, low, how, spec_key="decoder.upsample")
+        proj = lg.conv("decoder.project", low, dec.projection, spec_key="decoder.projection")
+        out = lg.merge("decoder.concat", "concat", [up, proj], spec_key="decoder")
+        style = separable(dec.style)
+        for i in range(dec.convs):
+            out = lg.conv3x3(f"decoder.fuse{i + 1}", out, dec.channels, 1, style,
+                             spec_key="decoder.convs")
+        return cls(spec_key="decoder", out=out, eps=hc.eps, low_level_channels=low.channels,
+                   encoder_channels=y.channels, projection=dec.projection, convs=dec.convs,
+                   channels=dec.channels, style=style, upsample=how), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Classifier(Head):
+    """The 1×1 conv to class logits, resized to the input: the ``out`` output."""
+
+    kind = "classifier"
+    attr = "classifier"
+
+    in_channels: int
+    num_classes: int
+    upsample: Upsample
+
+    def shared(self) -> tuple[str, ...]:
+        return ()
+
+    def init(self) -> list[Line]:
+        return [Line(f"self.classifier = nn.Conv2d({self.in_channels}, num_classes, 1)",
+                     self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line("y = self.classifier(y)",
+                     shape_text("num_classes", self.out.output_stride)),
+                Line("result: Dict[str, Tensor] = {}"),
+                Line('result["out"] = ' + interpolate("y", self.upsample),
+                     shape_text("num_classes", 1))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "torchvision":
+            return {"": f"{at}classifier.4"}
+        return super().weight_map(library, at)
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[Classifier, Feature]:
+        n = hc.spec.num_classes
+        logits = hc.lg.conv("classifier", y, n, act=None, norm=False, bias=True,
+                            spec_key="num_classes")
+        hc.outputs["out"] = hc.lg.upsample("upsample", logits, hc.image, hc.upsample,
+                                           spec_key="output.upsample")
+        return cls(spec_key="num_classes", out=logits, in_channels=y.channels, num_classes=n,
+                   upsample=hc.upsample), logits
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class AuxHead(Head):
+    """The auxiliary FCN head on a backbone tap: the ``aux`` output (a training-time loss)."""
+
+    kind = "aux"
+    code = "aux_head"
+    attr = "aux"
+
+    in_channels: int
+    channels: int
+    num_classes: int
+    dropout: float
+    upsample: Upsample
+
+    def init(self) -> list[Line]:
+        code = call("AuxHead", [self.in_channels, self.channels, Code("num_classes")],
+                    [("dropout", self.dropout, ALWAYS), ("eps", self.eps, 1e-5)])
+        return [Line(f"self.aux = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('a = self.aux(features["aux"])'),
+                Line('result["aux"] = ' + interpolate("a", self.upsample),
+                     shape_text("num_classes", 1))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "torchvision":
+            return {"conv.conv": f"{at}aux_classifier.0", "conv.bn": f"{at}aux_classifier.1",
+                    "classifier": f"{at}aux_classifier.4"}
+        return super().weight_map(library, at)
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[AuxHead | None, Feature]:
+        aux = hc.spec.aux
+        if aux is None:
+            return None, y
+        lg = hc.lg
+        tap = resolve_tap(hc, "aux", aux.tap, None, "aux.tap")
+        hc.taps[tap.port] = tap
+        a = lg.feature(tap.node)
+        in_channels = a.channels
+        a = lg.conv("aux.conv", a, aux.channels, kernel=3, spec_key="aux.channels")
+        lg.g.nodes[a.node]["dropout"] = aux.dropout
+        a = lg.conv("aux.classifier", a, hc.spec.num_classes, act=None, norm=False, bias=True,
+                    spec_key="aux")
+        a = lg.upsample("aux.upsample", a, hc.image, hc.upsample, spec_key="aux")
+        hc.outputs["aux"] = a
+        return cls(spec_key="aux", out=a, eps=hc.eps, in_channels=in_channels,
+                   channels=aux.channels, num_classes=hc.spec.num_classes, dropout=aux.dropout,
+                   upsample=hc.upsample), y
+
+
+# ------------------------------------------------------------------------------------------------
+# All heads
+
+
+def lower_heads(hc: HeadContext) -> tuple[Head, ...]:
+    """Lower every head the spec has, in registration order, then the ``output`` node."""
+    heads: list[Head] = []
+    y = hc.backbone
+    for kind in kinds(Head):
+        assert issubclass(kind, Head)
+        block, y = kind.lower(hc, y)
+        if block is not None:
+            heads.append(block)
+    outputs = list(hc.outputs.values())
+    first = outputs[0]
+    result = hc.lg.add("output", "output", outputs,
+                       Feature("", hc.spec.num_classes, hc.image.h, hc.image.w, 1, first.rf, 1),
+                       spec_key="")
+    for port, src in hc.outputs.items():
+        hc.lg.g.edges[src.node, result.node]["port"] = port
+    return tuple(heads)
