@@ -12,10 +12,10 @@ import torch
 from pydantic import BaseModel
 
 import specc.graph  # noqa: F401  (registers every block kind)
+from specc import spec as spec_module
 from specc.api import Compilation, compile_spec, load_spec
 from specc.cli import main
 from specc.plan import BLOCKS, Head, Unit, kinds
-from specc import spec as spec_module
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(REPO / "specc").rglob("*.py"), *(REPO / "runtime").rglob("*.py")])
