@@ -8,7 +8,7 @@ A sample is ``(PIL RGB image, uint8 label array)`` with train ids and the ignore
 from __future__ import annotations
 
 from .base import IGNORE_INDEX, Sample, SegmentationDataset, colorize, palette
-from .layouts import SOURCE_FORMS, PairedDataset, open_dataset
+from .layouts import SOURCE_FORMS, PairedDataset, open_dataset, open_split
 from .loader import (
     VOC_HARD_CLASSES,
     TransformedDataset,
@@ -47,6 +47,7 @@ __all__ = [
     "denormalize",
     "eval_transform",
     "open_dataset",
+    "open_split",
     "palette",
     "train_transform",
 ]

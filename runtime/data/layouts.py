@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from .base import (
     require_dir,
 )
 from .synthetic import SyntheticSegmentation
+
+if TYPE_CHECKING:
+    from specc.spec import Spec
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -276,3 +280,20 @@ def open_dataset(
             f"{root}: {scheme} has {expected} classes ({what}) but the model expects {num_classes}"
         )
     return reader(root, split)
+
+
+def open_split(spec: Spec, split: str, source: str | None = None) -> SegmentationDataset:
+    """The data set a spec trains or evaluates on, for ``split`` (``source`` overrides
+    ``spec.data.source``).
+
+    The one place that decides the built-in synthetic set's length: ``data.synthetic.train_length``
+    for the training split, ``val_length`` for any other.
+
+    Raises:
+        DataError: as :func:`open_dataset`.
+    """
+    data = spec.data
+    length = (data.synthetic.train_length if split == data.train_split
+              else data.synthetic.val_length)
+    return open_dataset(source or data.source, split, spec.num_classes, seed=spec.train.seed,
+                        synthetic_size=data.synthetic.size, synthetic_length=length)
