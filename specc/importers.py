@@ -10,8 +10,9 @@ must land somewhere, with the same shape, except the classification head of an I
 
 ``--backbone-only`` writes just the ``backbone.*`` tensors (the heads stay at their
 initialisation); such a file says so in its metadata (``specc.contents: backbone``). It cannot go
-to ``specc build --weights``, which wants the whole model; :func:`load_partial` loads it into a
-fresh model for training and returns what it left untouched.
+to ``specc build --weights``, which wants the whole model;
+``specc.artifacts.load_weights(..., partial=True)`` loads it into a fresh model for training and
+returns what it left untouched.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from specc.artifacts import BACKBONE, FULL, read_weights
+from specc.artifacts import shown as _shown
 from specc.errors import SpeccError, WeightsError
-from specc.weights import mismatches, read_state_dict
 
 if TYPE_CHECKING:
     import torch
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from specc.api import Built
     from specc.derive import Schedule
@@ -35,13 +37,8 @@ if TYPE_CHECKING:
 #: Values of ``--from``.
 SOURCES = ("torchvision", "timm")
 
-#: What ``specc.contents`` in a written file's metadata says.
-FULL, BACKBONE = "full", "backbone"
-
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a spec value: key.path=value (YAML), e.g. backbone.output_stride=8.")]
-
-_LIMIT = 20  # names shown per list in an error
 
 
 @dataclass
@@ -200,19 +197,6 @@ _PLANS = {"torchvision": torchvision_plan, "timm": timm_plan}
 # -- converting -----------------------------------------------------------------------------------
 
 
-def _shown(items: list[str]) -> str:
-    """Up to _LIMIT names; a longer list first says how many fall in each top-level module."""
-    if len(items) <= _LIMIT:
-        return ", ".join(items)
-    parts: dict[str, int] = {}
-    for item in items:
-        names = item.split(".")
-        part = ".".join(names[:2] if names[0] == "backbone" else names[:1])
-        parts[part] = parts.get(part, 0) + 1
-    where = ", ".join(f"{p} {n}" for p, n in parts.items())
-    return f"[{where}] " + ", ".join(items[:_LIMIT]) + f", … ({len(items) - _LIMIT} more)"
-
-
 def convert(expected: dict[str, torch.Size | list[int]], source: dict[str, Tensor], plan: Plan, *,
             backbone_only: bool = False, what: str = "the source",
             target: str = "the spec") -> Imported:
@@ -321,47 +305,6 @@ def save_imported(imported: Imported, out: Path, *, metadata: dict[str, str]) ->
     atomic_write_bytes(out, save(tensors, metadata=meta))
 
 
-def contents(path: str | Path) -> str | None:
-    """``"full"`` or ``"backbone"`` for a file this module wrote; None for any other file."""
-    p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
-        return None
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return (f.metadata() or {}).get("specc.contents")
-    except (SafetensorError, OSError):
-        return None
-
-
-def load_partial(module: nn.Module, state: dict[str, Tensor]) -> list[str]:
-    """Load a partial state dict (e.g. backbone-only) into ``module``; the rest keeps its init.
-
-    Every tensor of ``state`` must exist in ``module`` with the same shape.
-
-    Returns:
-        The sorted state-dict names of ``module`` that ``state`` did not fill.
-
-    Raises:
-        WeightsError: ``state`` has names the module lacks, shapes that differ, or nothing at all.
-    """
-    expected = {k: list(v.shape) for k, v in module.state_dict().items()}
-    m = mismatches(expected, {k: list(v.shape) for k, v in state.items()})
-    if m["unexpected"] or m["reshaped"] or not state:
-        parts = []
-        if not state:
-            parts.append("  the file holds no tensors")
-        if m["unexpected"]:
-            parts.append(f"  {len(m['unexpected'])} unexpected: " + _shown(m["unexpected"]))
-        if m["reshaped"]:
-            parts.append(f"  {len(m['reshaped'])} of the wrong shape: " + _shown(
-                [f"{k} {tuple(a)}, expected {tuple(b)}" for k, a, b in m["reshaped"]]))
-        raise WeightsError("the partial weights do not fit this model:\n" + "\n".join(parts))
-    module.load_state_dict(state, strict=False)
-    return m["missing"]
-
-
 # -- command --------------------------------------------------------------------------------------
 
 
@@ -381,7 +324,7 @@ def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
     if out.suffix != ".safetensors":
         raise SpeccError(f"--out: expected a .safetensors file, found {out}")
     doc = load_spec(spec, list(overrides))
-    source = read_state_dict(src)
+    source = read_weights(src).state
     import torch
 
     with torch.device("meta"):  # only the names and shapes are needed: skip initialising
