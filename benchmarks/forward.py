@@ -43,7 +43,7 @@ def main() -> None:
     from torchvision.models.segmentation import deeplabv3_resnet50
 
     from specc.api import build, load_spec
-    from specc.compile import script_module
+    from specc.artifacts import script_module
     from specc.importers import import_state
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Checkpoints that survive ``kill -9``, and weights that are checked before they are loaded.
+"""Checkpoints that survive ``kill -9``, resuming only the same architecture, and RNG states.
 
 Layout of a run folder::
 
@@ -6,8 +6,10 @@ Layout of a run folder::
         model.safetensors   weights and BN buffers (safetensors: no pickle, loads anywhere)
         state.pt            optimizer, iteration, RNG states (torch.save of plain data)
         spec.json           the resolved spec, its sha256 and the architecture's sha256
+                            (specc.artifacts.spec_info)
     RUN_DIR/metrics.jsonl   one JSON object per logged step
-    RUN_DIR/model.pt        TorchScript model, written when training ends
+    RUN_DIR/model.pt        TorchScript model with its spec inside, written when training ends
+                            (specc.artifacts.write_torchscript)
 
 Why it is crash-safe: a checkpoint is written into a fresh temporary folder, every file fsynced,
 the folder renamed to ``checkpoint-<iteration>``, and only then the ``checkpoint`` symlink is
@@ -28,27 +30,20 @@ import os
 import random
 import shutil
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
 from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
-from specc.errors import TrainingError, WeightsError
-from specc.fsutil import atomic_write, fsync_dir
-from specc.weights import load_into, read_state_dict
+from specc.artifacts import LINK, SPEC, WEIGHTS, read_weights, spec_info_of
+from specc.errors import TrainingError
+from specc.fsutil import fsync_dir
 
-LINK = "checkpoint"  # RUN_DIR/checkpoint: the pointer to the last good checkpoint
-WEIGHTS = "model.safetensors"
 STATE = "state.pt"
-SPEC = "spec.json"
-TORCHSCRIPT = "model.pt"
-EXTRA_SPEC = "specc/spec.json"  # the resolved spec stored inside model.pt (torch.jit extra file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,16 +64,19 @@ def check_same_architecture(
 ) -> None:
     """Refuse to resume a checkpoint whose architecture hash differs from this spec's.
 
+    ``spec_info`` may use the old key names (``arch_sha256``): older runs resume too.
+
     Raises:
         TrainingError: naming both hashes and the spec keys that changed.
     """
+    info = spec_info_of(spec_info)
     arch = architecture_sha256(dict(resolved))
-    if spec_info.get("arch_sha256") == arch:
+    if info.get("architecture_sha256") == arch:
         return
-    changes = _differences(spec_info.get("resolved", {}), dict(resolved))
+    changes = _differences(info.get("resolved", {}), dict(resolved))
     raise TrainingError(
         f"{where}: cannot resume, the checkpoint was trained with a different architecture "
-        f"(sha256 {str(spec_info.get('arch_sha256'))[:12]}, this spec {arch[:12]}); only "
+        f"(sha256 {str(info.get('architecture_sha256'))[:12]}, this spec {arch[:12]}); only "
         "train/data settings may change on resume. Differences:\n  "
         + "\n  ".join(changes[:12] or ["(not recorded)"]))
 
@@ -146,7 +144,7 @@ def save_checkpoint(
     # 1. everything into a fresh temporary folder, each file fsynced
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{iteration:07d}.", dir=run_dir))
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    meta = {"iteration": str(iteration), "spec_sha256": str(spec_info.get("sha256", ""))}
+    meta = {"iteration": str(iteration), "spec_sha256": str(spec_info.get("spec_sha256", ""))}
     save_file(tensors, tmp / WEIGHTS, metadata=meta)
     torch.save(dict(state), tmp / STATE)
     (tmp / SPEC).write_text(json.dumps(spec_info, indent=1, sort_keys=True), encoding="utf-8")
@@ -174,7 +172,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """``(weights, state, spec_info)`` of the last checkpoint of ``run_dir``.
+    """``(weights, state, spec_info)`` of the last checkpoint of ``run_dir``; ``spec_info`` with
+    today's key names (:func:`specc.artifacts.spec_info_of`).
 
     Raises:
         TrainingError: there is no checkpoint, or its files are missing or unreadable.
@@ -183,105 +182,9 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if folder is None:
         raise TrainingError(f"{run_dir}: no checkpoint to resume from ({run_dir / LINK} missing)")
     try:
-        weights = load_file(folder / WEIGHTS)
+        weights = read_weights(folder / WEIGHTS).state
         state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-        spec_info = json.loads((folder / SPEC).read_text(encoding="utf-8"))
+        spec_info = spec_info_of(json.loads((folder / SPEC).read_text(encoding="utf-8")))
     except Exception as err:  # any unreadable file makes the checkpoint unusable
         raise TrainingError(f"{folder}: cannot read checkpoint: {err}") from None
     return weights, state, spec_info
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights from a run folder, a .safetensors file or a TorchScript model.pt
-
-
-def find_weights(path: Path) -> Path:
-    """The weights file ``path`` designates: a run folder, a checkpoint folder or a file.
-
-    Raises:
-        WeightsError: nothing usable at ``path``.
-    """
-    if path.is_dir():
-        for candidate in (path / LINK / WEIGHTS, path / WEIGHTS, path / TORCHSCRIPT):
-            if candidate.is_file():
-                return candidate
-        raise WeightsError(
-            f"{path}: no weights found (expected {LINK}/{WEIGHTS}, {WEIGHTS} or {TORCHSCRIPT})"
-        )
-    if not path.exists():
-        raise WeightsError(f"{path}: no such file or folder")
-    return path
-
-
-def _jit_load(path: Path, extra: dict[str, str] | None = None) -> torch.jit.ScriptModule:
-    """torch.jit.load on the CPU, without its deprecation warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra or {})
-
-
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The state dict stored at ``path`` (see :func:`find_weights`), and the file it came from.
-
-    A ``.pt`` file may be a TorchScript model (``RUN_DIR/model.pt``) or a ``torch.save``'d state
-    dict; a ``.safetensors`` file holds the tensors directly.
-
-    Raises:
-        WeightsError: the path is missing, or the file holds no readable state dict.
-    """
-    file = find_weights(path)
-    if file.suffix != ".safetensors":
-        try:
-            module = _jit_load(file)
-        except Exception:  # not TorchScript: try a plain state dict below
-            pass
-        else:
-            return {k: v.detach() for k, v in module.state_dict().items()}, file
-    return read_state_dict(file), file
-
-
-def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy ``weights`` into ``model`` after checking every name and shape fits.
-
-    Raises:
-        WeightsError: listing the missing, unexpected and reshaped tensors.
-    """
-    load_into(model, dict(weights), source)
-
-
-# ---------------------------------------------------------------------------------------------
-# TorchScript export
-
-
-def export_torchscript(model: nn.Module, path: Path, spec_info: Mapping[str, Any]) -> Path:
-    """Script ``model`` (in eval mode) and save it atomically, the resolved spec inside it."""
-    from specc.compile import script_module  # the compiler's own scripting entry point
-
-    was_training = model.training
-    model.eval()
-    try:
-        scripted = script_module(model)
-    finally:
-        model.train(was_training)
-    extra = {EXTRA_SPEC: json.dumps(spec_info, sort_keys=True)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
-        return atomic_write(path, lambda tmp: torch.jit.save(scripted, str(tmp),
-                                                             _extra_files=extra))
-
-
-def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any] | None]:
-    """A TorchScript model and the spec info saved inside it (None for foreign models).
-
-    Raises:
-        WeightsError: the file is missing or not TorchScript.
-    """
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    extra = {EXTRA_SPEC: ""}
-    try:
-        module = _jit_load(path, extra)
-    except Exception as err:
-        raise WeightsError(f"{path}: not a TorchScript model ({err})") from None
-    info = json.loads(extra[EXTRA_SPEC]) if extra[EXTRA_SPEC] else None
-    return module, info

@@ -25,9 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from runtime import distributed
-from runtime.checkpoint import load_weights, read_weights
 from runtime.data import build_loader, eval_transform, open_dataset
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
+from specc.artifacts import load_weights, read_weights
 from specc.errors import SpeccError
 
 
@@ -197,8 +197,8 @@ def evaluate_checkpoint(
     spec = doc.spec
     ctx = distributed.Context(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model = build(doc).module
-    weights, file = read_weights(checkpoint)
-    load_weights(model, weights, str(file))
+    weights = read_weights(checkpoint)
+    load_weights(model, weights)
     model.to(ctx.device).eval()
     dataset, loader = val_batches(spec, ctx, source)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.amp)
@@ -209,7 +209,7 @@ def evaluate_checkpoint(
     )
     report = result.as_dict(dataset.class_names)
     report.update({
-        "checkpoint": str(file),
+        "checkpoint": str(weights.file),
         "data": source or spec.data.source,
         "split": spec.data.val_split,
         "images": len(dataset),

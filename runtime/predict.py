@@ -8,7 +8,7 @@ For every input image ``photo.jpg`` the output folder gets
 
 Each file is written to a temporary name and renamed, so an interrupted run never leaves a
 truncated PNG. The model is either a spec plus weights, or a TorchScript ``model.pt`` from
-``specc train`` (which carries its spec, hence the normalization, inside it).
+``specc build`` or ``specc train`` (which carries its spec, hence the normalization, inside it).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from runtime.checkpoint import load_torchscript, load_weights, read_weights
 from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
 from runtime.data.base import read_image
 from runtime.evaluate import predict_probs
+from specc.artifacts import load_weights, read_torchscript, read_weights
 from specc.errors import SpeccError
 from specc.fsutil import atomic_write
 
@@ -57,7 +57,7 @@ def load_predictor(
         if checkpoint is not None or overrides:
             raise SpeccError(f"{model}: a TorchScript model carries its own weights and spec; "
                              "--checkpoint and --set apply to a spec file")
-        module, info = load_torchscript(model)
+        module, info = read_torchscript(model)
         resolved_input = (info or {}).get("resolved", {}).get("input", {})
         mean = tuple(resolved_input.get("mean", IMAGENET_MEAN))
         std = tuple(resolved_input.get("std", IMAGENET_STD))
@@ -66,10 +66,10 @@ def load_predictor(
 
     doc = load_spec(model, list(overrides))
     net = build(doc).module
-    weights, file = read_weights(checkpoint or Path("runs") / doc.spec.name)
-    load_weights(net, weights, str(file))
+    weights = read_weights(checkpoint or Path("runs") / doc.spec.name)
+    load_weights(net, weights)
     spec_input = doc.spec.input
-    return Predictor(net.eval(), tuple(spec_input.mean), tuple(spec_input.std), str(file))
+    return Predictor(net.eval(), tuple(spec_input.mean), tuple(spec_input.std), str(weights.file))
 
 
 def _output_names(images: Sequence[Path]) -> list[str]:

@@ -48,6 +48,7 @@ from runtime import checkpoint as ckpt
 from runtime import distributed
 from runtime.data import bootstrap_indices, build_loader, open_dataset, train_transform
 from runtime.evaluate import autocast, evaluate, val_batches
+from specc import artifacts
 from specc.errors import TrainingError
 from specc.fsutil import atomic_write_text
 
@@ -188,9 +189,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     from specc.api import build
 
     spec, tr, data = doc.spec, doc.spec.train, doc.spec.data
-    arch = doc.architecture_sha256
-    spec_info = {"name": spec.name, "sha256": doc.sha256, "arch_sha256": arch,
-                 "resolved": doc.resolved}
+    spec_info = artifacts.spec_info(doc)
     say = console.print if ctx.is_main else (lambda *a, **k: None)
 
     # -- run folder: a new run never overwrites a checkpoint; --resume continues it
@@ -219,16 +218,15 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                 if p is not None:
                     p.requires_grad_(False)
     if init is not None:
-        from specc.importers import BACKBONE, contents, load_partial
-
-        weights, file = ckpt.read_weights(init)
-        if contents(file) == BACKBONE:
+        start_from = artifacts.read_weights(init)
+        if start_from.contents == artifacts.BACKBONE:
             # ImageNet backbone from `specc import-weights --backbone-only`: the heads start fresh
-            fresh = load_partial(model, weights)
-            say(f"initialized the backbone from {file}; {len(fresh)} head tensors start fresh")
+            fresh = artifacts.load_weights(model, start_from, partial=True)
+            say(f"initialized the backbone from {start_from.file}; {len(fresh)} head tensors "
+                "start fresh")
         else:
-            ckpt.load_weights(model, weights, str(file))
-            say(f"initialized from {file}")
+            artifacts.load_weights(model, start_from)
+            say(f"initialized from {start_from.file}")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -243,7 +241,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     if resume and saved is not None:
         weights, state, info = ckpt.load_checkpoint(run_dir)
         ckpt.check_same_architecture(info, doc.resolved, saved)
-        ckpt.load_weights(model, weights, str(saved / ckpt.WEIGHTS))
+        artifacts.load_weights(model, weights, source=str(saved / artifacts.WEIGHTS))
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as err:
@@ -397,8 +395,8 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     model_path = None
     if ctx.is_main:
         final = build(doc).module
-        ckpt.load_weights(final, raw.state_dict(), "trained model")
-        model_path = ckpt.export_torchscript(final, run_dir / ckpt.TORCHSCRIPT, spec_info)
+        artifacts.load_weights(final, raw.state_dict(), source="trained model")
+        model_path = artifacts.write_torchscript(final, run_dir / artifacts.TORCHSCRIPT, doc)
     distributed.barrier(ctx)
     return TrainResult(run_dir=run_dir, iteration=tr.iters, loss=last_loss, scores=scores,
                        model_path=model_path)

@@ -1,10 +1,15 @@
-"""``specc build``: compile a spec into its output folder (model.py, manifest.json, model.pt)."""
+"""``specc build``: compile a spec into its output folder (model.py, manifest.json, model.pt).
+
+``model.pt`` is written by :func:`specc.artifacts.write_torchscript`, with the resolved spec and
+its hashes inside, like the ``model.pt`` of a training run.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from specc.api import Compilation, manifest_json
+from specc.artifacts import TORCHSCRIPT, load_weights, read_weights, write_torchscript
 from specc.fsutil import atomic_write_text
 
 
@@ -12,6 +17,7 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
              check: bool = False) -> list[str]:
     """Build one compiled spec into ``out_dir/<name>/``.
 
+    ``weights`` is any source :func:`specc.artifacts.read_weights` opens, holding every tensor.
     Returns the files written, or with ``check=True`` the files that differ from what would be
     written (nothing is written then, and no model is instantiated; model.pt is not compared, it
     is not kept in git).
@@ -30,23 +36,11 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
         return differs
     module = comp.module
     if weights is not None:
-        from specc.errors import WeightsError
-        from specc.importers import contents
-        from specc.weights import load_into, read_state_dict
-
-        if contents(weights) == "backbone":
-            raise WeightsError(
-                f"{weights}: holds backbone weights only (import-weights --backbone-only); a "
-                "built model needs every tensor. Start a training run from it instead "
-                "(specc train SPEC --init FILE).")
-        load_into(module, read_state_dict(weights), str(weights))
-    module.eval()
-    from specc.compile import save_script, script_module
-
+        load_weights(module, read_weights(weights))  # refuses a backbone-only file
     written = []
     for name, text in files.items():
         atomic_write_text(folder / name, text)
         written.append(str(folder / name))
-    save_script(script_module(module), folder / "model.pt")
-    written.append(str(folder / "model.pt"))
+    write_torchscript(module, folder / TORCHSCRIPT, comp.doc)  # the spec inside: predict normalizes
+    written.append(str(folder / TORCHSCRIPT))
     return written

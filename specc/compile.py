@@ -1,4 +1,4 @@
-"""Stage 6 — compile: generated source → a live module → a TorchScript archive.
+"""Stage 6 — compile: generated source → a live module (TorchScript: specc.artifacts).
 
 TorchScript needs the source of every class it compiles, so the generated source is first written
 to a content-addressed cache file and imported from there.
@@ -11,11 +11,9 @@ import importlib.util
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from types import ModuleType
 
-import torch
 from torch import nn
 
 from specc.fsutil import atomic_write_bytes
@@ -48,22 +46,3 @@ def load_source(source: str) -> ModuleType:
 def instantiate(source: str) -> nn.Module:
     """A fresh model from generated source (random weights, train mode)."""
     return load_source(source).build()
-
-
-def script_module(module: nn.Module) -> torch.jit.ScriptModule:
-    """TorchScript of a generated model (``torch.jit.script``; works on CPU and CUDA)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(module)
-
-
-def save_script(scripted: torch.jit.ScriptModule, path: Path) -> None:
-    """Write a TorchScript archive atomically."""
-    import io
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(scripted, buffer)
-    atomic_write_bytes(path, buffer.getvalue())

@@ -247,7 +247,7 @@ def weights_check(a: Side, b: Side) -> dict[str, Any]:
     sa, sb = a.state(), b.state()
     if sa is None or sb is None:
         return {"weights_compatible": None, "weight_mismatches": None}
-    from specc.weights import mismatches
+    from specc.artifacts import mismatches
 
     m = mismatches(sb, sa)  # A's checkpoint is what is given, B is what is expected
     return {"weights_compatible": not (m["missing"] or m["unexpected"] or m["reshaped"]),

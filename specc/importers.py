@@ -11,8 +11,9 @@ must land somewhere, with the same shape, except the classification head of an I
 
 ``--backbone-only`` writes just the ``backbone.*`` tensors (the heads stay at their
 initialisation); such a file says so in its metadata (``specc.contents: backbone``). It cannot go
-to ``specc build --weights``, which wants the whole model; :func:`load_partial` loads it into a
-fresh model for training and returns what it left untouched.
+to ``specc build --weights``, which wants the whole model;
+``specc.artifacts.load_weights(..., partial=True)`` loads it into a fresh model for training and
+returns what it left untouched.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from specc.api import compile_spec, load_spec
+from specc.artifacts import BACKBONE, FULL, read_weights, shown
 from specc.errors import SpeccError, WeightsError
 from specc.plan import Network
-from specc.weights import mismatches, read_state_dict
 
 if TYPE_CHECKING:
     import torch
-    from torch import Tensor, nn
+    from torch import Tensor
 
     from specc.api import Compilation
     from specc.derive import Schedule
@@ -38,13 +39,8 @@ if TYPE_CHECKING:
 #: Values of ``--from``.
 SOURCES = ("torchvision", "timm")
 
-#: What ``specc.contents`` in a written file's metadata says.
-FULL, BACKBONE = "full", "backbone"
-
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a spec value: key.path=value (YAML), e.g. backbone.output_stride=8.")]
-
-_LIMIT = 20  # names shown per list in an error
 
 
 @dataclass
@@ -161,19 +157,6 @@ _PLANS = {"torchvision": torchvision_plan, "timm": timm_plan}
 # -- converting -----------------------------------------------------------------------------------
 
 
-def _shown(items: list[str]) -> str:
-    """Up to _LIMIT names; a longer list first says how many fall in each top-level module."""
-    if len(items) <= _LIMIT:
-        return ", ".join(items)
-    parts: dict[str, int] = {}
-    for item in items:
-        names = item.split(".")
-        part = ".".join(names[:2] if names[0] == "backbone" else names[:1])
-        parts[part] = parts.get(part, 0) + 1
-    where = ", ".join(f"{p} {n}" for p, n in parts.items())
-    return f"[{where}] " + ", ".join(items[:_LIMIT]) + f", … ({len(items) - _LIMIT} more)"
-
-
 def convert(expected: dict[str, torch.Size | list[int]], source: dict[str, Tensor], plan: Plan, *,
             backbone_only: bool = False, what: str = "the source",
             target: str = "the spec") -> Imported:
@@ -212,12 +195,12 @@ def convert(expected: dict[str, torch.Size | list[int]], source: dict[str, Tenso
         lines = [f"{what} ({plan.kind}) does not fit {target}:"]
         if missing:
             lines.append(f"  {len(missing)} missing (the spec has them, the source does not): "
-                         + _shown(missing))
+                         + shown(missing))
         if unexpected:
             lines.append(f"  {len(unexpected)} unexpected (the source has them, the spec does "
-                         "not): " + _shown(unexpected))
+                         "not): " + shown(unexpected))
         if reshaped:
-            lines.append(f"  {len(reshaped)} of the wrong shape: " + _shown(reshaped))
+            lines.append(f"  {len(reshaped)} of the wrong shape: " + shown(reshaped))
         notes = list(plan.notes)
         heads = sorted({k.split(".")[0] for k in missing if not k.startswith("backbone.")})
         if heads:
@@ -281,47 +264,6 @@ def save_imported(imported: Imported, out: Path, *, metadata: dict[str, str]) ->
     atomic_write_bytes(out, save(tensors, metadata=meta))
 
 
-def contents(path: str | Path) -> str | None:
-    """``"full"`` or ``"backbone"`` for a file this module wrote; None for any other file."""
-    p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
-        return None
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return (f.metadata() or {}).get("specc.contents")
-    except (SafetensorError, OSError):
-        return None
-
-
-def load_partial(module: nn.Module, state: dict[str, Tensor]) -> list[str]:
-    """Load a partial state dict (e.g. backbone-only) into ``module``; the rest keeps its init.
-
-    Every tensor of ``state`` must exist in ``module`` with the same shape.
-
-    Returns:
-        The sorted state-dict names of ``module`` that ``state`` did not fill.
-
-    Raises:
-        WeightsError: ``state`` has names the module lacks, shapes that differ, or nothing at all.
-    """
-    expected = {k: list(v.shape) for k, v in module.state_dict().items()}
-    m = mismatches(expected, {k: list(v.shape) for k, v in state.items()})
-    if m["unexpected"] or m["reshaped"] or not state:
-        parts = []
-        if not state:
-            parts.append("  the file holds no tensors")
-        if m["unexpected"]:
-            parts.append(f"  {len(m['unexpected'])} unexpected: " + _shown(m["unexpected"]))
-        if m["reshaped"]:
-            parts.append(f"  {len(m['reshaped'])} of the wrong shape: " + _shown(
-                [f"{k} {tuple(a)}, expected {tuple(b)}" for k, a, b in m["reshaped"]]))
-        raise WeightsError("the partial weights do not fit this model:\n" + "\n".join(parts))
-    module.load_state_dict(state, strict=False)
-    return m["missing"]
-
-
 # -- command --------------------------------------------------------------------------------------
 
 
@@ -339,8 +281,9 @@ def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
     if out.suffix != ".safetensors":
         raise SpeccError(f"--out: expected a .safetensors file, found {out}")
     doc = load_spec(spec, list(overrides))
-    source = read_state_dict(src)
-    imported = import_state(compile_spec(doc), source, from_, backbone_only=backbone_only, what=str(src))
+    source = read_weights(src).state
+    imported = import_state(compile_spec(doc), source, from_, backbone_only=backbone_only,
+                            what=str(src))
     save_imported(imported, out, metadata={
         "specc.spec": doc.spec.name, "specc.architecture_sha256": doc.architecture_sha256,
         "specc.from": from_, "specc.source": Path(src).name})
@@ -369,8 +312,8 @@ def import_weights_command(
         typer.echo(f"warning: {warning}", err=True)
     if imported.dropped:
         typer.echo(f"left out {len(imported.dropped)} source tensors: "
-                   + _shown(imported.dropped))
+                   + shown(imported.dropped))
     if imported.backbone_only:
         typer.echo(f"{out} holds only the backbone; the other tensors keep their initialisation "
-                   "(specc train loads it with load_partial; specc build --weights needs a "
+                   "(specc train --init starts the backbone from it; specc build --weights needs a "
                    "whole model)")

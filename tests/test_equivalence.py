@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from specc.api import build, load_spec
+from specc.artifacts import BACKBONE, FULL, load_weights, read_weights
 from specc.cli import main
 from specc.errors import WeightsError
-from specc.importers import BACKBONE, FULL, contents, differences, load_partial
-from specc.weights import load_into, read_state_dict
+from specc.importers import differences
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = {depth: ROOT / f"specs/zoo/torchvision_deeplabv3_resnet{depth}.yaml" for depth in (50, 101)}
@@ -147,10 +147,11 @@ def test_torchvision_deeplabv3(depth: int, request: pytest.FixtureRequest, tmp_p
     ref, src = request.getfixturevalue(f"tv{depth}")
     assert n_params(ref) == TORCHVISION_PARAMS[depth]
     out = import_weights(ZOO[depth], src, "torchvision", tmp_path / "w.safetensors")
-    assert contents(out) == FULL
+    weights = read_weights(out)
+    assert weights.contents == FULL
     module = build(load_spec(ZOO[depth])).module
     assert n_params(module) == TORCHVISION_PARAMS[depth]
-    load_into(module, read_state_dict(out), str(out))
+    load_weights(module, weights)
     module.eval()
     x = image()
     with torch.no_grad():
@@ -182,17 +183,20 @@ def test_imagenet_resnet50_backbone_only(imagenet_resnet50: tuple[nn.Module, Pat
     ref, src = imagenet_resnet50
     out = import_weights(ZOO[50], src, "torchvision", tmp_path / "bb.safetensors",
                          "--backbone-only")
-    assert contents(out) == BACKBONE
-    state = read_state_dict(out)
+    weights = read_weights(out)
+    assert weights.contents == BACKBONE
+    state = weights.state
     assert state and all(k.startswith("backbone.") for k in state)
 
     module = build(load_spec(ZOO[50])).module
-    left = load_partial(module, state)
+    left = load_weights(module, weights, partial=True)
     assert left == sorted(k for k in module.state_dict() if not k.startswith("backbone."))
     assert {k.split(".")[0] for k in left} == {"aspp", "extra", "classifier", "aux"}
     # A backbone-only file is not a whole model: `specc build --weights` refuses it.
     with pytest.raises(WeightsError, match=r"missing: .*aspp\.convs\.0\.bn\.bias"):
-        load_into(build(load_spec(ZOO[50])).module, state, str(out))
+        load_weights(build(load_spec(ZOO[50])).module, state)
+    with pytest.raises(WeightsError, match="holds backbone weights only"):
+        load_weights(build(load_spec(ZOO[50])).module, weights)
 
     backbone = module.backbone.eval()
     x = image(2)
@@ -228,9 +232,9 @@ def test_timm_xception65_backbone(output_stride: int, xception65: tuple[dict, Pa
     overrides = ["backbone.multi_grid=null", f"backbone.output_stride={output_stride}"]
     out = import_weights(XCEPTION, src, "timm", tmp_path / "x.safetensors", "--backbone-only",
                          *[a for o in overrides for a in ("--set", o)])
-    imported = read_state_dict(out)
+    imported = read_weights(out)
     module = build(load_spec(XCEPTION, overrides)).module
-    load_partial(module, imported)
+    load_weights(module, imported, partial=True)
     x = image(3)
     with torch.no_grad():
         theirs = ref.forward_features(x)
@@ -239,7 +243,7 @@ def test_timm_xception65_backbone(output_stride: int, xception65: tuple[dict, Pa
     if output_stride == 16:
         # The shipped spec's multi-grid (1, 2, 4) is not timm's network, and the test sees it.
         module = build(load_spec(XCEPTION)).module
-        load_partial(module, imported)
+        load_weights(module, imported, partial=True)
         with torch.no_grad():
             ours = module.backbone.eval()(x)["out"]
         assert (ours - theirs).abs().max() > 100 * RTOL * theirs.abs().max()
@@ -336,14 +340,14 @@ def test_wrong_number_of_classes(tv50: tuple[nn.Module, Path], tmp_path: Path,
     assert "missing" not in err and "unexpected" not in err
 
 
-def test_load_partial_rejects_foreign_tensors() -> None:
+def test_partial_load_rejects_foreign_tensors() -> None:
     module = build(load_spec(ZOO[50])).module
     with pytest.raises(WeightsError, match=r"1 unexpected: backbone\.nope"):
-        load_partial(module, {"backbone.nope": torch.zeros(1)})
+        load_weights(module, {"backbone.nope": torch.zeros(1)}, partial=True)
     with pytest.raises(WeightsError, match=r"classifier\.bias \(3,\), expected \(21,\)"):
-        load_partial(module, {"classifier.bias": torch.zeros(3)})
+        load_weights(module, {"classifier.bias": torch.zeros(3)}, partial=True)
     with pytest.raises(WeightsError, match="no tensors"):
-        load_partial(module, {})
+        load_weights(module, {}, partial=True)
 
 
 @pytest.mark.parametrize(("spec", "overrides", "from_", "warned"), [

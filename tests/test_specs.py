@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from specc.api import build, load_spec
-from specc.compile import save_script, script_module
+from specc.artifacts import read_torchscript, write_torchscript
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").rglob("*.yaml"))
@@ -48,13 +48,15 @@ def test_torchscript_round_trip(path, builds, tmp_path):
     small = builds.small(path)
     module = small.built.module
     assert not module.training
-    scripted = script_module(module)
     archive = tmp_path / "model.pt"
-    save_script(scripted, archive)
+    write_torchscript(module, archive, small.built.doc)
+    assert not module.training
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
         loaded = torch.jit.load(str(archive))
-    loaded.eval()
+    assert not loaded.training
+    _, info = read_torchscript(archive)
+    assert info is not None and info["spec_sha256"] == small.built.doc.sha256
     with torch.no_grad():
         got = loaded(small.x)
     assert set(got) == set(small.outputs)

@@ -81,7 +81,7 @@ def test_loss_goes_down_and_run_folder_is_complete(trained: Path) -> None:
     assert 0.0 <= records[-1]["miou"] <= 1.0  # evaluated at the end
     weights, state, info = ckpt.load_checkpoint(trained)
     assert state["iteration"] == runkit.BASE_ITERS
-    assert info["arch_sha256"] == architecture_sha256(info["resolved"])
+    assert info["architecture_sha256"] == architecture_sha256(info["resolved"])
     assert info["resolved"]["train"]["iters"] == runkit.BASE_ITERS
     assert (trained / "checkpoint").is_symlink() and len(list(trained.glob("checkpoint-*"))) == 1
     assert (trained / "model.pt").is_file()
@@ -91,7 +91,7 @@ def test_loss_goes_down_and_run_folder_is_complete(trained: Path) -> None:
 
 def test_crash_during_save_keeps_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
     weights = {"w": torch.ones(2)}
-    info = {"sha256": "x", "arch_sha256": "y", "resolved": {}}
+    info = {"spec_sha256": "x", "architecture_sha256": "y", "resolved": {}}
     ckpt.save_checkpoint(tmp_path, weights=weights, state={"iteration": 1}, spec_info=info)
 
     def crash(*args: object, **kwargs: object) -> None:

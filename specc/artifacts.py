@@ -1,0 +1,317 @@
+"""Weights and model files: one way to open them, one way to load them, one TorchScript format.
+
+Any weights source opens with :func:`read_weights` into a :class:`Weights`:
+
+* a run folder (``RUN_DIR/checkpoint/model.safetensors``, else ``RUN_DIR/model.pt``) or a
+  checkpoint folder (``model.safetensors``);
+* a ``.safetensors`` file — ours (``specc.*`` metadata: what it holds and for which spec) or
+  anyone's;
+* a ``torch.save``'d state dict ``.pt``/``.pth`` (read with ``weights_only=True``; a dict under
+  ``state_dict`` or ``model`` is unwrapped);
+* a TorchScript ``model.pt`` (from ``specc build`` or ``specc train``).
+
+:func:`load_weights` copies them into a model after checking every name and shape, and lists what
+does not fit (missing, unexpected, of the wrong shape) in one format. :func:`write_torchscript` is
+the only writer of ``model.pt``: the model scripted in eval mode, with the resolved spec and its
+hashes inside (``specc/spec.json``), so the file alone says how to normalize its input.
+
+The spec information recorded with weights (checkpoint ``spec.json``, inside ``model.pt``) is
+``{"name", "spec_sha256", "architecture_sha256", "resolved"}``, the key names of
+``manifest.json``. Files written before this naming (``sha256``, ``arch_sha256``) still read: see
+:func:`spec_info_of`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from specc.errors import WeightsError
+from specc.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from specc.api import Document
+
+#: File names of a run folder and of a checkpoint folder.
+LINK = "checkpoint"  # RUN_DIR/checkpoint: the pointer to the last good checkpoint
+WEIGHTS = "model.safetensors"
+SPEC = "spec.json"
+TORCHSCRIPT = "model.pt"
+#: The spec information stored inside model.pt (a torch.jit extra file).
+EXTRA_SPEC = "specc/spec.json"
+
+#: What ``specc.contents`` in a ``.safetensors`` file's metadata says.
+FULL, BACKBONE = "full", "backbone"
+
+#: Names shown per list in an error.
+LIMIT = 20
+
+#: Key names of older files → today's.
+_OLD_KEYS = {"sha256": "spec_sha256", "arch_sha256": "architecture_sha256"}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Tensors read from a weights source, and what the source says about them."""
+
+    #: State-dict name → tensor (on the CPU).
+    state: dict[str, torch.Tensor]
+    #: The file they were read from.
+    file: Path
+    #: ``"full"`` (every tensor of a model) or ``"backbone"``; None when the file does not say.
+    contents: str | None = None
+    #: The spec they were saved with (see :func:`spec_info`), or None; some sources record only
+    #: ``name`` and ``architecture_sha256``.
+    spec_info: dict[str, Any] | None = None
+
+
+# -- spec information -----------------------------------------------------------------------------
+
+
+def spec_info(doc: Document) -> dict[str, Any]:
+    """What is recorded with a model's weights: the spec's name, hashes and resolved values."""
+    return {"name": doc.spec.name, "spec_sha256": doc.sha256,
+            "architecture_sha256": doc.architecture_sha256, "resolved": doc.resolved}
+
+
+def spec_info_of(info: Mapping[str, Any]) -> dict[str, Any]:
+    """``info`` with today's key names (``sha256`` → ``spec_sha256``, ``arch_sha256`` →
+    ``architecture_sha256``): files written before the renaming read like new ones."""
+    out = {k: v for k, v in info.items() if k not in _OLD_KEYS}
+    for old, new in _OLD_KEYS.items():
+        if old in info and new not in out:
+            out[new] = info[old]
+    return out
+
+
+def _read_spec_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return spec_info_of(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def find_weights(path: str | Path) -> Path:
+    """The weights file ``path`` designates: a run folder, a checkpoint folder or a file.
+
+    Raises:
+        WeightsError: nothing usable at ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / LINK / WEIGHTS, path / WEIGHTS, path / TORCHSCRIPT):
+            if candidate.is_file():
+                return candidate
+        raise WeightsError(
+            f"{path}: no weights found (expected {LINK}/{WEIGHTS}, {WEIGHTS} or {TORCHSCRIPT})")
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file or folder")
+    return path
+
+
+def read_weights(path: str | Path) -> Weights:
+    """Open any weights source (see the module's docstring) the same way.
+
+    Raises:
+        WeightsError: the path is missing, or holds no readable state dict.
+    """
+    file = find_weights(path)
+    if file.suffix == ".safetensors":
+        return _read_safetensors(file)
+    if _is_torchscript(file):
+        module, info = read_torchscript(file)
+        state = {k: v.detach() for k, v in module.state_dict().items()}
+        return Weights(state, file, FULL if info else None, info)
+    return Weights(_read_torch_save(file), file)
+
+
+def _read_safetensors(file: Path) -> Weights:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{file}: not a readable safetensors file ({exc})") from None
+    info = _read_spec_json(file.parent / SPEC) if file.name == WEIGHTS else None
+    if info is None and "specc.architecture_sha256" in meta:  # written by import-weights
+        info = {"name": meta.get("specc.spec"),
+                "architecture_sha256": meta["specc.architecture_sha256"]}
+    contents = meta.get("specc.contents") or (FULL if info and "resolved" in info else None)
+    return Weights(state, file, contents, info)
+
+
+def _read_torch_save(file: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad pickle
+        raise WeightsError(f"{file}: not a readable PyTorch state dict ({type(exc).__name__}: "
+                           f"{str(exc)[:200]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{file}: expected a state dict (names → tensors), found "
+                           f"{type(obj).__name__}")
+    return obj
+
+
+def _is_torchscript(file: Path) -> bool:
+    """A TorchScript archive (its zip has ``code/`` and ``constants.pkl``), not a torch.save."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def mismatches(expected: Mapping[str, list[int]], given: Mapping[str, list[int]]
+               ) -> dict[str, list]:
+    """What keeps ``given`` (name → shape) from loading where ``expected`` is wanted."""
+    missing = sorted(k for k in expected if k not in given)
+    unexpected = sorted(k for k in given if k not in expected)
+    reshaped = sorted(
+        (k, list(given[k]), list(expected[k]))
+        for k in expected if k in given and list(given[k]) != list(expected[k]))
+    return {"missing": missing, "unexpected": unexpected, "reshaped": reshaped}
+
+
+def shown(items: list[str], limit: int = LIMIT) -> str:
+    """Up to ``limit`` names; a longer list first says how many fall in each top-level module
+    (``backbone.<stage>`` for the backbone)."""
+    if len(items) <= limit:
+        return ", ".join(items)
+    parts: dict[str, int] = {}
+    for item in items:
+        names = item.split(".")
+        part = ".".join(names[:2] if names[0] == "backbone" else names[:1])
+        parts[part] = parts.get(part, 0) + 1
+    where = ", ".join(f"{p} {n}" for p, n in parts.items())
+    return f"[{where}] " + ", ".join(items[:limit]) + f", … ({len(items) - limit} more)"
+
+
+def describe_mismatches(m: Mapping[str, list]) -> str:
+    """The missing, unexpected and reshaped tensors of :func:`mismatches`, one line each."""
+    lines = []
+    for label in ("missing", "unexpected"):
+        if m[label]:
+            lines.append(f"  {len(m[label])} {label}: " + shown(m[label]))
+    if m["reshaped"]:
+        lines.append(f"  {len(m['reshaped'])} of the wrong shape: " + shown(
+            [f"{k} {tuple(a)}, expected {tuple(b)}" for k, a, b in m["reshaped"]]))
+    return "\n".join(lines)
+
+
+def load_weights(module: nn.Module, weights: Weights | Mapping[str, torch.Tensor], *,
+                 partial: bool = False, source: str | None = None) -> list[str]:
+    """Copy ``weights`` into ``module`` after checking every name and shape.
+
+    Without ``partial`` every tensor of ``module`` must be given, exactly. With ``partial`` (a
+    backbone-only file) the given tensors must all fit, and the rest keep their initialisation.
+    ``source`` names the weights in errors (default: the file they came from).
+
+    Returns:
+        The sorted names of ``module``'s tensors left as they were (none without ``partial``).
+
+    Raises:
+        WeightsError: naming every missing (unless ``partial``), unexpected and reshaped tensor.
+    """
+    if isinstance(weights, Weights):
+        state, source = weights.state, source or str(weights.file)
+        if not partial and weights.contents == BACKBONE:
+            raise WeightsError(
+                f"{source}: holds backbone weights only (import-weights --backbone-only); a "
+                "whole model is needed here. Start a training run from it instead "
+                "(specc train SPEC --init FILE).")
+    else:
+        state, source = dict(weights), source or "the weights"
+    expected = {k: list(v.shape) for k, v in module.state_dict().items()}
+    m = mismatches(expected, {k: list(v.shape) for k, v in state.items()})
+    if partial:
+        if m["unexpected"] or m["reshaped"] or not state:
+            report = describe_mismatches({**m, "missing": []}) or "  the file holds no tensors"
+            raise WeightsError(f"{source}: the partial weights do not fit this model:\n{report}")
+    elif m["missing"] or m["unexpected"] or m["reshaped"]:
+        raise WeightsError(f"{source}: the weights do not fit this model:\n"
+                           + describe_mismatches(m))
+    module.load_state_dict(state, strict=not partial)
+    return m["missing"]
+
+
+# -- TorchScript ----------------------------------------------------------------------------------
+
+
+def script_module(module: nn.Module) -> torch.jit.ScriptModule:
+    """TorchScript of a generated model (``torch.jit.script``; works on CPU and CUDA)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module)
+
+
+def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Path:
+    """Write ``module`` as a TorchScript ``model.pt``, atomically, scripted in eval mode (its own
+    mode is restored), with the spec information of ``doc`` inside. Returns ``path``."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        scripted = script_module(module)
+    finally:
+        module.train(was_training)
+    extra = {EXTRA_SPEC: json.dumps(spec_info(doc), sort_keys=True)}
+
+    def save(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
+            torch.jit.save(scripted, str(tmp), _extra_files=extra)
+
+    return atomic_write(path, save)
+
+
+def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any] | None]:
+    """A TorchScript model (on the CPU) and the spec information inside it (None when the file
+    was not written by specc).
+
+    Raises:
+        WeightsError: the file is missing or not TorchScript.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    extra = {EXTRA_SPEC: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as err:  # torch raises RuntimeError, ValueError, ... for a bad archive
+        raise WeightsError(f"{path}: not a TorchScript model ({err})") from None
+    try:
+        info = spec_info_of(json.loads(extra[EXTRA_SPEC])) if extra[EXTRA_SPEC] else None
+    except (ValueError, AttributeError):
+        info = None
+    return module, info
