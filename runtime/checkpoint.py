@@ -19,7 +19,7 @@ never pointed to and are removed by the next save. Single files (metrics, plots,
 written to a temporary file in the same folder and moved over the target with ``os.replace``.
 
 Resuming compares the *architecture hash*: the sha256 of the resolved spec without its ``train``
-and ``data`` sections (STYLE.md item 19), so changing the learning rate or the iteration count
+and ``data`` sections (docs/conventions.md §10), so changing the learning rate or the iteration count
 resumes, while changing a layer is refused.
 """
 

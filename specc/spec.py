@@ -1,7 +1,7 @@
 """Stage 2 — validate: the spec language as frozen pydantic models.
 
 Every field has a description (it becomes the JSON Schema and an editor's tooltip). Where public
-DeepLab implementations disagree (../PAPERS.md), the choice is a field here, defaulting to the
+DeepLab implementations disagree (docs/deeplab.md, "Where implementations disagree"), the choice is a field here, defaulting to the
 papers' TensorFlow behaviour. Cross-field rules that need the derived schedule or the graph
 (a reachable output stride, a decoder tap at the right stride) are checked by later stages.
 """

@@ -1,4 +1,4 @@
-"""The error table: malformed specs and the exact message each must produce (STYLE.md 11, 15).
+"""The error table: malformed specs and the exact message each must produce (docs/conventions.md §1, §6).
 
 Every message names the file, line and column, the key path, what was expected and what was
 found. Each case is checked through the Python API and through the command line (``specc

@@ -20,7 +20,7 @@ SPECS = sorted((REPO / "specs").rglob("*.yaml"))
 IDS = [str(p.relative_to(REPO / "specs").with_suffix("")) for p in SPECS]
 ZOO = {50: REPO / "specs/zoo/torchvision_deeplabv3_resnet50.yaml",
        101: REPO / "specs/zoo/torchvision_deeplabv3_resnet101.yaml"}
-#: torchvision deeplabv3_resnet50/101(weights=None, aux_loss=True) (PAPERS.md).
+#: torchvision deeplabv3_resnet50/101(weights=None, aux_loss=True) (docs/deeplab.md).
 TORCHVISION_PARAMS = {50: 42_004_074, 101: 60_996_202}
 
 COMMON = {"op", "in_channels", "out_channels", "shape", "output_stride", "receptive_field",

@@ -1,8 +1,8 @@
 """The output-stride rule (specc.derive) against the papers.
 
 Two kinds of check: explicit tables of what DeepLabv3 / DeepLabv3+ and torchvision state
-(docs: ../PAPERS.md "The rule", "Multi-grid", "Cascade" and the disagreement table), and an
-independent re-implementation of the TensorFlow rule, written from PAPERS.md's text and the
+(docs/deeplab.md: "The stride rule", "Multi-grid", "Cascade", "Where implementations disagree"), and an
+independent re-implementation of the TensorFlow rule, written from that text and the
 papers' layer tables (not from specc.presets), compared with derive() for every combination of
 backbone, output stride, multi-grid and policy.
 """
@@ -337,7 +337,7 @@ def reference_layout(preset: str, placement: str, cascade: int) -> tuple[int, li
 def reference_schedule(preset: str, output_stride: int, placement: str, destrided: str,
                        multi_grid: tuple[int, ...] | None, mode: str,
                        cascade: int) -> list[tuple[str, int, tuple[int, ...]]]:
-    """PAPERS.md "The rule", literally: [(stage, stride, rates)] per unit, or Unreachable."""
+    """docs/deeplab.md "The stride rule", literally: [(stage, stride, rates)] per unit, or Unreachable."""
     stem, units = reference_layout(preset, placement, cascade)
     last_stage = units[-1][0] if cascade == 0 else None
     if last_stage is None:

@@ -1,5 +1,5 @@
 """Every shipped spec (specs/**/*.yaml): validates, builds, matches its manifest, scripts, and
-round-trips through a TorchScript archive with the eager outputs (STYLE.md 13)."""
+round-trips through a TorchScript archive with the eager outputs (docs/conventions.md §7)."""
 
 from __future__ import annotations
 
