@@ -18,9 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from specc.errors import SpeccError, WeightsError
 from specc.weights import mismatches, read_state_dict
@@ -37,9 +35,6 @@ SOURCES = ("torchvision", "timm")
 
 #: What ``specc.contents`` in a written file's metadata says.
 FULL, BACKBONE = "full", "backbone"
-
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a spec value: key.path=value (YAML), e.g. backbone.output_stride=8.")]
 
 _LIMIT = 20  # names shown per list in an error
 
@@ -362,7 +357,7 @@ def load_partial(module: nn.Module, state: dict[str, Tensor]) -> list[str]:
     return m["missing"]
 
 
-# -- command --------------------------------------------------------------------------------------
+# -- file in, file out ----------------------------------------------------------------------------
 
 
 def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
@@ -393,30 +388,7 @@ def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
     return imported
 
 
-def import_weights_command(
-    spec: Annotated[Path, typer.Argument(help="Spec file.")],
-    src: Annotated[Path, typer.Argument(
-        help="The foreign state dict: a torch.save'd .pth/.pt or a .safetensors file.")],
-    from_: Annotated[str, typer.Option(
-        "--from", help="Where it comes from: torchvision (DeepLabV3 or ImageNet ResNet) or timm "
-                       "(aligned Xception).")],
-    out: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
-    set_: SetOpt = None,
-    backbone_only: Annotated[bool, typer.Option(
-        "--backbone-only", help="Write only the backbone's tensors (the heads keep their "
-                                "initialisation); for training, not for `specc build "
-                                "--weights`.")] = False,
-) -> None:
-    """Map a torchvision or timm state dict onto a spec's tensors (no download, ever)."""
-    imported = import_weights(spec, src, from_, out, overrides=set_ or [],
-                              backbone_only=backbone_only)
-    typer.echo(f"imported {len(imported.state)} tensors from {src} ({imported.kind}) → {out}")
-    for warning in imported.warnings:
-        typer.echo(f"warning: {warning}", err=True)
-    if imported.dropped:
-        typer.echo(f"left out {len(imported.dropped)} source tensors: "
-                   + _shown(imported.dropped))
-    if imported.backbone_only:
-        typer.echo(f"{out} holds only the backbone; the other tensors keep their initialisation "
-                   "(specc train loads it with load_partial; specc build --weights needs a "
-                   "whole model)")
+
+def shown(items: list[str]) -> str:
+    """Names as an error or a report lists them: up to 20, a longer list grouped by module."""
+    return _shown(items)
