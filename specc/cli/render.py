@@ -1,4 +1,4 @@
-"""What the commands print: rich tables (``info``, ``diff``, ``eval``) and markdown.
+"""What the commands print: rich tables (``info``, ``diff``, ``eval``), markdown, progress bars.
 
 The compiler and the runtime return plain data; this module lays it out for a terminal or a log.
 """
@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from runtime.report import Progress
 from specc.analysis import group_of
 
 # Piped output (CI logs, files) gets tables wide enough not to truncate column names.
@@ -317,7 +322,41 @@ def print_diff(result: dict[str, Any], console: Console | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# specc eval: the score table
+# specc train / eval: progress bars and the score table
+
+
+class _Bar:
+    def __init__(self, progress: RichProgress, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def update(self, done: int, **stats: float) -> None:
+        self._progress.update(self._task, completed=done, **stats)
+
+
+class RichReporter:
+    """A :class:`runtime.report.Reporter` drawing rich progress bars on ``console``: training
+    with its loss, learning rate and speed; evaluation as a bar that disappears when done."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+    @contextmanager
+    def progress(self, task: str, total: int | None, done: int = 0,
+                 **stats: float) -> Iterator[Progress]:
+        if task == "train":
+            bar = RichProgress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                           "{task.fields[speed]:.2f} it/s"),
+                TimeRemainingColumn(), console=self.console)
+        else:
+            bar = RichProgress(TextColumn(task), BarColumn(), MofNCompleteColumn(),
+                               TimeRemainingColumn(), console=self.console, transient=True)
+        with bar:
+            yield _Bar(bar, bar.add_task(task, total=total, completed=done, **stats))
 
 
 def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], flip: bool) -> None:

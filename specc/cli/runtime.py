@@ -98,7 +98,7 @@ def train(
     console = render.err
     with _worker_errors():
         result = run_training(doc, run_dir, resume=resume, init=init, device=device,
-                              console=console)
+                              reporter=render.RichReporter(console))
     if result.model_path is None:  # not rank 0
         return
     lines = [f"trained {doc.spec.name}: {result.iteration} iterations"
@@ -133,7 +133,7 @@ def eval_(
     with _worker_errors():
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
                                      scales=scale_list, flip=flip,
-                                     console=render.err)
+                                     reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")
         return
