@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
+from specc.diff import spec_changes
 from specc.errors import TrainingError, WeightsError
 from specc.fsutil import atomic_write, fsync_dir
 from specc.weights import load_into, read_state_dict
@@ -57,8 +58,6 @@ EXTRA_SPEC = "specc/spec.json"  # the resolved spec stored inside model.pt (torc
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved specs (train/data excluded)."""
-    from specc.diff import spec_changes
-
     arch = [{k: v for k, v in d.items() if k not in NON_ARCHITECTURE_KEYS} for d in (old, new)]
     return [f"{c['path']}: {json.dumps(c['a'])} -> {json.dumps(c['b'])}"
             for c in spec_changes(*arch)]

@@ -27,6 +27,7 @@ from runtime.checkpoint import load_weights, read_weights
 from runtime.data import build_loader, eval_transform, open_dataset
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from runtime.report import SILENT, Reporter
+from specc.api import build
 from specc.errors import SpeccError
 
 
@@ -191,8 +192,6 @@ def evaluate_checkpoint(
         WeightsError: the weights are missing, unreadable, or do not fit the model.
         DataError: the validation data cannot be read.
     """
-    from specc.api import build
-
     spec = doc.spec
     ctx = distributed.Context(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model = build(doc).module

@@ -47,6 +47,7 @@ from runtime import distributed
 from runtime.data import bootstrap_indices, build_loader, open_dataset, train_transform
 from runtime.evaluate import autocast, evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
+from specc.api import build
 from specc.errors import TrainingError
 from specc.fsutil import atomic_write_text
 
@@ -185,8 +186,6 @@ def train(
 
 def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
            ctx: distributed.Context, reporter: Reporter) -> TrainResult:
-    from specc.api import build
-
     spec, tr, data = doc.spec, doc.spec.train, doc.spec.data
     arch = doc.architecture_sha256
     spec_info = {"name": spec.name, "sha256": doc.sha256, "arch_sha256": arch,
