@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 
 from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
 from specc.artifacts import LINK, SPEC, WEIGHTS, read_weights, spec_info_of
+from specc.diff import spec_changes
 from specc.errors import TrainingError
 from specc.fsutil import fsync_dir
 
@@ -52,8 +53,6 @@ STATE = "state.pt"
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two resolved specs (train/data excluded)."""
-    from specc.diff import spec_changes
-
     arch = [{k: v for k, v in d.items() if k not in NON_ARCHITECTURE_KEYS} for d in (old, new)]
     return [f"{c['path']}: {json.dumps(c['a'])} -> {json.dumps(c['b'])}"
             for c in spec_changes(*arch)]

@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from runtime import distributed
 from runtime.data import build_loader, eval_transform, open_dataset
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
+from runtime.report import SILENT, Reporter
+from specc.api import build
 from specc.artifacts import load_weights, read_weights
 from specc.errors import SpeccError
 
@@ -111,27 +111,27 @@ def evaluate(
     ignore_index: int = 255,
     amp_dtype: torch.dtype | None = None,
     total: int | None = None,
-    console: Console | None = None,
+    reporter: Reporter | None = None,
 ) -> SegmentationScores:
     """Run ``model`` over ``batches`` of ``(images, labels)`` and score the predictions.
 
     The model is put in eval mode and restored to its previous mode afterwards. With ``ctx`` of
     several processes the confusion matrices of all processes are summed before scoring.
+    Progress (images done of ``total``) goes to ``reporter`` on rank 0; None shows nothing.
     """
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    show = console is not None and (ctx is None or ctx.is_main)
-    progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, disable=not show, transient=True)
+    report = reporter if reporter is not None and (ctx is None or ctx.is_main) else SILENT
+    done = 0
     try:
-        with progress, torch.inference_mode():
-            task = progress.add_task("eval", total=total)
+        with report.progress("eval", total) as progress, torch.inference_mode():
             for images, labels in batches:
                 images, labels = images.to(device), labels.to(device)
                 probs = predict_probs(model, images, scales, flip, amp_dtype)
                 cm += confusion_matrix(probs.argmax(dim=1), labels, num_classes, ignore_index)
-                progress.advance(task, images.shape[0])
+                done += images.shape[0]
+                progress.update(done)
     finally:
         model.train(was_training)
     if ctx is not None:
@@ -181,7 +181,7 @@ def evaluate_checkpoint(
     source: str | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    console: Console | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Build the spec's model, load the weights at ``checkpoint`` and evaluate it.
 
@@ -192,8 +192,6 @@ def evaluate_checkpoint(
         WeightsError: the weights are missing, unreadable, or do not fit the model.
         DataError: the validation data cannot be read.
     """
-    from specc.api import build
-
     spec = doc.spec
     ctx = distributed.Context(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model = build(doc).module
@@ -205,7 +203,7 @@ def evaluate_checkpoint(
     result = evaluate(
         model, loader, spec.num_classes, device=ctx.device, scales=scales, flip=flip,
         ignore_index=spec.train.ignore_index, amp_dtype=amp if ctx.device.type == "cuda" else None,
-        total=len(dataset), console=console,
+        total=len(dataset), reporter=reporter,
     )
     report = result.as_dict(dataset.class_names)
     report.update({

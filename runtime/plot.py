@@ -50,7 +50,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     Raises:
         SpeccError: the run folder has no metrics, or they hold no training records.
     """
-    import matplotlib
+    import matplotlib  # here, not at the top: slow to import, and Agg must precede pyplot
 
     matplotlib.use("Agg")  # files only, no window
     import matplotlib.pyplot as plt

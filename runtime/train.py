@@ -39,8 +39,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -48,7 +46,9 @@ from runtime import checkpoint as ckpt
 from runtime import distributed
 from runtime.data import bootstrap_indices, build_loader, open_dataset, train_transform
 from runtime.evaluate import autocast, evaluate, val_batches
+from runtime.report import SILENT, LineReporter, Reporter
 from specc import artifacts
+from specc.api import build
 from specc.errors import TrainingError
 from specc.fsutil import atomic_write_text
 
@@ -163,14 +163,15 @@ def train(
     resume: bool = False,
     init: Path | None = None,
     device: str | None = None,
-    console: Console | None = None,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the model of a loaded spec (``specc.api.load_spec``) into ``run_dir``.
 
     ``resume`` continues from ``RUN_DIR/checkpoint`` (same architecture required; with no
     checkpoint yet it starts from iteration 0). ``init`` starts from the weights of another run or
     file (e.g. stage 1 of the paper, before fine-tuning at output stride 8 with frozen BN).
-    Under ``torchrun`` every process calls this; rank 0 logs and writes files.
+    Under ``torchrun`` every process calls this; rank 0 logs and writes files. Messages and
+    progress go to ``reporter`` (default: plain lines on standard error).
 
     Raises:
         TrainingError: a non-finite loss, a checkpoint of another architecture, a batch that does
@@ -179,18 +180,17 @@ def train(
     """
     ctx = distributed.setup(device)
     try:
-        return _train(doc, Path(run_dir), resume, init, ctx, console or Console(stderr=True))
+        return _train(doc, Path(run_dir), resume, init, ctx, reporter or LineReporter())
     finally:
         distributed.cleanup(ctx)
 
 
 def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
-           ctx: distributed.Context, console: Console) -> TrainResult:
-    from specc.api import build
-
+           ctx: distributed.Context, reporter: Reporter) -> TrainResult:
     spec, tr, data = doc.spec, doc.spec.train, doc.spec.data
     spec_info = artifacts.spec_info(doc)
-    say = console.print if ctx.is_main else (lambda *a, **k: None)
+    report = reporter if ctx.is_main else SILENT  # rank 0 speaks for the job
+    say = report.message
 
     # -- run folder: a new run never overwrites a checkpoint; --resume continues it
     saved = ckpt.checkpoint_dir(run_dir)
@@ -293,11 +293,6 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
         atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
     if ctx.distributed and not cuda:
         say("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN statistics")
-    progress = Progress(
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
-                   "{task.fields[speed]:.2f} it/s"),
-        TimeRemainingColumn(), console=console, disable=not ctx.is_main)
     last_loss: float | None = None
     scores: dict[str, Any] | None = None
     window: list[float] = []
@@ -305,9 +300,9 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     set_train_mode(ddp, tr.freeze_bn)
 
     try:
-        with progress:
-            task = progress.add_task("train", total=tr.iters, completed=start, loss=math.nan,
-                                     lr=poly_lr(tr.lr, start, tr.iters, tr.poly_power), speed=0.0)
+        with report.progress("train", tr.iters, start, loss=math.nan,
+                             lr=poly_lr(tr.lr, start, tr.iters, tr.poly_power),
+                             speed=0.0) as progress:
             for it in range(start, tr.iters):
                 # learning rate: poly schedule
                 lr = poly_lr(tr.lr, it, tr.iters, tr.poly_power)
@@ -349,7 +344,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                     distributed.sync_buffers(raw, ctx)
                     result = evaluate(raw, val_loader, spec.num_classes, device=ctx.device, ctx=ctx,
                                       ignore_index=tr.ignore_index, amp_dtype=amp_dtype,
-                                      total=len(val_set), console=console)
+                                      total=len(val_set), reporter=report)
                     set_train_mode(ddp, tr.freeze_bn)
                     scores = result.as_dict(val_set.class_names)
                     record = {"miou": result.miou, "pixel_accuracy": result.pixel_accuracy,
@@ -369,9 +364,9 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                         for key in ("loss", "lr", "miou", "pixel_accuracy"):
                             if key in record:
                                 board.add_scalar(key, record[key], done)
-                    progress.update(task, loss=last_loss, lr=lr, speed=speed)
+                    progress.update(done, loss=last_loss, lr=lr, speed=speed)
                     window, t_window = [], now
-                progress.update(task, completed=done)
+                progress.update(done)
 
                 # checkpoint: every save_every iterations and at the end
                 if done % tr.save_every == 0 or done == tr.iters:

@@ -1,32 +1,28 @@
-"""``specc diff``: what actually changes between two variants, read off their graphs.
+"""What actually changes between two variants, read off their graphs (``specc diff``).
 
 A and B are spec files (``extends:`` and ``--set-a``/``--set-b`` overrides resolved) or built
 folders holding a ``manifest.json``. :func:`compare` returns a JSON-ready report with only what
 differs, section by section — the resolved spec, the stride/dilation schedule, parameters and
-multiply-adds, the graph's nodes and edges, and whether a checkpoint of A loads into B — and
-:func:`render_markdown` / :func:`render_rich` lay it out. Exit codes: 0 identical, 1 differ, 2 error.
+multiply-adds, the graph's nodes and edges, and whether a checkpoint of A loads into B. The
+command line (``specc.cli.render``) lays it out as tables or markdown.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import networkx as nx
-import typer
 from pydantic import ValidationError
 
 from specc.api import Compilation, Document, compile_spec, load_spec
-from specc.diff_render import compact_names, render_markdown, render_rich
 from specc.errors import SpeccError
 from specc.graph import ordered_nodes
 from specc.load import format_path
 
-__all__ = ["compact_names", "compare", "diff_command", "load_side", "render_markdown",
-           "render_rich", "spec_changes"]
+__all__ = ["compare", "load_side", "spec_changes"]
 
 #: Node attributes that record provenance, not architecture.
 IGNORED_NODE_ATTRS = ("spec_key",)
@@ -281,44 +277,3 @@ def compare(a: Side, b: Side) -> dict[str, Any]:
     result["notes"] = notes
     return result
 
-
-# ------------------------------------------------------------------------------------------------
-# The command
-
-
-class DiffFormat(str, Enum):
-    table = "table"
-    json = "json"
-    markdown = "markdown"
-
-
-def diff_command(
-    a: Annotated[Path, typer.Argument(metavar="A", help="Spec file, or built folder with "
-                                      "manifest.json.")],
-    b: Annotated[Path, typer.Argument(metavar="B", help="Spec file, or built folder with "
-                                      "manifest.json.")],
-    set_a: Annotated[list[str] | None, typer.Option(
-        "--set-a", help="Override a value of spec A: key.path=value (YAML).")] = None,
-    set_b: Annotated[list[str] | None, typer.Option(
-        "--set-b", help="Override a value of spec B: key.path=value (YAML).")] = None,
-    format_: Annotated[DiffFormat, typer.Option(
-        "--format", help="table (rich, for a terminal), json, or markdown (for a pull "
-        "request).")] = DiffFormat.table,
-) -> None:
-    """What changes between two variants: spec keys, schedule, cost, graph, and whether a
-    checkpoint of A loads into B. Exit 0 identical, 1 differ, 2 error."""
-    side_a = load_side(a, list(set_a or []), "a")
-    side_b = load_side(b, list(set_b or []), "b")
-    result = compare(side_a, side_b)
-    if format_ is DiffFormat.json:
-        print(json.dumps(result, indent=2))
-    elif format_ is DiffFormat.markdown:
-        print(render_markdown(result), end="")
-    else:
-        import sys
-
-        from rich.console import Console
-
-        render_rich(result, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
-    if not result["identical"]:
-        raise typer.Exit(1)

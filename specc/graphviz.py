@@ -13,14 +13,10 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import networkx as nx
-import typer
 
 from specc.analysis import group_of
 from specc.errors import SpeccError
@@ -251,62 +247,3 @@ def render_matplotlib(drawn: Drawn, fmt: str) -> bytes:
     fig.savefig(buffer, format=fmt, dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
-
-# ------------------------------------------------------------------------------------------------
-# The command
-
-
-class GraphFormat(str, Enum):
-    dot = "dot"
-    svg = "svg"
-    png = "png"
-
-
-class Renderer(str, Enum):
-    auto = "auto"
-    dot = "dot"
-    matplotlib = "matplotlib"
-
-
-def graph_command(
-    spec: Annotated[Path, typer.Argument(help="Spec file.")],
-    format_: Annotated[GraphFormat | None, typer.Option(
-        "--format", help="dot (text), svg or png; default: from --out's suffix, else dot.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Output file (default: standard output; png needs a file).")] = None,
-    collapse: Annotated[bool, typer.Option(
-        help="One node per backbone unit, runs of identical units as one node.")] = False,
-    renderer: Annotated[Renderer, typer.Option(
-        help="For svg/png: Graphviz's dot, matplotlib, or auto (dot when installed).")
-    ] = Renderer.auto,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a spec value: key.path=value (YAML).")] = None,
-) -> None:
-    """The model DAG grouped by stage, nodes filled by output stride, labels with dilation."""
-    from specc.api import compile_spec, load_spec
-
-    if format_ is None:
-        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
-        format_ = GraphFormat(suffix) if suffix in ("svg", "png") else GraphFormat.dot
-    if format_ is GraphFormat.png and out is None:
-        raise SpeccError("--format png writes binary data: give --out FILE")
-    net = compile_spec(load_spec(spec, set_ or [])).network
-    drawn = collapsed(net) if collapse else layers(net)
-    dot_text = to_dot(drawn)
-    if format_ is GraphFormat.dot:
-        data = dot_text.encode()
-    elif renderer is Renderer.dot or (renderer is Renderer.auto and shutil.which("dot")):
-        data = render_dot(dot_text, format_.value)
-    else:
-        if renderer is Renderer.auto:
-            print("note: Graphviz's dot is not installed; drawing with matplotlib (a plainer "
-                  "layout). Install graphviz (apt-get install graphviz) for clustered output.",
-                  file=sys.stderr)
-        data = render_matplotlib(drawn, format_.value)
-    if out is None:
-        sys.stdout.write(data.decode())
-        return
-    from specc.fsutil import atomic_write_bytes
-
-    atomic_write_bytes(out, data)
-    print(f"wrote {out} ({len(drawn.nodes)} nodes)", file=sys.stderr)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from specc.api import compile_spec, load_spec
 from specc.artifacts import BACKBONE, FULL, read_weights, shown
@@ -39,8 +37,6 @@ if TYPE_CHECKING:
 #: Values of ``--from``.
 SOURCES = ("torchvision", "timm")
 
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a spec value: key.path=value (YAML), e.g. backbone.output_stride=8.")]
 
 
 @dataclass
@@ -264,7 +260,7 @@ def save_imported(imported: Imported, out: Path, *, metadata: dict[str, str]) ->
     atomic_write_bytes(out, save(tensors, metadata=meta))
 
 
-# -- command --------------------------------------------------------------------------------------
+# -- file in, file out ----------------------------------------------------------------------------
 
 
 def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
@@ -290,30 +286,3 @@ def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
     return imported
 
 
-def import_weights_command(
-    spec: Annotated[Path, typer.Argument(help="Spec file.")],
-    src: Annotated[Path, typer.Argument(
-        help="The foreign state dict: a torch.save'd .pth/.pt or a .safetensors file.")],
-    from_: Annotated[str, typer.Option(
-        "--from", help="Where it comes from: torchvision (DeepLabV3 or ImageNet ResNet) or timm "
-                       "(aligned Xception).")],
-    out: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
-    set_: SetOpt = None,
-    backbone_only: Annotated[bool, typer.Option(
-        "--backbone-only", help="Write only the backbone's tensors (the heads keep their "
-                                "initialisation); for training, not for `specc build "
-                                "--weights`.")] = False,
-) -> None:
-    """Map a torchvision or timm state dict onto a spec's tensors (no download, ever)."""
-    imported = import_weights(spec, src, from_, out, overrides=set_ or [],
-                              backbone_only=backbone_only)
-    typer.echo(f"imported {len(imported.state)} tensors from {src} ({imported.kind}) → {out}")
-    for warning in imported.warnings:
-        typer.echo(f"warning: {warning}", err=True)
-    if imported.dropped:
-        typer.echo(f"left out {len(imported.dropped)} source tensors: "
-                   + shown(imported.dropped))
-    if imported.backbone_only:
-        typer.echo(f"{out} holds only the backbone; the other tensors keep their initialisation "
-                   "(specc train --init starts the backbone from it; specc build --weights needs a "
-                   "whole model)")

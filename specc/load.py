@@ -9,6 +9,7 @@ came from, so later stages can point at it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,8 +400,6 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
 
 def canonical_sha256(data: Any) -> str:
     """sha256 of the document as canonical JSON (sorted keys), independent of YAML formatting."""
-    import json
-
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

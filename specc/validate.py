@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from specc.errors import SpecError, SpecErrors
 from specc.load import Key, RawSpec, format_path
-from specc.spec import Spec
+from specc.spec import BasicUnit, BottleneckUnit, InvertedResidualUnit, Spec, XceptionUnit
 
 #: Error types whose last location part is a key that is not (or may not be) in the document.
 _KEY_ERRORS = ("missing", "extra_forbidden")
@@ -247,8 +247,6 @@ def _message(p: _Problem, data: Any) -> str:
 
 
 def _unit_types() -> list[str]:
-    from specc.spec import BasicUnit, BottleneckUnit, InvertedResidualUnit, XceptionUnit
-
     return [get_args(m.model_fields["type"].annotation)[0]
             for m in (BasicUnit, BottleneckUnit, XceptionUnit, InvertedResidualUnit)]
 

@@ -9,7 +9,8 @@ import pytest
 
 from specc.api import build, load_spec, manifest_json
 from specc.cli import main
-from specc.diff import compact_names, compare, load_side, render_markdown, spec_changes
+from specc.cli.render import compact_names, diff_markdown
+from specc.diff import compare, load_side, spec_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 V3 = ROOT / "specs" / "deeplabv3_resnet101.yaml"
@@ -138,7 +139,7 @@ def test_manifest_whose_spec_no_longer_compiles(tmp_path):
     assert any("no longer compiles" in n for n in result["notes"])
     assert result["weights_compatible"] is True
     assert result["schedule"]["output_stride"] == {"a": 16, "b": 8}
-    assert "no longer compiles" in render_markdown(result)
+    assert "no longer compiles" in diff_markdown(result)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_overrides_give_the_same_answer_as_the_os8_file():
 
 
 def test_markdown_for_a_pull_request():
-    text = render_markdown(compare(side(V3), side(V3_OS8)))
+    text = diff_markdown(compare(side(V3), side(V3_OS8)))
     assert "| backbone.output_stride | 16 | 8 |" in text
     assert "### schedule" in text and "### cost" in text and "### weights" in text
     assert "| block3 unit1–unit23 | dilation rates | [1] | [2] |" in text
@@ -228,7 +229,7 @@ def test_v3_vs_v3plus():
 
 
 def test_v3plus_weights_listed_compactly():
-    text = render_markdown(compare(side(V3), side(V3PLUS)))
+    text = diff_markdown(compare(side(V3), side(V3PLUS)))
     assert "decoder.project.bn.{bias, num_batches_tracked, running_mean, running_var, weight}" \
         in text
     assert "18 missing" in text

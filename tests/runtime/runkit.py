@@ -6,7 +6,6 @@ so they share it); tests that change a run work on a copy.
 
 from __future__ import annotations
 
-import io
 import shutil
 import sys
 from collections.abc import Sequence
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
+
+from runtime.report import SILENT, Reporter
 
 # One intra-op thread: on a shared two-core machine, OpenMP's spinning worker threads make small
 # convolutions ten times slower as soon as another process competes for the cores.
@@ -52,9 +52,9 @@ def sets(overrides: Sequence[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
 
-def quiet() -> Console:
-    """A console that prints nowhere (progress bars off the test output)."""
-    return Console(file=io.StringIO())
+def quiet() -> Reporter:
+    """A reporter that shows nothing (progress off the test output)."""
+    return SILENT
 
 
 def train_tiny(run_dir: Path, extra: Sequence[str] = (), **kwargs: object) -> object:
@@ -63,7 +63,7 @@ def train_tiny(run_dir: Path, extra: Sequence[str] = (), **kwargs: object) -> ob
     from specc.api import load_spec
 
     doc = load_spec(SPEC, [*TINY, *extra])
-    return train(doc, run_dir, console=quiet(), **kwargs)  # type: ignore[arg-type]
+    return train(doc, run_dir, reporter=quiet(), **kwargs)  # type: ignore[arg-type]
 
 
 def base_run(factory: pytest.TempPathFactory) -> Path:

@@ -1,12 +1,75 @@
-"""Laying out a ``specc diff`` report: sections of (columns, rows), as rich tables or markdown."""
+"""What the commands print: rich tables (``info``, ``diff``, ``eval``), markdown, progress bars.
+
+The compiler and the runtime return plain data; this module lays it out for a terminal or a log.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from runtime.report import Progress
 from specc.analysis import group_of
+
+# Piped output (CI logs, files) gets tables wide enough not to truncate column names.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# specc info
+
+
+def _fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def print_info(data: dict) -> None:
+    """The figures of ``specc info`` (:func:`specc.analysis.info` and the advice) as tables."""
+    out.print(f"[bold]{data['name']}[/bold] — {data['title']}")
+    table = Table(title="Schedule", show_lines=False)
+    for col in ("stage", "unit", "type", "stride", "rates", "OS", "feature", "channels", "RF"):
+        table.add_column(col, justify="right" if col not in ("stage", "unit", "type") else "left")
+    for r in data["schedule"]:
+        stride = str(r["stride"]) if r["stride"] == r["nominal_stride"] else \
+            f"{r['stride']} (was {r['nominal_stride']})"
+        table.add_row(r["stage"], r["unit"], r["type"], stride,
+                      ",".join(map(str, r["rates"])), str(r["output_stride"]),
+                      "×".join(map(str, r["feature_size"])), str(r["channels"]),
+                      str(r["receptive_field"]))
+    out.print(table)
+    for s in data.get("stages", []):
+        out.print(f"  {s['stage']}: OS {s['output_stride']}, "
+                  f"{s['feature_size'][0]}×{s['feature_size'][1]}, rates {s['rates']}, "
+                  f"RF {s['receptive_field']} px")
+    out.print(f"input {data['input_size'][0]}×{data['input_size'][1]}, output stride "
+              f"{data['output_stride']}, multi-grid {data['multi_grid']}, strides placed "
+              f"'{data['stride_placement']}'")
+    out.print(f"ASPP rates (effective): {tuple(data['aspp_rates'])}")
+    for b in data.get("atrous_branches", []):
+        out.print(f"  rate {b['rate']}: feature {b['feature_size'][0]}×{b['feature_size'][1]}, "
+                  f"{b['valid_taps']:.2f} of 9 taps on valid positions")
+    costs = Table(title="Cost")
+    for col in ("part", "params", "multiply-adds"):
+        costs.add_column(col, justify="left" if col == "part" else "right")
+    for part, c in data["costs"].items():
+        costs.add_row(part, _fmt_count(c["params"]), _fmt_count(c["macs"]))
+    costs.add_row("[bold]total[/bold]", _fmt_count(data["params"]), _fmt_count(data["macs"]))
+    out.print(costs)
+    out.print(f"receptive field of the backbone output: {data['receptive_field']} px")
+
+
+# ------------------------------------------------------------------------------------------------
+# specc diff: sections of (columns, rows), as rich tables or markdown
 
 #: Items listed per category in tables before "… N more" (JSON always has every item).
 LIST_LIMIT = 20
@@ -223,7 +286,7 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def diff_markdown(result: dict[str, Any]) -> str:
     """The report as GitHub markdown, for a pull request."""
     lines = [f"## specc diff: `{result['a']}` → `{result['b']}`", ""]
     if result["identical"]:
@@ -237,10 +300,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_rich(result: dict[str, Any], console: Any) -> None:
-    """The report as rich tables on ``console``."""
-    from rich.table import Table
-
+def print_diff(result: dict[str, Any], console: Console | None = None) -> None:
+    """The report as rich tables on ``console`` (default: standard output, 160 columns when
+    piped)."""
+    if console is None:
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     console.print(f"[bold]A[/bold] {result['a']} — {result['title']['a']}", highlight=False)
     console.print(f"[bold]B[/bold] {result['b']} — {result['title']['b']}", highlight=False)
     if result["identical"]:
@@ -255,3 +319,60 @@ def render_rich(result: dict[str, Any], console: Any) -> None:
         console.print(table)
     for note in result["notes"]:
         console.print(f"note: {note}", markup=False, highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# specc train / eval: progress bars and the score table
+
+
+class _Bar:
+    def __init__(self, progress: RichProgress, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def update(self, done: int, **stats: float) -> None:
+        self._progress.update(self._task, completed=done, **stats)
+
+
+class RichReporter:
+    """A :class:`runtime.report.Reporter` drawing rich progress bars on ``console``: training
+    with its loss, learning rate and speed; evaluation as a bar that disappears when done."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def message(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+    @contextmanager
+    def progress(self, task: str, total: int | None, done: int = 0,
+                 **stats: float) -> Iterator[Progress]:
+        if task == "train":
+            bar = RichProgress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
+                           "{task.fields[speed]:.2f} it/s"),
+                TimeRemainingColumn(), console=self.console)
+        else:
+            bar = RichProgress(TextColumn(task), BarColumn(), MofNCompleteColumn(),
+                               TimeRemainingColumn(), console=self.console, transient=True)
+        with bar:
+            yield _Bar(bar, bar.add_task(task, total=total, completed=done, **stats))
+
+
+def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], flip: bool) -> None:
+    """The report of ``specc eval``: per-class IoU, mIoU and pixel accuracy as a table."""
+    table = Table(title=f"{name}: mIoU {100 * report['miou']:.2f} %", caption=(
+        f"{report['data']} {report['split']}, {report['images']} images, output stride "
+        f"{report['output_stride']}, scales {','.join(str(s) for s in scales)}"
+        f"{', flip' if flip else ''}"))
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    for cls, iou in zip(report["classes"], report["per_class_iou"], strict=True):
+        table.add_row(cls, "—" if iou is None else f"{100 * iou:.2f}")
+    table.add_section()
+    table.add_row("[bold]mIoU", f"[bold]{100 * report['miou']:.2f}")
+    table.add_row("pixel accuracy", f"{100 * report['pixel_accuracy']:.2f}")
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"weights: {report['checkpoint']}   (— : class absent from labels and "
+                  "predictions, left out of the mean)", markup=False)

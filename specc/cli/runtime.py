@@ -1,14 +1,15 @@
-"""``specc train``, ``specc eval``, ``specc predict`` and ``specc plot``: typer command functions.
+"""The runtime's commands: train, eval, predict, plot and samples.
 
-specc/cli.py registers these functions on its app. Each one turns its flags into ``--set``
-overrides of the spec (so the run's recorded spec says what was really used), calls the runtime
-and prints where the results are. Bad input raises a :class:`~specc.errors.SpeccError`, which the
-CLI prints as one message with exit code 2. Heavy imports happen inside the functions, so
-``specc --help`` stays fast.
+Each one turns its flags into ``--set`` overrides of the spec (so the run's recorded spec says
+what was really used), calls the runtime and prints where the results are. Bad input raises a
+:class:`~specc.errors.SpeccError`, which the CLI prints as one message with exit code 2. The
+runtime modules import torch (and plot matplotlib), so each function imports them itself: that
+keeps ``specc --help`` and the compiler's commands fast.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from specc.api import load_spec
+from specc.cli import render
+from specc.errors import SpeccError
+from specc.fsutil import atomic_write_bytes
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a spec value: key.path=value (YAML), e.g. train.lr=0.01.")]
@@ -44,8 +50,6 @@ def _worker_errors() -> Iterator[None]:
     PyTorch re-raises a worker's exception in the main process with the worker's traceback
     folded into the message; the user needs only the last part (which names the file).
     """
-    from specc.errors import SpeccError
-
     try:
         yield
     except SpeccError as err:
@@ -58,12 +62,6 @@ def _worker_errors() -> Iterator[None]:
         except TypeError:
             clean = SpeccError(message.strip())
         raise clean from None
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def train(
@@ -91,17 +89,16 @@ def train(
 
     Under `torchrun --nproc_per_node=N -m specc train ...` the global batch is split over N processes (DistributedDataParallel).
     """
-    from runtime.train import train as run_training
-    from specc.api import load_spec
+    from runtime.train import train as run_training  # torch: not at start-up
 
     doc = load_spec(spec, _overrides(
         set_, **{"data.source": data, "train.iters": iters, "train.batch_size": batch_size,
                  "data.crop": [crop, crop] if crop else None, "train.save_every": save_every}))
     run_dir = out or Path("runs") / doc.spec.name
-    console = _console()
+    console = render.err
     with _worker_errors():
         result = run_training(doc, run_dir, resume=resume, init=init, device=device,
-                              console=console)
+                              reporter=render.RichReporter(console))
     if result.model_path is None:  # not rank 0
         return
     lines = [f"trained {doc.spec.name}: {result.iteration} iterations"
@@ -129,35 +126,18 @@ def eval_(
 
     `--set backbone.output_stride=8` evaluates weights trained at 16 (DeepLabv3 §4.3).
     """
-    from runtime.evaluate import evaluate_checkpoint, parse_scales
-    from specc.api import load_spec
+    from runtime.evaluate import evaluate_checkpoint, parse_scales  # torch: not at start-up
 
     scale_list = parse_scales(scales)
     doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
     with _worker_errors():
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
-                                     scales=scale_list, flip=flip, console=_console())
+                                     scales=scale_list, flip=flip,
+                                     reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{doc.spec.name}: mIoU {100 * report['miou']:.2f} %", caption=(
-        f"{report['data']} {report['split']}, {report['images']} images, output stride "
-        f"{report['output_stride']}, scales {','.join(str(s) for s in scale_list)}"
-        f"{', flip' if flip else ''}"))
-    table.add_column("class")
-    table.add_column("IoU %", justify="right")
-    for name, iou in zip(report["classes"], report["per_class_iou"], strict=True):
-        table.add_row(name, "—" if iou is None else f"{100 * iou:.2f}")
-    table.add_section()
-    table.add_row("[bold]mIoU", f"[bold]{100 * report['miou']:.2f}")
-    table.add_row("pixel accuracy", f"{100 * report['pixel_accuracy']:.2f}")
-    console = Console(highlight=False)
-    console.print(table)
-    console.print(f"weights: {report['checkpoint']}   (— : class absent from labels and "
-                  "predictions, left out of the mean)", markup=False)
+    render.print_eval(report, doc.spec.name, scale_list, flip)
 
 
 def predict(
@@ -171,7 +151,7 @@ def predict(
     set_: SetOpt = None,
 ) -> None:
     """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
-    from runtime.evaluate import parse_scales
+    from runtime.evaluate import parse_scales  # torch: not at start-up
     from runtime.predict import load_predictor, predict_files
 
     scale_list = parse_scales(scales)
@@ -188,7 +168,7 @@ def plot(
         "--out", help="PNG to write; default RUN_DIR/curves.png.")] = None,
 ) -> None:
     """Plot loss, learning rate and mIoU curves from RUN_DIR/metrics.jsonl to a PNG."""
-    from runtime.plot import plot_run
+    from runtime.plot import plot_run  # matplotlib: not at start-up
 
     typer.echo(f"curves: {plot_run(run_dir, out)}")
 
@@ -204,10 +184,7 @@ def samples(
 ) -> None:
     """Write the first images of a data split as PNGs (<i>_image.png, <i>_label.png in VOC
     colours): something to look at, and inputs for `specc predict`."""
-    from runtime.data import colorize, open_dataset
-    from specc.api import load_spec
-    from specc.errors import SpeccError
-    from specc.fsutil import atomic_write_bytes
+    from runtime.data import colorize, open_dataset  # torch: not at start-up
 
     if count <= 0:
         raise SpeccError(f"--count: expected a positive number, found {count}")
@@ -217,8 +194,6 @@ def samples(
     length = d.synthetic.val_length if split == d.val_split else d.synthetic.train_length
     dataset = open_dataset(data or d.source, split, doc.spec.num_classes, seed=doc.spec.train.seed,
                            synthetic_size=d.synthetic.size, synthetic_length=length)
-    import io
-
     for i in range(min(count, len(dataset))):
         image, label = dataset[i]
         for suffix, picture in (("image", image), ("label", colorize(label))):

@@ -1,0 +1,52 @@
+"""The ``specc`` command line (typer). Exit codes: 0 ok, 1 differs (``--check``, ``diff``), 2 error.
+
+A shell over plain libraries: the commands live in :mod:`specc.cli.compiler` and
+:mod:`specc.cli.runtime`, what they print in :mod:`specc.cli.render`; the compiler (``specc.*``)
+and the runtime (``runtime.*``) import neither typer nor rich.
+
+Every problem with the user's input is a :class:`~specc.errors.SpeccError`; :func:`main` prints
+its message (file:line:col, key, expected, found) and exits 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from specc.cli import compiler, runtime
+from specc.cli.render import err
+from specc.errors import SpeccError, SpecError, SpecErrors
+
+app = typer.Typer(
+    name="specc",
+    help="Compile DeepLabv3 / DeepLabv3+ model specs to PyTorch and TorchScript; train and "
+         "compare them.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+for _name, _command in (
+    ("validate", compiler.validate), ("build", compiler.build), ("info", compiler.info),
+    ("schema", compiler.schema), ("import-weights", compiler.import_weights_command),
+    ("diff", compiler.diff), ("graph", compiler.graph),
+    ("train", runtime.train), ("eval", runtime.eval_), ("predict", runtime.predict),
+    ("plot", runtime.plot), ("samples", runtime.samples),
+):
+    app.command(_name)(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; user errors print one message and exit 2."""
+    try:
+        app(args=argv, prog_name="specc")
+    except (SpecError, SpecErrors) as exc:
+        err.print(str(exc), markup=False)
+        sys.exit(2)
+    except SpeccError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        sys.exit(130)

@@ -1,0 +1,244 @@
+"""The compiler's commands: validate, build, info, schema, import-weights, diff and graph.
+
+Each one turns its flags into calls of the plain compiler modules and prints what they return;
+the tables are laid out in :mod:`specc.cli.render`. None of these modules imports torch, so
+``specc --help`` and ``specc validate`` start fast; the functions that need torch import it
+themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from specc.advice import atrous_branches, stage_receptive_fields
+from specc.analysis import info as info_of
+from specc.api import compile_spec, load_spec
+from specc.artifacts import shown
+from specc.build import build_to
+from specc.cli import render
+from specc.diff import compare, load_side
+from specc.errors import SpeccError
+from specc.fsutil import atomic_write_bytes
+from specc.graphviz import collapsed, layers, render_dot, render_matplotlib, to_dot
+from specc.importers import import_weights
+from specc.spec import json_schema
+
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a spec value: key.path=value (YAML), e.g. backbone.output_stride=8.")]
+
+
+def _specs_dir() -> Path:
+    return Path("specs")
+
+
+def _all_specs() -> list[Path]:
+    root = _specs_dir()
+    if not root.is_dir():
+        raise SpeccError("--all: no specs/ folder in the current directory")
+    return sorted(root.rglob("*.yaml"))
+
+
+def validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files.")],
+    set_: SetOpt = None,
+    strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
+) -> None:
+    """Check specs: errors (exit 2) and warnings for legal but suspicious choices."""
+    warned = False
+    for path in specs:
+        comp = compile_spec(load_spec(path, set_ or []))
+        for note in comp.warnings:
+            render.err.print(f"{note}", markup=False)
+        warned |= bool(comp.warnings)
+        render.out.print(f"ok: {path} — {comp.network.title}", markup=False)
+    if strict and warned:
+        raise SpeccError("warnings found and --strict given")
+
+
+def build(
+    specs: Annotated[list[Path] | None, typer.Argument(help="Spec files.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every spec under specs/.")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("generated"),
+    set_: SetOpt = None,
+    weights: Annotated[Path | None, typer.Option(
+        help="Weights to put in model.pt: a .safetensors or .pt state dict, a run folder or a "
+             "model.pt.")] = None,
+    check: Annotated[bool, typer.Option(
+        help="Write nothing; exit 1 if the output folder differs from what the specs compile "
+             "to.")] = False,
+    strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
+) -> None:
+    """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript)."""
+    paths = list(specs or [])
+    if all_:
+        paths += _all_specs()
+    if not paths:
+        raise SpeccError("nothing to build: give spec files or --all")
+    differs = []
+    for path in paths:
+        comp = compile_spec(load_spec(path, set_ or []))
+        for note in comp.warnings:
+            render.err.print(note, markup=False)
+        if strict and comp.warnings:
+            raise SpeccError(f"{path}: warnings found and --strict given")
+        result = build_to(comp, out_dir, weights=weights, check=check)
+        if check:
+            if result:
+                differs.extend(result)
+                render.out.print(f"differs: {path} → {', '.join(result)}", markup=False)
+            else:
+                render.out.print(f"in sync: {path}", markup=False)
+        else:
+            render.out.print(f"built: {path} → {', '.join(result)}", markup=False)
+    if differs:
+        raise typer.Exit(1)
+
+
+def info(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    size: Annotated[tuple[int, int] | None, typer.Option(
+        help="Input size H W for feature sizes and multiply-adds (default: the crop).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """The schedule table, ASPP rates, parameters, multiply-adds and receptive field."""
+    overrides = list(set_ or [])
+    if size is not None:
+        if min(size) <= 0:
+            raise SpeccError(f"--size: expected positive H W, found {size[0]} {size[1]}")
+        overrides.append(f"input.crop=[{size[0]}, {size[1]}]")
+    comp = compile_spec(load_spec(spec, overrides))
+    data = info_of(comp)
+    data["atrous_branches"] = atrous_branches(comp)
+    data["stages"] = stage_receptive_fields(comp)
+    if json_:
+        print(json.dumps(data, indent=2))
+        return
+    render.print_info(data)
+
+
+def schema() -> None:
+    """Print the JSON Schema of the spec language (for editor completion)."""
+    print(json.dumps(json_schema(), indent=2))
+
+
+def import_weights_command(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    src: Annotated[Path, typer.Argument(
+        help="The foreign state dict: a torch.save'd .pth/.pt or a .safetensors file.")],
+    from_: Annotated[str, typer.Option(
+        "--from", help="Where it comes from: torchvision (DeepLabV3 or ImageNet ResNet) or timm "
+                       "(aligned Xception).")],
+    out: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
+    set_: SetOpt = None,
+    backbone_only: Annotated[bool, typer.Option(
+        "--backbone-only", help="Write only the backbone's tensors (the heads keep their "
+                                "initialisation); for training, not for `specc build "
+                                "--weights`.")] = False,
+) -> None:
+    """Map a torchvision or timm state dict onto a spec's tensors (no download, ever)."""
+    imported = import_weights(spec, src, from_, out, overrides=set_ or [],
+                              backbone_only=backbone_only)
+    typer.echo(f"imported {len(imported.state)} tensors from {src} ({imported.kind}) → {out}")
+    for warning in imported.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if imported.dropped:
+        typer.echo(f"left out {len(imported.dropped)} source tensors: "
+                   + shown(imported.dropped))
+    if imported.backbone_only:
+        typer.echo(f"{out} holds only the backbone; the other tensors keep their initialisation "
+                   "(specc train --init starts the backbone from it; specc build --weights needs a "
+                   "whole model)")
+
+
+class DiffFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+def diff(
+    a: Annotated[Path, typer.Argument(metavar="A", help="Spec file, or built folder with "
+                                      "manifest.json.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="Spec file, or built folder with "
+                                      "manifest.json.")],
+    set_a: Annotated[list[str] | None, typer.Option(
+        "--set-a", help="Override a value of spec A: key.path=value (YAML).")] = None,
+    set_b: Annotated[list[str] | None, typer.Option(
+        "--set-b", help="Override a value of spec B: key.path=value (YAML).")] = None,
+    format_: Annotated[DiffFormat, typer.Option(
+        "--format", help="table (rich, for a terminal), json, or markdown (for a pull "
+        "request).")] = DiffFormat.table,
+) -> None:
+    """What changes between two variants: spec keys, schedule, cost, graph, and whether a
+    checkpoint of A loads into B. Exit 0 identical, 1 differ, 2 error."""
+    side_a = load_side(a, list(set_a or []), "a")
+    side_b = load_side(b, list(set_b or []), "b")
+    result = compare(side_a, side_b)
+    if format_ is DiffFormat.json:
+        print(json.dumps(result, indent=2))
+    elif format_ is DiffFormat.markdown:
+        print(render.diff_markdown(result), end="")
+    else:
+        render.print_diff(result)
+    if not result["identical"]:
+        raise typer.Exit(1)
+
+
+class GraphFormat(str, Enum):
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+
+
+class Renderer(str, Enum):
+    auto = "auto"
+    dot = "dot"
+    matplotlib = "matplotlib"
+
+
+def graph(
+    spec: Annotated[Path, typer.Argument(help="Spec file.")],
+    format_: Annotated[GraphFormat | None, typer.Option(
+        "--format", help="dot (text), svg or png; default: from --out's suffix, else dot.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Output file (default: standard output; png needs a file).")] = None,
+    collapse: Annotated[bool, typer.Option(
+        help="One node per backbone unit, runs of identical units as one node.")] = False,
+    renderer: Annotated[Renderer, typer.Option(
+        help="For svg/png: Graphviz's dot, matplotlib, or auto (dot when installed).")
+    ] = Renderer.auto,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a spec value: key.path=value (YAML).")] = None,
+) -> None:
+    """The model DAG grouped by stage, nodes filled by output stride, labels with dilation."""
+    if format_ is None:
+        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+        format_ = GraphFormat(suffix) if suffix in ("svg", "png") else GraphFormat.dot
+    if format_ is GraphFormat.png and out is None:
+        raise SpeccError("--format png writes binary data: give --out FILE")
+    net = compile_spec(load_spec(spec, set_ or [])).network
+    drawn = collapsed(net) if collapse else layers(net)
+    dot_text = to_dot(drawn)
+    if format_ is GraphFormat.dot:
+        data = dot_text.encode()
+    elif renderer is Renderer.dot or (renderer is Renderer.auto and shutil.which("dot")):
+        data = render_dot(dot_text, format_.value)
+    else:
+        if renderer is Renderer.auto:
+            print("note: Graphviz's dot is not installed; drawing with matplotlib (a plainer "
+                  "layout). Install graphviz (apt-get install graphviz) for clustered output.",
+                  file=sys.stderr)
+        data = render_matplotlib(drawn, format_.value)
+    if out is None:
+        sys.stdout.write(data.decode())
+        return
+    atomic_write_bytes(out, data)
+    print(f"wrote {out} ({len(drawn.nodes)} nodes)", file=sys.stderr)
