@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime import distributed
-from runtime.data import build_loader, eval_transform, open_dataset
+from runtime.data import build_loader, eval_transform, open_split
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from runtime.report import SILENT, Reporter
 from specc.api import build
@@ -153,14 +153,7 @@ def val_batches(
         DataError: the data set cannot be opened (missing folder, wrong class count, ...).
     """
     data = spec.data
-    dataset = open_dataset(
-        source or data.source,
-        split or data.val_split,
-        spec.num_classes,
-        seed=spec.train.seed,
-        synthetic_size=data.synthetic.size,
-        synthetic_length=data.synthetic.val_length,
-    )
+    dataset = open_split(spec, split or data.val_split, source)
     shard = list(range(ctx.rank, len(dataset), ctx.world_size))  # every image exactly once
     loader = build_loader(
         dataset,

@@ -44,11 +44,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from runtime import checkpoint as ckpt
 from runtime import distributed
-from runtime.data import bootstrap_indices, build_loader, open_dataset, train_transform
+from runtime.data import bootstrap_indices, build_loader, open_split, train_transform
 from runtime.evaluate import autocast, evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
 from specc import artifacts
-from specc.api import build
+from specc.api import Compilation, compile_spec
+from specc.compile import instantiate
 from specc.errors import TrainingError
 from specc.fsutil import atomic_write_text
 
@@ -187,21 +188,9 @@ def train(
 
 def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
            ctx: distributed.Context, reporter: Reporter) -> TrainResult:
-    spec, tr, data = doc.spec, doc.spec.train, doc.spec.data
-    spec_info = artifacts.spec_info(doc)
+    spec, tr = doc.spec, doc.spec.train
     report = reporter if ctx.is_main else SILENT  # rank 0 speaks for the job
-    say = report.message
-
-    # -- run folder: a new run never overwrites a checkpoint; --resume continues it
-    saved = ckpt.checkpoint_dir(run_dir)
-    if saved is not None and not resume:
-        raise TrainingError(f"{run_dir} already holds a checkpoint ({saved.name}); pass --resume "
-                            "to continue it, or --out to train into another folder")
-    if resume and saved is None:
-        say(f"resume: no checkpoint in {run_dir} yet, starting from iteration 0")
-    if tr.batch_size % ctx.world_size:
-        raise TrainingError(f"train.batch_size={tr.batch_size} does not split over "
-                            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+    saved = _check_run(run_dir, resume, tr.batch_size, ctx, report)
     per_rank = tr.batch_size // ctx.world_size  # the global batch is split across processes
     cuda = ctx.device.type == "cuda"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
@@ -209,24 +198,9 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     torch.backends.cudnn.benchmark = True  # fixed crop: let cuDNN pick its fastest kernels
 
     # -- model: the same seed everywhere gives every process the same initial weights
+    comp = compile_spec(doc)
     seed_everything(tr.seed)
-    model = build(doc).module.to(ctx.device)
-    for bn in batchnorms(model):
-        bn.momentum = 1.0 - tr.bn_decay  # PyTorch's momentum is TF's 1 - decay
-        if tr.freeze_bn:
-            for p in (bn.weight, bn.bias):
-                if p is not None:
-                    p.requires_grad_(False)
-    if init is not None:
-        start_from = artifacts.read_weights(init)
-        if start_from.contents == artifacts.BACKBONE:
-            # ImageNet backbone from `specc import-weights --backbone-only`: the heads start fresh
-            fresh = artifacts.load_weights(model, start_from, partial=True)
-            say(f"initialized the backbone from {start_from.file}; {len(fresh)} head tensors "
-                "start fresh")
-        else:
-            artifacts.load_weights(model, start_from)
-            say(f"initialized from {start_from.file}")
+    model = _make_model(comp, ctx, init, report)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -236,63 +210,24 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
 
     # -- resume: weights, optimizer, iteration and RNG from the last good checkpoint
-    start = 0
-    rng_restored = False
-    if resume and saved is not None:
-        weights, state, info = ckpt.load_checkpoint(run_dir)
-        ckpt.check_same_architecture(info, doc.resolved, saved)
-        artifacts.load_weights(model, weights, source=str(saved / artifacts.WEIGHTS))
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise TrainingError(f"{saved}: optimizer state does not match this run "
-                                f"(was train.freeze_bn changed?): {err}") from None
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["iteration"])
-        if len(state["rng"]) == ctx.world_size:
-            ckpt.set_rng_state(state["rng"][ctx.rank])
-            rng_restored = True
-        say(f"resuming {run_dir} at iteration {start} of {tr.iters}"
-            + (" (already finished: exporting only)" if start >= tr.iters else ""))
+    start, rng_restored = 0, False
+    if saved is not None:
+        start, rng_restored = _resume(doc, run_dir, saved, model, optimizer, scaler, ctx, report)
     if not rng_restored:  # per process: different augmentation on every rank
         seed_everything(derive_seed(tr.seed, start, ctx.rank))
 
     # -- data: random scale / crop / flip (DeepLabv3 §4.1), hard images repeated (§4.3)
-    train_set = open_dataset(data.source, data.train_split, spec.num_classes, seed=tr.seed,
-                             synthetic_size=data.synthetic.size,
-                             synthetic_length=data.synthetic.train_length)
-    indices = (bootstrap_indices(train_set, tr.hard_classes, tr.hard_repeat, tr.workers)
-               if tr.hard_classes else None)
-    transform = train_transform(
-        data.crop or spec.input.crop, min_scale=data.scale_min, max_scale=data.scale_max,
-        scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
-        ignore_index=tr.ignore_index)
-    loader = build_loader(train_set, transform, per_rank, shuffle=True, num_workers=tr.workers,
-                          seed=derive_seed(tr.seed, start), distributed=ctx.distributed,
-                          indices=indices)
-    if loader.generator is not None and ctx.distributed:  # worker seeds differ per process
-        loader.generator.manual_seed(derive_seed(tr.seed, start, ctx.rank))
-    if len(loader) == 0:
-        raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
-                            f"fewer than one batch of {per_rank} per process")
-    val_set, val_loader = val_batches(spec, ctx)
+    loader = _train_loader(spec, ctx, per_rank, start)
     batches = forever(loader, epoch=start // len(loader))
+    val_set, val_loader = val_batches(spec, ctx)
 
     # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
     ddp = distributed.wrap(model, ctx)
     raw = distributed.unwrap(ddp)
-    metrics_path = run_dir / METRICS
-    log = board = None
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if start:
-            _trim_metrics(metrics_path, start)
-        log = open(metrics_path, "a" if start else "w", encoding="utf-8")  # noqa: SIM115
-        board = _tensorboard(run_dir)
-        atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
+    log, board = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
     if ctx.distributed and not cuda:
-        say("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN statistics")
+        report.message("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN "
+                       "statistics")
     last_loss: float | None = None
     scores: dict[str, Any] | None = None
     window: list[float] = []
@@ -304,37 +239,11 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                              lr=poly_lr(tr.lr, start, tr.iters, tr.poly_power),
                              speed=0.0) as progress:
             for it in range(start, tr.iters):
-                # learning rate: poly schedule
+                # one SGD step at the poly learning rate
                 lr = poly_lr(tr.lr, it, tr.iters, tr.poly_power)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-
-                # batch
                 images, labels = next(batches)
-                images = images.to(ctx.device, non_blocking=True)
-                labels = labels.to(ctx.device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-
-                # forward and loss at full label resolution
-                with autocast(ctx.device, amp_dtype):
-                    outputs = ddp(images)
-                loss = segmentation_loss(outputs, labels, tr.ignore_index, tr.aux_weight)
-
-                # stop on a non-finite loss before it reaches the weights (all processes agree)
-                loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
-                if not math.isfinite(loss_value):
-                    last = ckpt.checkpoint_dir(run_dir)
-                    raise TrainingError(
-                        f"loss is {loss_value} at iteration {it + 1}; training stopped. The last good "
-                        f"checkpoint is kept: {last if last else 'none was saved yet'}. Lower train.lr "
-                        "or check the data.")
-
-                # backward and step
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                loss_value = _step(ddp, optimizer, scaler, images, labels, lr, tr, ctx,
+                                   amp_dtype, channels_last, run_dir, it)
                 done = it + 1
                 window.append(loss_value)
 
@@ -350,48 +259,214 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                     record = {"miou": result.miou, "pixel_accuracy": result.pixel_accuracy,
                               "per_class_iou": result.per_class_iou}
 
-                # log: metrics.jsonl, TensorBoard, progress bar
+                # log: metrics.jsonl, TensorBoard, progress
                 if done % tr.log_every == 0 or done == tr.iters or record:
                     now = time.perf_counter()
                     last_loss = sum(window) / len(window)
                     speed = len(window) / max(now - t_window, 1e-9)
-                    record = {"iter": done, "loss": last_loss, "lr": lr, "it_s": speed,
-                              "elapsed_s": now - t_start, **record}
-                    if log is not None:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    if board is not None:
-                        for key in ("loss", "lr", "miou", "pixel_accuracy"):
-                            if key in record:
-                                board.add_scalar(key, record[key], done)
+                    _write_record({"iter": done, "loss": last_loss, "lr": lr, "it_s": speed,
+                                   "elapsed_s": now - t_start, **record}, log, board)
                     progress.update(done, loss=last_loss, lr=lr, speed=speed)
                     window, t_window = [], now
                 progress.update(done)
 
                 # checkpoint: every save_every iterations and at the end
                 if done % tr.save_every == 0 or done == tr.iters:
-                    if not all(torch.isfinite(p).all() for p in raw.parameters()):
-                        raise TrainingError(f"non-finite weights after iteration {done}; training "
-                                            "stopped, the last good checkpoint is kept")
-                    rngs = distributed.gather_objects(ckpt.rng_state(), ctx)
-                    if ctx.is_main:
-                        state = {"iteration": done, "optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                                 "rng": rngs, "lr": lr, "world_size": ctx.world_size}
-                        ckpt.save_checkpoint(run_dir, weights=raw.state_dict(), state=state,
-                                             spec_info=spec_info)
+                    _save(doc, run_dir, raw, optimizer, scaler, done, lr, ctx)
     finally:
         if log is not None:
             log.close()
         if board is not None:
             board.close()
 
-    # -- export: TorchScript of the trained weights in a fresh (non-DDP, non-SyncBN) model
-    model_path = None
-    if ctx.is_main:
-        final = build(doc).module
-        artifacts.load_weights(final, raw.state_dict(), source="trained model")
-        model_path = artifacts.write_torchscript(final, run_dir / artifacts.TORCHSCRIPT, doc)
+    model_path = _export(comp, raw, run_dir) if ctx.is_main else None
     distributed.barrier(ctx)
     return TrainResult(run_dir=run_dir, iteration=tr.iters, loss=last_loss, scores=scores,
                        model_path=model_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps of a run
+
+
+def _check_run(run_dir: Path, resume: bool, batch_size: int, ctx: distributed.Context,
+               report: Reporter) -> Path | None:
+    """The checkpoint to resume from, if any. A new run never overwrites a checkpoint.
+
+    Raises:
+        TrainingError: a checkpoint without --resume, or a batch that does not split.
+    """
+    saved = ckpt.checkpoint_dir(run_dir)
+    if saved is not None and not resume:
+        raise TrainingError(f"{run_dir} already holds a checkpoint ({saved.name}); pass --resume "
+                            "to continue it, or --out to train into another folder")
+    if resume and saved is None:
+        report.message(f"resume: no checkpoint in {run_dir} yet, starting from iteration 0")
+    if batch_size % ctx.world_size:
+        raise TrainingError(f"train.batch_size={batch_size} does not split over "
+                            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
+    return saved
+
+
+def _make_model(comp: Compilation, ctx: distributed.Context, init: Path | None,
+                report: Reporter) -> nn.Module:
+    """The compiled model on the device with TF's BN decay (frozen BN if asked), started from
+    ``init`` when given (a backbone-only file leaves the heads fresh)."""
+    tr = comp.spec.train
+    model = comp.module.to(ctx.device)
+    for bn in batchnorms(model):
+        bn.momentum = 1.0 - tr.bn_decay  # PyTorch's momentum is TF's 1 - decay
+        if tr.freeze_bn:
+            for p in (bn.weight, bn.bias):
+                if p is not None:
+                    p.requires_grad_(False)
+    if init is not None:
+        start_from = artifacts.read_weights(init)
+        if start_from.contents == artifacts.BACKBONE:
+            # ImageNet backbone from `specc import-weights --backbone-only`: the heads start fresh
+            fresh = artifacts.load_weights(model, start_from, partial=True)
+            report.message(f"initialized the backbone from {start_from.file}; {len(fresh)} head "
+                           "tensors start fresh")
+        else:
+            artifacts.load_weights(model, start_from)
+            report.message(f"initialized from {start_from.file}")
+    return model
+
+
+def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            ctx: distributed.Context, report: Reporter) -> tuple[int, bool]:
+    """Load the last good checkpoint into the run; returns the iteration and whether the RNG
+    state was restored (only when the process count is the same).
+
+    Raises:
+        TrainingError: a checkpoint of another architecture, or optimizer state that does not fit.
+    """
+    weights, state, info = ckpt.load_checkpoint(run_dir)
+    ckpt.check_same_architecture(info, doc.resolved, saved)
+    artifacts.load_weights(model, weights, source=str(saved / artifacts.WEIGHTS))
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise TrainingError(f"{saved}: optimizer state does not match this run "
+                            f"(was train.freeze_bn changed?): {err}") from None
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    start = int(state["iteration"])
+    restored = len(state["rng"]) == ctx.world_size
+    if restored:
+        ckpt.set_rng_state(state["rng"][ctx.rank])
+    iters = doc.spec.train.iters
+    report.message(f"resuming {run_dir} at iteration {start} of {iters}"
+                   + (" (already finished: exporting only)" if start >= iters else ""))
+    return start, restored
+
+
+def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
+                  start: int) -> DataLoader[Any]:
+    """Shuffled, augmented batches of the training split for this process.
+
+    Raises:
+        TrainingError: fewer images than one batch per process.
+    """
+    tr, data = spec.train, spec.data
+    train_set = open_split(spec, data.train_split)
+    indices = (bootstrap_indices(train_set, tr.hard_classes, tr.hard_repeat, tr.workers)
+               if tr.hard_classes else None)
+    transform = train_transform(
+        data.crop or spec.input.crop, min_scale=data.scale_min, max_scale=data.scale_max,
+        scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
+        ignore_index=tr.ignore_index)
+    loader = build_loader(train_set, transform, per_rank, shuffle=True, num_workers=tr.workers,
+                          seed=derive_seed(tr.seed, start), distributed=ctx.distributed,
+                          indices=indices)
+    if loader.generator is not None and ctx.distributed:  # worker seeds differ per process
+        loader.generator.manual_seed(derive_seed(tr.seed, start, ctx.rank))
+    if len(loader) == 0:
+        raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
+                            f"fewer than one batch of {per_rank} per process")
+    return loader
+
+
+def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],
+               ctx: distributed.Context) -> tuple[Any, Any]:
+    """metrics.jsonl (cut back to ``start`` on resume) and TensorBoard, on rank 0 only."""
+    if not ctx.is_main:
+        return None, None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / METRICS
+    if start:
+        _trim_metrics(metrics_path, start)
+    log = open(metrics_path, "a" if start else "w", encoding="utf-8")  # noqa: SIM115
+    atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
+    return log, _tensorboard(run_dir)
+
+
+def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          images: torch.Tensor, labels: torch.Tensor, lr: float, tr: Any,
+          ctx: distributed.Context, amp_dtype: torch.dtype | None, channels_last: bool,
+          run_dir: Path, it: int) -> float:
+    """Forward, loss at full label resolution, backward and update; returns the loss averaged
+    over the processes.
+
+    Raises:
+        TrainingError: a non-finite loss (before it reaches the weights; all processes agree).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images = images.to(ctx.device, non_blocking=True)
+    labels = labels.to(ctx.device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(ctx.device, amp_dtype):
+        outputs = ddp(images)
+    loss = segmentation_loss(outputs, labels, tr.ignore_index, tr.aux_weight)
+    loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
+    if not math.isfinite(loss_value):
+        last = ckpt.checkpoint_dir(run_dir)
+        raise TrainingError(
+            f"loss is {loss_value} at iteration {it + 1}; training stopped. The last good "
+            f"checkpoint is kept: {last if last else 'none was saved yet'}. Lower train.lr "
+            "or check the data.")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_value
+
+
+def _write_record(record: dict[str, Any], log: Any, board: Any) -> None:
+    """One line of metrics.jsonl, and the scalars to TensorBoard."""
+    if log is not None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+    if board is not None:
+        for key in ("loss", "lr", "miou", "pixel_accuracy"):
+            if key in record:
+                board.add_scalar(key, record[key], record["iter"])
+
+
+def _save(doc: Any, run_dir: Path, raw: nn.Module, optimizer: torch.optim.Optimizer,
+          scaler: torch.amp.GradScaler, done: int, lr: float, ctx: distributed.Context) -> None:
+    """A checkpoint after iteration ``done`` (rank 0 writes; every rank's RNG state goes in).
+
+    Raises:
+        TrainingError: non-finite weights (the last good checkpoint is kept).
+    """
+    if not all(torch.isfinite(p).all() for p in raw.parameters()):
+        raise TrainingError(f"non-finite weights after iteration {done}; training "
+                            "stopped, the last good checkpoint is kept")
+    rngs = distributed.gather_objects(ckpt.rng_state(), ctx)
+    if ctx.is_main:
+        state = {"iteration": done, "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                 "rng": rngs, "lr": lr, "world_size": ctx.world_size}
+        ckpt.save_checkpoint(run_dir, weights=raw.state_dict(), state=state,
+                             spec_info=artifacts.spec_info(doc))
+
+
+def _export(comp: Compilation, raw: nn.Module, run_dir: Path) -> Path:
+    """TorchScript of the trained weights in a fresh (non-DDP, non-SyncBN) model."""
+    final = instantiate(comp.source)
+    artifacts.load_weights(final, raw.state_dict(), source="trained model")
+    return artifacts.write_torchscript(final, run_dir / artifacts.TORCHSCRIPT, comp.doc)

@@ -184,16 +184,14 @@ def samples(
 ) -> None:
     """Write the first images of a data split as PNGs (<i>_image.png, <i>_label.png in VOC
     colours): something to look at, and inputs for `specc predict`."""
-    from runtime.data import colorize, open_dataset  # torch: not at start-up
+    from runtime.data import colorize, open_split  # torch: not at start-up
 
     if count <= 0:
         raise SpeccError(f"--count: expected a positive number, found {count}")
     doc = load_spec(spec, set_ or [])
     d = doc.spec.data
     split = split or d.val_split
-    length = d.synthetic.val_length if split == d.val_split else d.synthetic.train_length
-    dataset = open_dataset(data or d.source, split, doc.spec.num_classes, seed=doc.spec.train.seed,
-                           synthetic_size=d.synthetic.size, synthetic_length=length)
+    dataset = open_split(doc.spec, split, data)
     for i in range(min(count, len(dataset))):
         image, label = dataset[i]
         for suffix, picture in (("image", image), ("label", colorize(label))):
