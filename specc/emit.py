@@ -39,10 +39,9 @@ def class_name(name: str) -> str:
 def module_source(name: str) -> str:
     """The part of ``specc/modules/<name>.py`` that generated code contains."""
     text = resources.files("specc.modules").joinpath(f"{name}.py").read_text(encoding="utf-8")
-    head, marker, body = text.partition(EMITTED)
+    _imports, marker, body = text.partition(EMITTED)
     if not marker:
         raise ValueError(f"specc/modules/{name}.py has no {EMITTED!r} line")
-    del head
     return body
 
 

@@ -118,7 +118,8 @@ def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int) -> tupl
     return x, "identity"
 
 
-def _torchvision_resnet(unit: Unit, convs: int, shortcut: str, at: str) -> dict[str, str]:
+def _torchvision_resnet(convs: int, shortcut: str, at: str) -> dict[str, str]:
+    """torchvision's names for a ResNet unit at ``at``: conv{k}/bn{k}, downsample.0/1."""
     out = {}
     for k in range(1, convs + 1):
         out[f"conv{k}.conv"] = f"{at}.conv{k}"
@@ -126,7 +127,6 @@ def _torchvision_resnet(unit: Unit, convs: int, shortcut: str, at: str) -> dict[
     if shortcut == "conv":
         out["shortcut.conv"] = f"{at}.downsample.0"
         out["shortcut.bn"] = f"{at}.downsample.1"
-    del unit
     return out
 
 
@@ -154,7 +154,7 @@ class Basic(Unit):
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
-            return _torchvision_resnet(self, 2, self.shortcut, at)
+            return _torchvision_resnet(2, self.shortcut, at)
         return super().weight_map(library, at)
 
     @classmethod
@@ -193,7 +193,7 @@ class Bottleneck(Unit):
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
-            return _torchvision_resnet(self, 3, self.shortcut, at)
+            return _torchvision_resnet(3, self.shortcut, at)
         return super().weight_map(library, at)
 
     @classmethod
