@@ -374,7 +374,7 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
     indices = (bootstrap_indices(train_set, tr.hard_classes, tr.hard_repeat, tr.workers)
                if tr.hard_classes else None)
     transform = train_transform(
-        data.crop or spec.input.crop, min_scale=data.scale_min, max_scale=data.scale_max,
+        data.crop or spec.input.size, min_scale=data.scale_min, max_scale=data.scale_max,
         scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
         ignore_index=tr.ignore_index)
     loader = build_loader(train_set, transform, per_rank, shuffle=True, num_workers=tr.workers,

@@ -127,7 +127,7 @@ def stage_receptive_fields(comp: Compilation) -> list[dict[str, Any]]:
 
     def row(stage: str, node: str, rates: list[int]) -> dict[str, Any]:
         d = g.nodes[node]
-        return {"stage": stage, "output_stride": d["output_stride"],
+        return {"stage": stage, "reduction": d["reduction"],
                 "feature_size": list(d["shape"][1:]), "rates": rates,
                 "receptive_field": d["receptive_field"]}
 
@@ -149,7 +149,8 @@ def advise(comp: Compilation) -> list[str]:
     notes += _degenerate_branches(comp)
     notes += _misaligned_crop(comp)
     src = comp.doc.raw.sources
-    return [f"{src.locate(key)}: warning: {key}: {message}" for key, message in notes]
+    return [str(d) for d in comp.doc.raw.deprecations] + [
+        f"{src.locate(key)}: warning: {key}: {message}" for key, message in notes]
 
 
 def _fmt(rates: tuple[int, ...] | list[int]) -> str:
@@ -248,7 +249,7 @@ def _misaligned_crop(comp: Compilation) -> list[tuple[str, str]]:
         (hi, wi), (ho, wo) = src["shape"][1:], d["shape"][1:]
         if hi == 1 and wi == 1:  # image pooling: a constant map, alignment is moot
             continue
-        ratio = src["output_stride"] // d["output_stride"]
+        ratio = src["reduction"] // d["reduction"]
         if (ho - 1) == ratio * (hi - 1) and (wo - 1) == ratio * (wi - 1):
             continue
         key = {"decoder.upsample": "decoder.upsample.align_corners",
@@ -261,7 +262,7 @@ def _misaligned_crop(comp: Compilation) -> list[tuple[str, str]]:
         fix = " × ".join(dict.fromkeys([_crops(h, os_), _crops(w, os_)]))
         notes.append((key,
                       f"bilinear upsampling with align_corners: true stretches the {hi}×{wi} map "
-                      f"(stride {src['output_stride']}) corner to corner onto {ho}×{wo}, putting "
+                      f"(1/{src['reduction']} of the input) corner to corner onto {ho}×{wo}, putting "
                       f"feature i at pixel {scale:.2f}·i instead of {ratio}·i; the crop "
                       f"{h}×{w} is not of the form k·{os_}+1 that this mode assumes (the TF "
                       f"code's 513 = 32·16+1). Use a crop of {fix}, or align_corners: false"))

@@ -45,7 +45,7 @@ def totals(g: nx.DiGraph) -> tuple[int, int]:
 
 
 def schedule_rows(comp: Compilation) -> list[dict[str, Any]]:
-    """Per unit: stride, dilation rates, output stride, feature size at the crop, channels."""
+    """Per unit: stride, dilation rates, reduction, feature size at the crop, channels."""
     g = comp.graph
     units = {u.path: u for u in comp.network.units()}
     rows = []
@@ -55,7 +55,7 @@ def schedule_rows(comp: Compilation) -> list[dict[str, Any]]:
         params = sum(d["params"] for n, d in g.nodes(data=True) if n.startswith(prefix) or n == u.path)
         rows.append(dict(stage=u.stage, unit=u.name, type=u.unit.type,
                          nominal_stride=u.nominal_stride, stride=u.stride, rates=list(u.rates),
-                         input_stride=u.input_stride, output_stride=u.output_stride,
+                         input_reduction=u.input_reduction, reduction=u.reduction,
                          feature_size=list(node["shape"][1:]), channels=node["shape"][0],
                          receptive_field=node["receptive_field"], params=params,
                          cascade=u.cascade))

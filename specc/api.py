@@ -12,6 +12,7 @@ once, so a command pays only for the stages it reads.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,7 +28,7 @@ from specc.derive import Schedule, derive
 from specc.emit import emit
 from specc.errors import SpecError, SpecErrors
 from specc.graph import lower
-from specc.load import RawSpec, SourceMap, canonical_sha256, load
+from specc.load import RawSpec, SourceMap, canonical_sha256, load, upgrade
 from specc.plan import Network
 from specc.spec import Spec
 from specc.validate import validate
@@ -65,7 +66,10 @@ class Document:
 
         Raises:
             pydantic.ValidationError: it is not a valid spec (for this version of specc).
+            SpecError: it holds both the old and the new name of a renamed key.
         """
+        resolved = copy.deepcopy(resolved)
+        upgrade(resolved)  # key names of older versions (specc.load.RENAMED)
         spec = Spec.model_validate(resolved)
         data = spec.model_dump(mode="json")
         digest = canonical_sha256(data)

@@ -23,6 +23,7 @@ The spec information recorded with weights (checkpoint ``spec.json``, inside ``m
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 import zipfile
@@ -31,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from specc.errors import WeightsError
+from specc.api import architecture_sha256
+from specc.errors import SpecError, WeightsError
 from specc.fsutil import atomic_write
+from specc.load import canonical_sha256, upgrade
 
 if TYPE_CHECKING:
     import torch
@@ -83,12 +86,27 @@ def spec_info(doc: Document) -> dict[str, Any]:
 
 
 def spec_info_of(info: Mapping[str, Any]) -> dict[str, Any]:
-    """``info`` with today's key names (``sha256`` → ``spec_sha256``, ``arch_sha256`` →
-    ``architecture_sha256``): files written before the renaming read like new ones."""
+    """``info`` with today's key names, so files written by older versions read like new ones.
+
+    Its own keys: ``sha256`` → ``spec_sha256``, ``arch_sha256`` → ``architecture_sha256``. The
+    resolved spec's renamed keys (:data:`specc.load.RENAMED`, e.g. ``input.crop`` →
+    ``input.size``) are renamed too, and then both hashes are those of the renamed spec: the
+    network did not change, so an older checkpoint resumes under a spec that uses the new names.
+    """
     out = {k: v for k, v in info.items() if k not in _OLD_KEYS}
     for old, new in _OLD_KEYS.items():
         if old in info and new not in out:
             out[new] = info[old]
+    resolved = out.get("resolved")
+    if isinstance(resolved, dict):
+        resolved = copy.deepcopy(resolved)
+        try:
+            renamed = upgrade(resolved)
+        except SpecError:
+            renamed = []
+        if renamed:
+            out.update(resolved=resolved, spec_sha256=canonical_sha256(resolved),
+                       architecture_sha256=architecture_sha256(resolved))
     return out
 
 

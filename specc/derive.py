@@ -52,8 +52,9 @@ class ScheduledUnit:
     stride: int
     #: The dilation rate of each of its 3×3 convs (multi-grid can make them differ).
     rates: tuple[int, ...]
-    input_stride: int
-    output_stride: int
+    #: Input size / size of the unit's input and of its output.
+    input_reduction: int
+    reduction: int
     #: Set for units of cascaded copies of the last stage (DeepLabv3 §3.2).
     cascade: bool = False
 
@@ -232,7 +233,7 @@ def derive(spec: Spec) -> Schedule:
                 rates = tuple(factor)
         units.append(ScheduledUnit(stage=stage_name, name=name, spec_key=key, unit=unit,
                                    nominal_stride=s, stride=stride, rates=rates,
-                                   input_stride=input_stride, output_stride=current,
+                                   input_reduction=input_stride, reduction=current,
                                    cascade=is_copy))
 
     aspp = spec.aspp

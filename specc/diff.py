@@ -138,7 +138,7 @@ def _stage_rows(man: dict[str, Any]) -> dict[str, dict[str, Any]]:
     stages: dict[str, dict[str, Any]] = {}
     for r in man["schedule"]:
         s = stages.setdefault(r["stage"], {"rates": set()})
-        s.update(output_stride=r["output_stride"], feature_size=r["feature_size"],
+        s.update(reduction=r["reduction"], feature_size=r["feature_size"],
                  receptive_field=r["receptive_field"])
         s["rates"].update(r["rates"])
     for s in stages.values():

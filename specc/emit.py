@@ -9,6 +9,7 @@ accident, no timestamp).
 
 from __future__ import annotations
 
+import textwrap
 from importlib import resources
 from typing import Any
 
@@ -18,6 +19,76 @@ from specc import __version__
 from specc.modules import SHARED
 from specc.plan import BLOCKS, STEM, Line, Network, Unit, shape_text
 
+#: Longest line of generated code (the project's own line length).
+WIDTH = 100
+
+
+def layout(line: Line | str, indent: int, suffix: str = "") -> str:
+    """One generated line at ``indent`` spaces, its comment trailing, within :data:`WIDTH`.
+
+    When it does not fit, the comment moves to a line of its own above the code, and a call
+    that still does not fit breaks after its opening parenthesis, its arguments filled onto
+    continuation lines four spaces deeper.
+    """
+    line = Line(line) if isinstance(line, str) else line
+    pad = " " * indent
+    code = line.code + suffix
+    whole = pad + code + (f"  # {line.comment}" if line.comment else "")
+    if len(whole) <= WIDTH:
+        return whole
+    above = [f"{pad}# {line.comment}"] if line.comment else []
+    return "\n".join(above + _wrap_call(code, pad))
+
+
+def _wrap_call(code: str, pad: str) -> list[str]:
+    """``code`` on lines within :data:`WIDTH`, broken between the arguments of its first call."""
+    if len(pad + code) <= WIDTH or "(" not in code:
+        return [pad + code]
+    start = code.index("(")
+    args, end = _split_arguments(code, start)
+    lines, current = [pad + code[:start + 1]], ""
+    inner = pad + "    "
+    for i, arg in enumerate(args):
+        piece = arg + ("," if i < len(args) - 1 else code[end:])
+        candidate = f"{current} {piece}" if current else piece
+        if current and len(inner + candidate) > WIDTH:
+            lines.append(inner + current)
+            candidate = piece
+        current = candidate
+    lines.append(inner + current)
+    return lines
+
+
+def _split_arguments(code: str, start: int) -> tuple[list[str], int]:
+    """The top-level arguments of the call whose ``(`` is at ``start``, and the index of its
+    closing ``)``; brackets and string literals nest."""
+    depth, quote, args, begin = 0, "", [], start + 1
+    for i in range(start, len(code)):
+        ch = code[i]
+        if quote:
+            quote = "" if ch == quote and code[i - 1] != "\\" else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                args.append(code[begin:i].strip())
+                return [a for a in args if a], i
+        elif ch == "," and depth == 1:
+            args.append(code[begin:i].strip())
+            begin = i + 1
+    raise ValueError(f"unbalanced call in generated code: {code!r}")
+
+
+def prose(text: str, indent: int = 0) -> str:
+    """Each line of ``text`` filled to :data:`WIDTH` (a docstring's sentences and lists)."""
+    return "\n".join(textwrap.fill(part, WIDTH, subsequent_indent=" " * indent,
+                                   break_long_words=False, break_on_hyphens=False) or part
+                     for part in text.split("\n"))
+
+
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("specc", "templates"),
     undefined=jinja2.StrictUndefined,
@@ -26,6 +97,8 @@ _ENV = jinja2.Environment(
     lstrip_blocks=True,
     autoescape=False,
 )
+_ENV.filters["layout"] = layout
+_ENV.filters["prose"] = prose
 
 #: The line of a building-block module after which its text is copied into model.py.
 EMITTED = "# ---- EMITTED: everything below goes into model.py verbatim ----"
@@ -61,7 +134,7 @@ def _backbone(net: Network) -> dict[str, Any]:
     for port, tap in net.taps.items():
         taps.setdefault(tap.unit, []).append((port, tap.inner))
     stem = net.stem
-    forward = [Line("x = self.stem(x)", shape_text(stem.out.channels, stem.out.output_stride))]
+    forward = [Line("x = self.stem(x)", shape_text(stem.out.channels, stem.out.reduction))]
     forward += [Line(f'features["{port}"] = x') for port, _ in taps.get(STEM, [])]
 
     stages: list[dict[str, Any]] = []
@@ -91,7 +164,7 @@ def _backbone(net: Network) -> dict[str, Any]:
 
 
 def _shape(u: Unit) -> str:
-    return shape_text(u.out.channels, u.out.output_stride)
+    return shape_text(u.out.channels, u.out.reduction)
 
 
 def _tap_index(u: Unit, unit_taps: list[tuple[str, str | None]]) -> int:
@@ -123,10 +196,16 @@ def _model(net: Network) -> dict[str, Any]:
 
 def emit(net: Network, *, sha256: str) -> str:
     """The PyTorch source of ``net`` (a module with a ``build()`` function)."""
+    aux = ', and "aux", the auxiliary head\'s logits' if "aux" in net.outputs else ""
+    docstring = prose(
+        f"{net.title}\n\n{net.summary}\n\n"
+        f"Input: (N, 3, H, W) images normalized with mean {list(net.input.mean)} and std "
+        f"{list(net.input.std)}; shapes are derived for H×W = {net.input.size[0]}×"
+        f"{net.input.size[1]}.\n"
+        f'Output: a dict with "out", (N, {net.num_classes}, H, W) logits at the input '
+        f"resolution{aux}.")
     header = _ENV.get_template("header.py.j2").render(
-        version=__version__, name=net.name, sha256=sha256, title=net.title,
-        summary=net.summary, mean=list(net.input.mean), std=list(net.input.std),
-        crop=list(net.input.size), num_classes=net.num_classes, has_aux="aux" in net.outputs)
+        version=__version__, name=net.name, sha256=sha256, docstring=docstring)
     parts = [header, *(module_source(name) for name in used_modules(net))]
     parts.append(_ENV.get_template("backbone.py.j2").render(**_backbone(net)))
     parts.append(_ENV.get_template("model.py.j2").render(

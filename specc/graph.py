@@ -24,7 +24,7 @@ def lower(spec: Spec, schedule: Schedule) -> Network:
         SpecError: a tap names no node or a node at the wrong stride, or shapes do not agree.
     """
     lg = LayerGraph()
-    h, w = spec.input.crop
+    h, w = spec.input.size
     image = lg.input(h, w)
     ctx = Context(lg, activation(spec), spec.backbone.norm.eps)
     stem, stages, x = lower_backbone(ctx, schedule, image)
@@ -59,8 +59,8 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
         parts.append(f"ASPP: rates {schedule.aspp_rates}{pooling}, {spec.aspp.style.conv} "
                      "3×3 convs.")
     if spec.decoder is not None:
-        parts.append(f"Decoder: low-level feature {spec.decoder.low_level} (stride "
-                     f"{spec.decoder.output_stride}) projected to {spec.decoder.projection}, "
+        parts.append(f"Decoder: low-level feature {spec.decoder.low_level} (1/"
+                     f"{spec.decoder.low_level_reduction} of the input) projected to {spec.decoder.projection}, "
                      f"{spec.decoder.convs} {spec.decoder.style.conv} 3×3 convs of "
                      f"{spec.decoder.channels}.")
     if spec.aux is not None:

@@ -1,7 +1,7 @@
 """``specc graph``: the model DAG as Graphviz DOT (and SVG/PNG), grouped by stage.
 
 Nodes sit in one cluster per stage (stem, each backbone stage, ASPP, decoder, head, aux), are
-filled by output stride, and say their dilation; dilated layers get a heavier border. With
+filled by reduction (input size / map size), and say their dilation; dilated layers get a heavier border. With
 ``--collapse`` each backbone unit is one node and runs of identical units one node
 (``unit1–unit16 ×16`` for Xception-65's middle flow). The DOT text is written here, by hand and
 deterministically; SVG and PNG come from Graphviz's ``dot`` when it is installed, else from a
@@ -23,14 +23,14 @@ from specc.errors import SpeccError
 from specc.graph import ordered_nodes
 from specc.plan import Network, Unit
 
-#: Fill colour per output stride (light to dark as the map shrinks); others are grey.
+#: Fill colour per reduction (light to dark as the map shrinks); others are grey.
 STRIDE_COLORS = {1: "#ffffff", 2: "#fff7bc", 4: "#d9f0a3", 8: "#a6d8f0", 16: "#fdd0a2",
                  32: "#fc9272"}
 OTHER_COLOR = "#d9d9d9"
 
 
-def color_of(output_stride: int) -> str:
-    return STRIDE_COLORS.get(output_stride, OTHER_COLOR)
+def color_of(reduction: int) -> str:
+    return STRIDE_COLORS.get(reduction, OTHER_COLOR)
 
 
 def cluster_of(node: str) -> str:
@@ -47,7 +47,7 @@ def cluster_of(node: str) -> str:
 
 @dataclass
 class Drawn:
-    """A graph ready to draw: node → attributes (label, name, cluster, output_stride, dilated)."""
+    """A graph ready to draw: node → attributes (label, name, cluster, reduction, dilated)."""
 
     title: str
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -72,7 +72,7 @@ def _layer_label(name: str, d: dict[str, Any]) -> str:
         head += f" /{d['stride']}"
     c, h, w = d["shape"]
     what = "" if op == short else f"\n{head}"
-    return f"{short}{what}\n{c}×{h}×{w}  OS {d['output_stride']}"
+    return f"{short}{what}\n{c}×{h}×{w}  1/{d['reduction']}"
 
 
 def _plain(node: str) -> str:
@@ -87,7 +87,7 @@ def layers(net: Network) -> Drawn:
     for n in ordered_nodes(g):
         d = g.nodes[n]
         out.nodes[n] = {"label": _layer_label(n, d), "cluster": cluster_of(n), "name": _plain(n),
-                        "output_stride": d["output_stride"],
+                        "reduction": d["reduction"],
                         "dilated": d.get("dilation", 1) > 1}
     order = {n: i for i, n in enumerate(out.nodes)}
     out.edges = sorted(g.edges, key=lambda e: (order[e[1]], order[e[0]]))
@@ -117,9 +117,9 @@ def collapsed(net: Network) -> Drawn:
         c, h, w = first.out.shape
         times = f" ×{len(run)}" if len(run) > 1 else ""
         label = (f"{name[len(stage) + 1:]}{times}\n{first.describe()}\n"
-                 f"{c}×{h}×{w}  OS {first.out.output_stride}")
+                 f"{c}×{h}×{w}  1/{first.out.reduction}")
         info[name] = {"label": label, "cluster": stage, "name": _plain(name) + times,
-                      "output_stride": first.out.output_stride,
+                      "reduction": first.out.reduction,
                       "dilated": any(r > 1 for r in first.rates)}
     full = layers(net)
     out = Drawn(title=full.title)
@@ -146,7 +146,7 @@ def _q(text: str) -> str:
 
 
 def to_dot(drawn: Drawn) -> str:
-    """The DOT text of a drawn graph: clusters in network order, a legend of output strides."""
+    """The DOT text of a drawn graph: clusters in network order, a legend of reductions."""
     lines = ["digraph specc {",
              f"  graph [label={_q(drawn.title)}, labelloc=t, fontname=Helvetica, "
              "rankdir=TB, nodesep=0.25, ranksep=0.3, newrank=true];",
@@ -167,17 +167,17 @@ def to_dot(drawn: Drawn) -> str:
             a = drawn.nodes[n]
             extra = ", penwidth=2.5" if a["dilated"] else ""
             lines.append(f"{indent}{_q(n)} [label={_q(a['label'])}, "
-                         f"fillcolor={_q(color_of(a['output_stride']))}{extra}];")
+                         f"fillcolor={_q(color_of(a['reduction']))}{extra}];")
         if cluster:
             lines.append("  }")
     for u, v in drawn.edges:
         lines.append(f"  {_q(u)} -> {_q(v)};")
-    strides = sorted({a["output_stride"] for a in drawn.nodes.values()})
+    strides = sorted({a["reduction"] for a in drawn.nodes.values()})
     lines.append("  subgraph cluster_legend {")
-    lines.append('    label="output stride (thick border: dilated)"; style=rounded; '
+    lines.append('    label="input size / map size (thick border: dilated)"; style=rounded; '
                  'color="#888888"; fontname=Helvetica;')
     for s in strides:
-        lines.append(f"    {_q(f'legend_os{s}')} [label={_q(f'OS {s}')}, "
+        lines.append(f"    {_q(f'legend_os{s}')} [label={_q(f'1/{s}')}, "
                      f"fillcolor={_q(color_of(s))}];")
     for s, t in itertools.pairwise(strides):
         lines.append(f"    {_q(f'legend_os{s}')} -> {_q(f'legend_os{t}')} [style=invis];")
@@ -239,7 +239,7 @@ def render_matplotlib(drawn: Drawn, fmt: str) -> bytes:
         x, y = pos[n]
         label = "\n".join([a["name"], *a["label"].split("\n")[1:]])  # no clusters: full name
         ax.text(x, y, label, ha="center", va="center", fontsize=5,
-                bbox={"boxstyle": "round,pad=0.3", "fc": color_of(a["output_stride"]),
+                bbox={"boxstyle": "round,pad=0.3", "fc": color_of(a["reduction"]),
                       "ec": "black", "lw": 1.6 if a["dilated"] else 0.5})
     ax.set_xlim(-width / 2 - 0.5, width / 2 + 0.5)
     ax.set_ylim(-len(rows), 1)

@@ -30,6 +30,29 @@ MAX_EXTENDS_DEPTH = 16
 
 Key = tuple[str | int, ...]
 
+#: Spec keys renamed since they were introduced: old key path → its new last part. Old names
+#: still load, with a deprecation warning, so older specs, checkpoints and build folders work.
+#: ``input.crop`` is the network's input size (``data.crop`` is the training crop);
+#: ``decoder.output_stride`` is the reduction of the decoder's low-level feature (output stride
+#: names only the backbone's target, ``backbone.output_stride``).
+RENAMED: dict[Key, str] = {
+    ("input", "crop"): "size",
+    ("decoder", "output_stride"): "low_level_reduction",
+}
+
+
+@dataclass(frozen=True)
+class Deprecation:
+    """An old key name found in a document: where, and what it is called now."""
+
+    location: Location
+    old: str
+    new: str
+
+    def __str__(self) -> str:
+        return (f"{self.location}: warning: {self.old}: renamed to {self.new}; the old name "
+                "still loads but is deprecated")
+
 
 def format_path(key: Key) -> str:
     """``("aspp", "rates", 1)`` → ``"aspp.rates[1]"``."""
@@ -83,6 +106,8 @@ class RawSpec:
     sha256: str
     #: Every file read, the spec first and then its bases.
     files: tuple[Path, ...]
+    #: Old key names the document used (see :data:`RENAMED`).
+    deprecations: tuple[Deprecation, ...] = ()
 
 
 _KEY_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
@@ -289,7 +314,51 @@ def _copy_positions(src: SourceMap, key: Key, dst: SourceMap) -> None:
             dst.keys[k] = loc
 
 
-def _load_file(path: Path, seen: tuple[Path, ...], display: str) -> tuple[dict[str, Any], SourceMap, list[Path]]:
+def renamed_key(key: Key) -> Key:
+    """``key`` with a renamed prefix (:data:`RENAMED`) replaced by today's name."""
+    for old, new in RENAMED.items():
+        if key[:len(old)] == old:
+            return (*old[:-1], new, *key[len(old):])
+    return key
+
+
+def upgrade(data: dict[str, Any], sources: SourceMap | None = None) -> list[Deprecation]:
+    """Rename old keys of a spec document in place (key order kept) and say which were found.
+
+    Raises:
+        SpecError: a mapping holds both the old and the new name of one key.
+    """
+    found = []
+    for old, new in RENAMED.items():
+        parent = data
+        for part in old[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old[-1] not in parent:
+            continue
+        new_key = (*old[:-1], new)
+        src = sources or SourceMap("")
+        if new in parent:
+            raise SpecError(f"expected one of {format_path(old)} (its old name) and "
+                            f"{format_path(new_key)}, found both", location=src.locate_key(old),
+                            path=format_path(old))
+        items = [(new if k == old[-1] else k, v) for k, v in parent.items()]
+        parent.clear()
+        parent.update(items)
+        if sources is not None:
+            _move_positions(sources, old, new_key)
+        found.append(Deprecation(src.locate_key(new_key), format_path(old), format_path(new_key)))
+    return found
+
+
+def _move_positions(sources: SourceMap, old: Key, new: Key) -> None:
+    n = len(old)
+    for table in (sources.positions, sources.keys):
+        for k in [k for k in table if k[:n] == old]:
+            table[(*new, *k[n:])] = table.pop(k)
+
+
+def _load_file(path: Path, seen: tuple[Path, ...], display: str
+               ) -> tuple[dict[str, Any], SourceMap, list[Path], list[Deprecation]]:
     resolved = path.resolve()
     sources = SourceMap(display)
     data = _parse_document(_read_text(path, display), display, sources)
@@ -300,8 +369,9 @@ def _load_file(path: Path, seen: tuple[Path, ...], display: str) -> tuple[dict[s
         raise SpecError(f"expected a mapping at the top level, found {_kind(data)}",
                         location=sources.locate(()))
     files = [path]
+    deprecations = upgrade(data, sources)
     if "extends" not in data:
-        return data, sources, files
+        return data, sources, files, deprecations
     base_name = data.pop("extends")
     if not isinstance(base_name, str) or not base_name:
         raise sources.error(("extends",), f"expected a file name, found {_kind(base_name)}")
@@ -318,11 +388,11 @@ def _load_file(path: Path, seen: tuple[Path, ...], display: str) -> tuple[dict[s
         raise sources.error(("extends",), f"expected at most {MAX_EXTENDS_DEPTH} levels of "
                             "extends, found more")
     base_display = str(Path(display).parent / base_name)
-    base, base_src, base_files = _load_file(base_path, chain, base_display)
+    base, base_src, base_files, base_deprecations = _load_file(base_path, chain, base_display)
     merged_src = SourceMap(display)
     merged = _merge(base, data, base_src, sources, (), merged_src)
     merged_src.positions[()] = Location(display, 1, 1)
-    return merged, merged_src, files + base_files
+    return merged, merged_src, files + base_files, deprecations + base_deprecations
 
 
 def _kind(value: Any) -> str:
@@ -341,8 +411,11 @@ def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
+def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> Deprecation | None:
     """Apply one ``key.path=value`` override in place; the value is read as YAML (``[12,24,36]``).
+
+    Returns the deprecation when the path starts with an old key name (it is applied under the
+    new name).
 
     Raises:
         SpecError: the override is not ``key.path=value``, the path is malformed or runs through
@@ -357,6 +430,9 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
     except ValueError:
         raise SpecError(f"expected a key path such as aspp.rates[1], found {key_text.strip()!r}",
                         location=where) from None
+    written, key = key, renamed_key(key)
+    deprecation = None if written == key else Deprecation(
+        where, format_path(written), format_path(key))
     tmp = SourceMap(where.file)
     try:
         value = _parse_document(value_text, where.file, tmp, key) if value_text.strip() else None
@@ -396,6 +472,7 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> None:
         sources.keys[k] = where
     sources.positions[key] = where
     sources.keys[key] = where
+    return deprecation
 
 
 def canonical_sha256(data: Any) -> str:
@@ -413,8 +490,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RawSp
     """
     p = Path(path)
     display = str(path)
-    data, sources, files = _load_file(p, (), display)
+    data, sources, files, deprecations = _load_file(p, (), display)
     for text in overrides:
-        apply_override(data, sources, text)
+        if (found := apply_override(data, sources, text)) is not None:
+            deprecations.append(found)
     return RawSpec(data=data, sources=sources, path=p, sha256=canonical_sha256(data),
-                   files=tuple(files))
+                   files=tuple(files), deprecations=tuple(deprecations))

@@ -75,39 +75,40 @@ def interpolate(var: str, how: Upsample) -> str:
 # Taps
 
 
-def _candidates(hc: HeadContext, stride: int) -> list[str]:
-    """Names a tap at ``stride`` could use: stages, units, tappable inner layers (at most 12)."""
+def _candidates(hc: HeadContext, reduction: int) -> list[str]:
+    """Names a tap at ``reduction`` could use: stages, units, tappable inner layers (at most 12)."""
     g = hc.lg.g
     names = [a for a, n in hc.lg.aliases.items()
-             if a.count(".") == 1 and g.nodes[n]["output_stride"] == stride]
+             if a.count(".") == 1 and g.nodes[n]["reduction"] == reduction]
     units = [u for s in hc.stages for u in s.units]
-    names += [u.path for u in units if u.out.output_stride == stride]
+    names += [u.path for u in units if u.out.reduction == reduction]
     for u in units:
         for inner in u.taps:
             node = f"{u.path}.{inner}"
-            if node in g and g.nodes[node]["output_stride"] == stride:
+            if node in g and g.nodes[node]["reduction"] == reduction:
                 names.append(node)
     seen = list(dict.fromkeys(names))
     return [*seen[:12], "…"] if len(seen) > 12 else seen
 
 
-def resolve_tap(hc: HeadContext, port: str, name: str, stride: int | None, key: str) -> Tap:
+def resolve_tap(hc: HeadContext, port: str, name: str, reduction: int | None, key: str) -> Tap:
     """Where a tap comes from: the unit that makes it and, for a unit-internal node, which one.
 
     Raises:
         SpecError: no such backbone node, a node the generated code cannot hand out, or (when
-            ``stride`` is given) a node at another stride.
+            ``reduction`` is given) a node at another reduction.
     """
     g = hc.lg.g
     node = name if name in g else hc.lg.aliases.get(name)
     if node is None or not node.startswith("backbone."):
-        at = f"; nodes at stride {stride}: " + ", ".join(_candidates(hc, stride)) if stride else ""
+        at = (f"; nodes at 1/{reduction} of the input: " + ", ".join(_candidates(hc, reduction))
+              if reduction else "")
         raise SpecError(f"no node {name!r}{at}", path=key)
-    actual = g.nodes[node]["output_stride"]
-    if stride is not None and actual != stride:
-        raise SpecError(f"{name!r} is at stride {actual}, but the decoder expects stride {stride} "
-                        f"(decoder.output_stride); nodes at stride {stride}: "
-                        + ", ".join(_candidates(hc, stride)), path=key)
+    actual = g.nodes[node]["reduction"]
+    if reduction is not None and actual != reduction:
+        raise SpecError(f"{name!r} is at 1/{actual} of the input, but the decoder expects 1/"
+                        f"{reduction} (decoder.low_level_reduction); nodes at 1/{reduction}: "
+                        + ", ".join(_candidates(hc, reduction)), path=key)
     for unit in (u for s in hc.stages for u in s.units):
         if unit.out.node == node:
             return Tap(port, node, unit.path, None)
@@ -171,7 +172,7 @@ class ASPP(Head):
 
     def forward(self) -> list[Line]:
         return [Line('y = self.aspp(features["out"])',
-                     shape_text(self.out.channels, self.out.output_stride))]
+                     shape_text(self.out.channels, self.out.reduction))]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library != "torchvision":
@@ -246,7 +247,7 @@ class ExtraConv(Head):
         return [Line(f"self.extra = {code}", self.spec_key)]
 
     def forward(self) -> list[Line]:
-        return [Line("y = self.extra(y)", shape_text(self.out.channels, self.out.output_stride))]
+        return [Line("y = self.extra(y)", shape_text(self.out.channels, self.out.reduction))]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
@@ -295,7 +296,7 @@ class Decoder(Head):
 
     def forward(self) -> list[Line]:
         return [Line('y = self.decoder(y, features["low_level"])',
-                     shape_text(self.out.channels, self.out.output_stride))]
+                     shape_text(self.out.channels, self.out.reduction))]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
@@ -308,7 +309,7 @@ class Decoder(Head):
         if dec is None:
             return None, y
         lg = hc.lg
-        tap = resolve_tap(hc, "low_level", dec.low_level, dec.output_stride, "decoder.low_level")
+        tap = resolve_tap(hc, "low_level", dec.low_level, dec.low_level_reduction, "decoder.low_level")
         hc.taps[tap.port] = tap
         low = lg.feature(tap.node)
         how = Upsample(dec.upsample.mode, dec.upsample.align_corners)
@@ -345,7 +346,7 @@ class Classifier(Head):
 
     def forward(self) -> list[Line]:
         return [Line("y = self.classifier(y)",
-                     shape_text("num_classes", self.out.output_stride)),
+                     shape_text("num_classes", self.out.reduction)),
                 Line("result: Dict[str, Tensor] = {}"),
                 Line('result["out"] = ' + interpolate("y", self.upsample),
                      shape_text("num_classes", 1))]
@@ -434,7 +435,7 @@ def lower_heads(hc: HeadContext) -> tuple[Head, ...]:
     outputs = list(hc.outputs.values())
     first = outputs[0]
     result = hc.lg.add("output", "output", outputs,
-                       Feature("", hc.spec.num_classes, hc.image.h, hc.image.w, 1, first.rf, 1),
+                       Feature("", hc.spec.num_classes, hc.image.h, hc.image.w, 1, first.rf),
                        spec_key="")
     for port, src in hc.outputs.items():
         hc.lg.g.edges[src.node, result.node]["port"] = port

@@ -48,12 +48,11 @@ class Feature:
     channels: int
     h: int
     w: int
-    #: Output stride of this feature map: input size / feature size.
-    output_stride: int
+    #: Input size / feature size: the distance in input pixels between neighbouring positions
+    #: (the product of the strides so far; dilation does not change it).
+    reduction: int
     #: Receptive field in input pixels; None once image pooling made it global.
     rf: int | None
-    #: Distance in input pixels between neighbouring positions (grows with every stride).
-    jump: int
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -110,7 +109,7 @@ class LayerGraph:
         attrs.setdefault("params", 0)
         attrs.setdefault("macs", 0)
         self.g.add_node(name, op=op, out_channels=out.channels, shape=out.shape,
-                        output_stride=out.output_stride, receptive_field=out.rf,
+                        reduction=out.reduction, receptive_field=out.rf,
                         in_channels=inputs[0].channels if inputs else 0, **attrs)
         for i, src in enumerate(inputs):
             self.g.add_edge(src.node, name, index=i, channels=src.channels)
@@ -118,14 +117,13 @@ class LayerGraph:
 
     def input(self, h: int, w: int) -> Feature:
         """The image: three channels at stride 1."""
-        return self.add("input", "input", [], Feature("input", 3, h, w, 1, 1, 1), spec_key="input")
+        return self.add("input", "input", [], Feature("input", 3, h, w, 1, 1), spec_key="input")
 
     def feature(self, node: str) -> Feature:
         """The tensor an existing node makes (to branch off it, e.g. for a decoder tap)."""
         d = self.g.nodes[node]
         c, h, w = d["shape"]
-        return Feature(node, c, h, w, d["output_stride"], d["receptive_field"],
-                       d["output_stride"])
+        return Feature(node, c, h, w, d["reduction"], d["receptive_field"])
 
     def conv(self, name: str, x: Feature, out_channels: int, *, kernel: int = 1, stride: int = 1,
              dilation: int = 1, groups: int = 1, norm: bool = True, act: str | None = "relu",
@@ -133,12 +131,12 @@ class LayerGraph:
         """Conv → [BN] → [activation]."""
         h, w = conv_out(x.h, kernel, stride, dilation), conv_out(x.w, kernel, stride, dilation)
         k_eff = dilation * (kernel - 1) + 1
-        rf = None if x.rf is None else x.rf + (k_eff - 1) * x.jump
+        rf = None if x.rf is None else x.rf + (k_eff - 1) * x.reduction
         params = kernel * kernel * (x.channels // groups) * out_channels
         params += out_channels if bias else 0
         params += 2 * out_channels if norm else 0
         macs = kernel * kernel * (x.channels // groups) * out_channels * h * w
-        out = Feature(name, out_channels, h, w, x.output_stride * stride, rf, x.jump * stride)
+        out = Feature(name, out_channels, h, w, x.reduction * stride, rf)
         return self.add(name, "conv", [x], out, kernel=kernel, stride=stride, dilation=dilation,
                         groups=groups, norm=norm, act=act, pre_act=pre_act, bias=bias,
                         params=params, macs=macs, spec_key=spec_key)
@@ -148,11 +146,11 @@ class LayerGraph:
                 act: str | None = "relu", pre_act: str | None = None, spec_key: str) -> Feature:
         """Depthwise 3×3 → [BN → act] → pointwise 1×1 → BN → act."""
         h, w = conv_out(x.h, 3, stride, dilation), conv_out(x.w, 3, stride, dilation)
-        rf = None if x.rf is None else x.rf + 2 * dilation * x.jump
+        rf = None if x.rf is None else x.rf + 2 * dilation * x.reduction
         c = x.channels
         params = 9 * c + (2 * c if depthwise_norm else 0) + c * out_channels + 2 * out_channels
         macs = 9 * c * h * w + c * out_channels * h * w
-        out = Feature(name, out_channels, h, w, x.output_stride * stride, rf, x.jump * stride)
+        out = Feature(name, out_channels, h, w, x.reduction * stride, rf)
         return self.add(name, "sepconv", [x], out, kernel=3, stride=stride, dilation=dilation,
                         groups=c, norm=True, depthwise_norm=depthwise_norm,
                         depthwise_act=depthwise_act if depthwise_norm else None, act=act,
@@ -170,15 +168,15 @@ class LayerGraph:
              spec_key: str) -> Feature:
         """A pooling or subsampling layer (``maxpool``, ``subsample``)."""
         h, w = conv_out(x.h, kernel, stride, 1), conv_out(x.w, kernel, stride, 1)
-        rf = None if x.rf is None else x.rf + (kernel - 1) * x.jump
-        out = Feature(name, x.channels, h, w, x.output_stride * stride, rf, x.jump * stride)
+        rf = None if x.rf is None else x.rf + (kernel - 1) * x.reduction
+        out = Feature(name, x.channels, h, w, x.reduction * stride, rf)
         return self.add(name, op, [x], out, kernel=kernel, stride=stride, dilation=1,
                         spec_key=spec_key)
 
     def global_pool(self, name: str, x: Feature, *, kernel: tuple[int, int] | None, mode: str,
                     spec_key: str) -> Feature:
         """Average pooling to one position (image pooling); the receptive field becomes global."""
-        out = Feature(name, x.channels, 1, 1, x.output_stride, None, x.jump)
+        out = Feature(name, x.channels, 1, 1, x.reduction, None)
         return self.add(name, "avgpool", [x], out, kernel=kernel, mode=mode, spec_key=spec_key)
 
     def merge(self, name: str, op: str, xs: list[Feature], *, act: str | None = None,
@@ -196,14 +194,14 @@ class LayerGraph:
         channels = sum(x.channels for x in xs) if op == "concat" else ref.channels
         rfs = [x.rf for x in xs]
         rf = None if any(r is None for r in rfs) else max(r for r in rfs if r is not None)
-        out = Feature(name, channels, ref.h, ref.w, ref.output_stride, rf, ref.jump)
+        out = Feature(name, channels, ref.h, ref.w, ref.reduction, rf)
         return self.add(name, op, xs, out, act=act, spec_key=spec_key)
 
     def upsample(self, name: str, x: Feature, like: Feature, how: Upsample, spec_key: str,
                  rf_global: bool = False) -> Feature:
         """Resize ``x`` to the size of ``like``."""
-        out = Feature(name, x.channels, like.h, like.w, like.output_stride,
-                      None if rf_global else x.rf, like.jump)
+        out = Feature(name, x.channels, like.h, like.w, like.reduction,
+                      None if rf_global else x.rf)
         return self.add(name, "upsample", [x], out, mode=how.mode,
                         align_corners=how.align_corners, spec_key=spec_key)
 
@@ -245,11 +243,11 @@ def call(cls: str, positional: list[Any], kwargs: list[tuple[str, Any, Any]]) ->
     return f"{cls}({', '.join(args)})"
 
 
-def shape_text(channels: int | str, output_stride: int) -> str:
+def shape_text(channels: int | str, reduction: int) -> str:
     """``(N, 256, H/16, W/16)``: a tensor's shape as a code comment."""
-    if output_stride == 1:
+    if reduction == 1:
         return f"(N, {channels}, H, W)"
-    return f"(N, {channels}, H/{output_stride}, W/{output_stride})"
+    return f"(N, {channels}, H/{reduction}, W/{reduction})"
 
 
 @dataclass(frozen=True)
@@ -299,7 +297,7 @@ class Block:
         units are drawn as one)."""
         skip = {"spec_key", "out", "atrous", "index", "name"}
         values = tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip)
-        return (self.kind, values, self.out.shape, self.out.output_stride)
+        return (self.kind, values, self.out.shape, self.out.reduction)
 
 
 BLOCKS: dict[str, type[Block]] = {}

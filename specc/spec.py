@@ -250,7 +250,9 @@ class DecoderSpec(Base):
     """DeepLabv3+ decoder (v3+ §3.1)."""
 
     low_level: NodeName = Field(description="Graph node whose output is the low-level feature.")
-    output_stride: Positive = Field(4, description="Stride of the low-level feature (checked).")
+    low_level_reduction: Positive = Field(
+        4, description="Input size / size of the low-level feature (4 in the paper; the TF "
+        "code's decoder_output_stride); checked against the graph.")
     projection: Positive = Field(48, description="1×1 reduction of the low-level feature (48).")
     convs: int = Field(2, ge=0, le=8, description="3×3 convs after the concat (2 in the paper).")
     channels: Positive = Field(256, description="Channels of those convs.")
@@ -269,8 +271,9 @@ class AuxSpec(Base):
 
 
 class InputSpec(Base):
-    crop: tuple[Positive, Positive] = Field(
-        (513, 513), description="Training/evaluation crop (H, W); 513 in the papers.")
+    size: tuple[Positive, Positive] = Field(
+        (513, 513), description="Input size (H, W) the network's shapes are derived for: the "
+        "training crop unless data.crop says otherwise; 513 in the papers.")
     mean: tuple[float, float, float] = Field(
         (0.485, 0.456, 0.406), description="Per-channel mean of images scaled to [0, 1].")
     std: tuple[float, float, float] = Field(
@@ -295,7 +298,7 @@ class Spec(Base):
 
     name: Identifier = Field(description="Model name; also the output folder and class prefix.")
     num_classes: Positive = Field(description="Number of classes (VOC: 21).")
-    input: InputSpec = Field(default_factory=InputSpec, description="Input crop and normalization.")
+    input: InputSpec = Field(default_factory=InputSpec, description="Input size and normalization.")
     backbone: BackboneSpec = Field(description="The feature extractor.")
     aspp: ASPPSpec | None = Field(
         default_factory=ASPPSpec,

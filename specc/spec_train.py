@@ -64,6 +64,6 @@ class DataSpec(_Base):
     scale_step: float = Field(0.25, gt=0, description="Step between random scales (0.25).")
     flip: bool = Field(True, description="Random left-right flip.")
     crop: tuple[Positive, Positive] | None = Field(
-        None, description="Training crop (H, W); defaults to input.crop.")
+        None, description="Training crop (H, W); defaults to input.size.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec,
                                      description="The built-in data set.")

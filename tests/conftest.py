@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").rglob("*.yaml"))
 #: A crop small enough for a quick forward pass; the fixed image-pooling kernel derives from it.
 SMALL_CROP = 65
-SMALL = (f"input.crop=[{SMALL_CROP}, {SMALL_CROP}]",)
+SMALL = (f"input.size=[{SMALL_CROP}, {SMALL_CROP}]",)
 
 
 def spec_id(path: Path) -> str:

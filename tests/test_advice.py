@@ -148,7 +148,7 @@ def test_atrous_branches_follow_output_stride_and_crop():
     branches = atrous_branches(compile_spec(doc))
     assert [(b["rate"], b["feature_size"]) for b in branches] == [
         (12, [65, 65]), (24, [65, 65]), (36, [65, 65])]
-    doc = load_spec(XCEPTION, ["input.crop=[321, 257]"])  # separable branches, non-square
+    doc = load_spec(XCEPTION, ["input.size=[321, 257]"])  # separable branches, non-square
     branches = atrous_branches(compile_spec(doc))
     assert [b["feature_size"] for b in branches] == [[21, 17]] * 3
     assert branches[2]["valid_taps"] == pytest.approx(brute_2d(21, 17, 18)[0])
@@ -239,44 +239,44 @@ def test_implied_and_paper_rates():
 
 
 def test_degenerate_branch_warning():
-    notes = warnings_for(V3, "input.crop=[257, 257]")  # 17×17 at output stride 16
+    notes = warnings_for(V3, "input.size=[257, 257]")  # 17×17 at output stride 16
     assert set(notes) == {"aspp.rates[2]"}
     note = notes["aspp.rates[2]"]
     assert "rate 18 on the 17×17 feature map" in note and "1×1" in note
     assert "1.00 of the 9 taps" in note
     assert ":18:" in note.split(": warning")[0]  # the line of `rates: [6, 12, 18]`
     # Just above the threshold: no warning (rate 12 on 17×17 keeps 2.52 taps).
-    doc = load_spec(V3, ["input.crop=[257, 257]"])
+    doc = load_spec(V3, ["input.size=[257, 257]"])
     rate12 = atrous_branches(compile_spec(doc))[1]
     assert rate12["valid_taps"] > MIN_VALID_TAPS and not rate12["degenerate"]
 
 
 def test_degenerate_at_the_small_crop_the_paper_found_worse():
     """DeepLabv3 §4.1: a 321 crop cost accuracy; rate 18 on its 21×21 map keeps 1.65 taps."""
-    note = warnings_for(V3, "input.crop=[321, 321]")["aspp.rates[2]"]
+    note = warnings_for(V3, "input.size=[321, 321]")["aspp.rates[2]"]
     assert "1.65 of the 9 taps" in note and "close to a 1×1" in note
 
 
 def test_degenerate_when_rate_reaches_one_side():
-    notes = warnings_for(V3, "input.crop=[513, 257]")  # 33×17: rate 18 covers the width
+    notes = warnings_for(V3, "input.size=[513, 257]")  # 33×17: rate 18 covers the width
     note = notes["aspp.rates[2]"]
     assert "3×1 filter" in note
 
 
 def test_misaligned_crop_with_align_corners():
-    notes = warnings_for(V3, "input.crop=[512, 512]")
+    notes = warnings_for(V3, "input.size=[512, 512]")
     note = notes["output.upsample.align_corners"]
     assert "k·16+1" in note and "497 or 513" in note
     assert set(notes) == {"output.upsample.align_corners"}
-    plus = warnings_for(XCEPTION, "input.crop=[512, 512]")
+    plus = warnings_for(XCEPTION, "input.size=[512, 512]")
     assert {"decoder.upsample.align_corners", "output.upsample.align_corners"} <= set(plus)
     # k·16+1 crops, and align_corners: false at any crop, are fine.
-    assert warnings_for(V3, "input.crop=[385, 385]") == {}
-    assert warnings_for(V3, "input.crop=[512, 512]", "output.upsample.align_corners=false") == {}
+    assert warnings_for(V3, "input.size=[385, 385]") == {}
+    assert warnings_for(V3, "input.size=[512, 512]", "output.upsample.align_corners=false") == {}
     assert warnings_for(TORCHVISION) == {}  # 520 with align_corners false
     # Output stride 8 needs k·8+1: 505 = 63·8+1 is aligned at 8 but not at 16.
-    assert warnings_for(V3, "input.crop=[505, 505]", "backbone.output_stride=8") == {}
-    assert "output.upsample.align_corners" in warnings_for(V3, "input.crop=[505, 505]")
+    assert warnings_for(V3, "input.size=[505, 505]", "backbone.output_stride=8") == {}
+    assert "output.upsample.align_corners" in warnings_for(V3, "input.size=[505, 505]")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,14 +289,14 @@ def test_decoder_tap_at_the_wrong_stride_is_an_error(capsys):
         _ = compile_spec(load_and_compile).network
     message = str(exc.value)
     assert "decoder.low_level" in message
-    assert "at stride 8" in message and "expects stride 4" in message
+    assert "at 1/8 of the input" in message and "expects 1/4" in message
     assert "deeplabv3plus_resnet101.yaml" in message or "--set" in message
     code, _, err = run(capsys, "validate", V3PLUS, "--set", "decoder.low_level=backbone.block2.unit3")
-    assert code == 2 and "expects stride 4" in err
+    assert code == 2 and "expects 1/4" in err
 
 
 def test_decoder_tap_at_the_right_stride_is_accepted():
-    doc = load_spec(V3PLUS, ["decoder.low_level=backbone.block2.unit3", "decoder.output_stride=8"])
+    doc = load_spec(V3PLUS, ["decoder.low_level=backbone.block2.unit3", "decoder.low_level_reduction=8"])
     _ = compile_spec(doc).network
 
 
@@ -305,9 +305,9 @@ def test_decoder_tap_at_the_right_stride_is_accepted():
 
 
 def test_validate_prints_warnings_and_strict_fails(capsys):
-    code, out, err = run(capsys, "validate", V3, "--set", "input.crop=[257, 257]")
+    code, out, err = run(capsys, "validate", V3, "--set", "input.size=[257, 257]")
     assert code == 0 and "warning: aspp.rates[2]" in err and "ok:" in out
-    code, _, err = run(capsys, "validate", V3, "--set", "input.crop=[257, 257]", "--strict")
+    code, _, err = run(capsys, "validate", V3, "--set", "input.size=[257, 257]", "--strict")
     assert code == 2 and "--strict" in err
     code, _, err = run(capsys, "validate", V3, "--strict")
     assert code == 0 and "warning" not in err

@@ -40,7 +40,7 @@ from specc.errors import TrainingError, WeightsError
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "specs/deeplabv3plus_mobilenetv2_demo.yaml"
 # A spec whose input statistics are not ImageNet's (as deeplabv3plus_xception's), small and quick.
-HALF = ["input.crop=[65,65]", "input.mean=[0.5,0.5,0.5]", "input.std=[0.5,0.5,0.5]"]
+HALF = ["input.size=[65,65]", "input.mean=[0.5,0.5,0.5]", "input.std=[0.5,0.5,0.5]"]
 IMAGE = np.random.default_rng(1).integers(0, 256, (41, 53, 3), dtype=np.uint8)
 
 

@@ -163,7 +163,7 @@ def test_schema_is_json_schema_with_descriptions(cli):
 def test_api_mirrors_the_command_line(cli, tmp_path):
     """The same spec through the API and through the CLI gives the same figures and files."""
     spec = REPO / "specs/deeplabv3plus_mobilenetv2.yaml"
-    sets = ["input.crop=[65, 65]", "backbone.width_multiplier=0.25"]
+    sets = ["input.size=[65, 65]", "backbone.width_multiplier=0.25"]
     doc = load_spec(spec, sets)
     api_info = info_of(compile_spec(doc))
     cli_info = json.loads(cli("info", spec, "--json", *[a for s in sets for a in ("--set", s)]).out)

@@ -106,10 +106,10 @@ CASES = [
          "spec.yaml:2:14: num_classes: expected a number greater than 0, found 0"),
     Case("dropout of 1", {"spec.yaml": BASE + "aspp:\n  projection: {dropout: 1.0}\n"},
          "spec.yaml:6:25: aspp.projection.dropout: expected a number less than 1, found 1.0"),
-    Case("crop of three values", {"spec.yaml": BASE + "input:\n  crop: [513, 513, 3]\n"},
-         "spec.yaml:6:9: input.crop: expected exactly 2 items, found a list of 3"),
-    Case("crop of one value", {"spec.yaml": BASE + "input:\n  crop: [513]\n"},
-         "spec.yaml:6:9: input.crop: expected exactly 2 items, found a list of 1"),
+    Case("crop of three values", {"spec.yaml": BASE + "input:\n  size: [513, 513, 3]\n"},
+         "spec.yaml:6:9: input.size: expected exactly 2 items, found a list of 3"),
+    Case("crop of one value", {"spec.yaml": BASE + "input:\n  size: [513]\n"},
+         "spec.yaml:6:9: input.size: expected exactly 2 items, found a list of 1"),
     Case("no stages", {"spec.yaml": STAGES.format(stage="s1").replace(
         "  stages:\n    - name: s1\n      units: [{type: basic, channels: 8}]\n",
         "  stages: []\n")},
@@ -154,12 +154,12 @@ CASES = [
          "stages"),
     Case("decoder tap that does not exist", {"spec.yaml": XCEPTION + "decoder:\n  low_level: "
                                                                      "backbone.entry9\n"},
-         f"spec.yaml:6:14: decoder.low_level: no node 'backbone.entry9'; nodes at stride 4: "
+         f"spec.yaml:6:14: decoder.low_level: no node 'backbone.entry9'; nodes at 1/4 of the input: "
          f"{STRIDE4}"),
     Case("decoder tap at the wrong stride", {"spec.yaml": XCEPTION + "decoder:\n  low_level: "
                                                                      "backbone.entry2\n"},
-         "spec.yaml:6:14: decoder.low_level: 'backbone.entry2' is at stride 8, but the decoder "
-         f"expects stride 4 (decoder.output_stride); nodes at stride 4: {STRIDE4}"),
+         "spec.yaml:6:14: decoder.low_level: 'backbone.entry2' is at 1/8 of the input, but the "
+         f"decoder expects 1/4 (decoder.low_level_reduction); nodes at 1/4: {STRIDE4}"),
     Case("multi-grid length mismatch", {"spec.yaml": BASE + "  multi_grid: [1, 2]\n"},
          "spec.yaml:5:15: backbone.multi_grid: expected 3 rates (the last stage 'block4' has 3 "
          "units), found 2: [1, 2]"),

@@ -23,14 +23,14 @@ ZOO = {50: REPO / "specs/zoo/torchvision_deeplabv3_resnet50.yaml",
 #: torchvision deeplabv3_resnet50/101(weights=None, aux_loss=True) (docs/deeplab.md).
 TORCHVISION_PARAMS = {50: 42_004_074, 101: 60_996_202}
 
-COMMON = {"op", "in_channels", "out_channels", "shape", "output_stride", "receptive_field",
+COMMON = {"op", "in_channels", "out_channels", "shape", "reduction", "receptive_field",
           "params", "macs", "spec_key"}
 CONV = {"kernel", "stride", "dilation", "groups"}
 
 TINY = """\
 name: tiny
 num_classes: 2
-input: {{crop: [33, 33]}}
+input: {{size: [33, 33]}}
 backbone:
   stem: {{convs: [{{channels: 8, kernel: 3, stride: 2}}], pool: none}}
   output_stride: {os}
@@ -68,13 +68,13 @@ def networks(graphs) -> dict[Path, Network]:
 
 
 @pytest.mark.parametrize("path", SPECS, ids=IDS)
-def test_every_node_carries_its_shape_and_stride(path, networks):
+def test_every_node_carries_its_shape_and_reduction(path, networks):
     g = networks[path].graph
     h, w = networks[path].input.size
     for n, d in g.nodes(data=True):
         assert set(d) >= COMMON, (n, COMMON - set(d))
         assert d["shape"][0] == d["out_channels"] and len(d["shape"]) == 3, n
-        assert d["output_stride"] >= 1, n
+        assert d["reduction"] >= 1, n
         if d["op"] in ("conv", "sepconv"):
             assert set(d) >= CONV, n
             assert d["in_channels"] % d["groups"] == 0, n
@@ -85,7 +85,7 @@ def test_every_node_carries_its_shape_and_stride(path, networks):
         # the pooled image feature before it is upsampled.
         pooled = any(g.nodes[p]["op"] == "avgpool" for p in g.predecessors(n))
         if d["op"] != "avgpool" and not pooled:
-            s = d["output_stride"]
+            s = d["reduction"]
             assert d["shape"][1:] == (-(-h // s), -(-w // s)), (n, d["shape"], s)
 
 
@@ -94,7 +94,7 @@ def test_conv_attributes_of_known_layers(graphs):
     conv2 = g.nodes["backbone.block4.unit3.conv2"]
     assert (conv2["op"], conv2["kernel"], conv2["stride"], conv2["dilation"], conv2["groups"]) == \
         ("conv", 3, 1, 8, 1)
-    assert (conv2["in_channels"], conv2["out_channels"], conv2["output_stride"]) == (512, 512, 16)
+    assert (conv2["in_channels"], conv2["out_channels"], conv2["reduction"]) == (512, 512, 16)
     assert g.nodes["backbone.block3.unit23.conv2"]["stride"] == 1  # de-strided
     assert g.nodes["backbone.block2.unit4.conv2"]["stride"] == 2
     assert [g.nodes[f"aspp.branch{i}"]["dilation"] for i in (1, 2, 3)] == [6, 12, 18]
@@ -108,14 +108,14 @@ def test_conv_attributes_of_known_layers(graphs):
     assert dw["dilation"] == 2
 
 
-def test_taps_are_at_their_strides(networks):
+def test_taps_are_at_their_reductions(networks):
     for path, net in networks.items():
         g = net.graph
         for port, tap in net.taps.items():
             node = g.nodes[tap.node]
             if port == "low_level":
-                assert node["output_stride"] == 4, path
-        assert g.nodes["classifier"]["output_stride"] == (4 if "low_level" in net.taps
+                assert node["reduction"] == 4, path
+        assert g.nodes["classifier"]["reduction"] == (4 if "low_level" in net.taps
                                                           else net.output_stride), path
 
 
@@ -288,7 +288,7 @@ def test_shapes_at_an_odd_non_square_crop():
     from specc.api import build
 
     doc = load_spec(REPO / "specs/deeplabv3plus_mobilenetv2.yaml",
-                    ["input.crop=[41, 75]", "aspp.image_pooling.kernel=fixed"])
+                    ["input.size=[41, 75]", "aspp.image_pooling.kernel=fixed"])
     built = build(doc)
     g = built.graph
     seen: dict[str, tuple[int, ...]] = {}
@@ -322,9 +322,9 @@ def test_fixed_image_pooling_kernel_derives_from_the_crop():
         return net.head("aspp").pool_kernel
 
     assert kernel() == (33, 33)  # 513 at output stride 16
-    assert kernel("input.crop=[65, 65]") == (5, 5)
+    assert kernel("input.size=[65, 65]") == (5, 5)
     assert kernel("backbone.output_stride=8") == (65, 65)
-    assert kernel("input.crop=[321, 513]") == (21, 33)
+    assert kernel("input.size=[321, 513]") == (21, 33)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,13 +339,13 @@ def test_conv_out_is_same_padding():
 
 
 @pytest.mark.parametrize("os_, expected", [
-    # stem 3×3/2: RF 3, jump 2. s1 (rate 1): +2·2 per conv → 7, 11.
+    # stem 3×3/2: RF 3, reduction 2. s1 (rate 1): +2·2 per conv → 7, 11.
     # OS 2: s2 is de-strided and keeps rate 1 → 15, 19; s3 runs at rate 2 (a 5×5 footprint,
     # +4·2 per conv) → 27, 35.
     (2, {"backbone.stem.conv1": 3, "backbone.s1.unit1.conv1": 7, "backbone.s1.unit1": 11,
          "backbone.s2.unit1.conv1": 15, "backbone.s2.unit1": 19,
          "backbone.s3.unit1.conv1": 27, "backbone.s3.unit1": 35}),
-    # OS 4: s2's first conv has stride 2 (+2·2 → 15, then jump 4), its second +2·4 → 23; s3
+    # OS 4: s2's first conv has stride 2 (+2·2 → 15, then reduction 4), its second +2·4 → 23; s3
     # adds 8 per conv → 31, 39.
     (4, {"backbone.stem.conv1": 3, "backbone.s1.unit1": 11, "backbone.s2.unit1.conv1": 15,
          "backbone.s2.unit1": 23, "backbone.s3.unit1.conv1": 31, "backbone.s3.unit1": 39}),
@@ -358,7 +358,7 @@ def test_receptive_field_by_hand(os_, expected, tmp_path):
     g = net.graph
     got = {n: g.nodes[n]["receptive_field"] for n in expected}
     assert got == expected
-    assert g.nodes["backbone.s3.unit1"]["output_stride"] == os_
+    assert g.nodes["backbone.s3.unit1"]["reduction"] == os_
     assert g.nodes["classifier"]["receptive_field"] == expected["backbone.s3.unit1"]
     from specc.analysis import encoder_receptive_field
 

@@ -86,13 +86,13 @@ def test_nodes_grouped_by_stage():
     assert cluster_of("classifier") == "head" and cluster_of("input") == ""
 
 
-def test_colored_by_output_stride_and_labelled_with_dilation():
+def test_colored_by_reduction_and_labelled_with_dilation():
     g = graph_of(V3)
     nodes, _ = parse(to_dot(layers(g)))
     for name, n in nodes.items():
         if name.startswith("legend_"):
             continue
-        assert n["color"] == STRIDE_COLORS[g.graph.nodes[name]["output_stride"]], name
+        assert n["color"] == STRIDE_COLORS[g.graph.nodes[name]["reduction"]], name
         d = g.graph.nodes[name].get("dilation", 1)
         if d > 1:
             assert f"d={d}" in n["label"] and "penwidth=2.5" in n["extra"], name
@@ -146,7 +146,7 @@ def test_quotes_are_escaped():
     from specc.graphviz import Drawn
 
     drawn = Drawn(title='a "quoted" \\ title')
-    drawn.nodes['n"1'] = {"label": 'x"y\nz', "name": "n", "cluster": "", "output_stride": 1,
+    drawn.nodes['n"1'] = {"label": 'x"y\nz', "name": "n", "cluster": "", "reduction": 1,
                           "dilated": False}
     dot = to_dot(drawn)
     assert r'label="a \"quoted\" \\ title"' in dot

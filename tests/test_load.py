@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -108,17 +109,17 @@ def test_extends_depth_is_bounded(tmp_path):
 def test_overrides_apply_last_as_yaml_values(tmp_path):
     path = write(tmp_path / "s.yaml", SPEC)
     raw = load(path, ["backbone.output_stride=8", "aspp.rates=[12, 24, 36]", "aspp.rates[0]=3",
-                      "input.crop=[65, 65]", "decoder.style.conv=separable", "name= other ",
+                      "input.size=[65, 65]", "decoder.style.conv=separable", "name= other ",
                       "backbone.multi_grid="])
     assert raw.data["backbone"]["output_stride"] == 8
     assert raw.data["aspp"]["rates"] == [3, 24, 36]
-    assert raw.data["input"] == {"crop": [65, 65]}
+    assert raw.data["input"] == {"size": [65, 65]}
     assert raw.data["decoder"] == {"style": {"conv": "separable"}}
     assert raw.data["name"] == "other"
     assert raw.data["backbone"]["multi_grid"] is None  # empty value: null
     where = Location("--set backbone.output_stride=8")
     assert raw.sources.locate("backbone.output_stride") == where
-    assert raw.sources.locate("input.crop[1]") == Location("--set input.crop=[65, 65]")
+    assert raw.sources.locate("input.size[1]") == Location("--set input.size=[65, 65]")
     assert raw.sources.locate("aspp.rates[1]") == Location("--set aspp.rates=[12, 24, 36]")
     assert raw.sources.locate("backbone.preset") == Location(str(path), 4, 11)
 
@@ -181,3 +182,72 @@ def test_every_shipped_spec_loads_with_positions():
         assert raw.data["name"] == path.stem
         loc = raw.sources.locate("name")
         assert loc.file == str(path) and loc.line >= 1, path
+
+
+# --------------------------------------------------------------------------------------------
+# Renamed keys: old names load under the new ones, with a warning at the place they were written
+
+V3PLUS = SPEC + "decoder:\n  low_level: backbone.layer1\n"
+
+
+def test_old_key_names_load_as_the_new_ones_and_are_located(tmp_path):
+    path = write(tmp_path / "s.yaml", V3PLUS.replace("decoder:\n", "decoder:\n  output_stride: 4\n")
+                 + "input:\n  crop: [65, 65]\n")
+    raw = load(path)
+    assert raw.data["input"] == {"size": [65, 65]}
+    assert list(raw.data["decoder"]) == ["low_level_reduction", "low_level"]  # order kept
+    assert raw.sources.locate("input.size[1]") == Location(str(path), 14, 14)
+    assert [(d.old, d.new, d.location.line) for d in raw.deprecations] == [
+        ("input.crop", "input.size", 14), ("decoder.output_stride", "decoder.low_level_reduction", 11)]
+    fresh = load(write(tmp_path / "new.yaml", V3PLUS.replace(
+        "decoder:\n", "decoder:\n  low_level_reduction: 4\n") + "input:\n  size: [65, 65]\n"))
+    assert fresh.deprecations == () and fresh.data == raw.data and fresh.sha256 == raw.sha256
+
+
+def test_old_key_names_warn_and_build_the_same_network(tmp_path):
+    old = load_spec(write(tmp_path / "old.yaml", SPEC + "input: {crop: [65, 65]}\n"))
+    new = load_spec(write(tmp_path / "new.yaml", SPEC + "input: {size: [65, 65]}\n"))
+    assert old.resolved == new.resolved and old.architecture_sha256 == new.architecture_sha256
+    from specc.api import compile_spec
+    warnings = compile_spec(old).warnings
+    assert any(w.startswith(f"{tmp_path / 'old.yaml'}:10:9: warning: input.crop: renamed to "
+                            "input.size") for w in warnings), warnings
+    assert not any("renamed" in w for w in compile_spec(new).warnings)
+
+
+def test_old_key_names_in_bases_and_overrides(tmp_path):
+    write(tmp_path / "base.yaml", SPEC + "input: {crop: [97, 97]}\n")
+    path = write(tmp_path / "child.yaml", "extends: base.yaml\ninput: {size: [65, 65]}\n")
+    raw = load(path)
+    assert raw.data["input"] == {"size": [65, 65]}  # the child's new name overrides the base's old
+    raw = load(path, ["input.crop=[33, 33]"])
+    assert raw.data["input"] == {"size": [33, 33]}
+    assert raw.deprecations[-1].location == Location("--set input.crop=[33, 33]")
+
+
+def test_old_and_new_name_together_is_an_error(tmp_path):
+    path = write(tmp_path / "s.yaml", SPEC + "input:\n  crop: [65, 65]\n  size: [33, 33]\n")
+    with pytest.raises(SpecError) as err:
+        load(path)
+    assert str(err.value).startswith(f"{path}:11:3: input.crop: expected one of input.crop (its "
+                                     "old name) and input.size, found both")
+
+
+def test_weights_saved_under_old_key_names_keep_their_architecture_hash(tmp_path):
+    """A checkpoint or model.pt written before the renaming carries a resolved spec with the old
+    names and hashes over them; it reads as the same architecture as today's spec."""
+    from specc.artifacts import spec_info_of
+    doc = load_spec(write(tmp_path / "s.yaml", V3PLUS + "input: {size: [65, 65]}\n"))
+    old_resolved = json.loads(json.dumps(doc.resolved))
+    old_resolved["input"] = {"crop" if k == "size" else k: v for k, v in old_resolved["input"].items()}
+    old_resolved["decoder"]["output_stride"] = old_resolved["decoder"].pop("low_level_reduction")
+    stored = {"name": "m", "sha256": canonical_sha256(old_resolved),
+              "arch_sha256": "written over the old names", "resolved": old_resolved}
+    info = spec_info_of(stored)
+    assert info["resolved"] == doc.resolved
+    assert info["architecture_sha256"] == doc.architecture_sha256
+    assert info["spec_sha256"] == doc.sha256
+    assert stored["resolved"]["input"] == {k if k != "size" else "crop": v
+                                           for k, v in doc.resolved["input"].items()}  # untouched
+    from specc.api import Document
+    assert Document.from_resolved(old_resolved, tmp_path / "model.pt").resolved == doc.resolved

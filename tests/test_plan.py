@@ -98,7 +98,7 @@ def test_stages_after_lowering_name_no_block_kind(module):
 
 def test_unit_taps_name_their_layers():
     net = compile_spec(load_spec(REPO / "specs/deeplabv3plus_xception.yaml",
-                                 ["input.crop=[65, 65]"])).network
+                                 ["input.size=[65, 65]"])).network
     for unit in net.units():
         for inner in unit.taps:
             assert f"{unit.path}.{inner}" in net.graph, (unit.path, inner)
@@ -118,7 +118,7 @@ def test_build_lowers_each_spec_once_and_check_instantiates_nothing(tmp_path, mo
 
     monkeypatch.setattr(specc.compile, "instantiate", counting)
     before = Compilation.lowered
-    sets = ["--set", "input.crop=[65,65]"]
+    sets = ["--set", "input.size=[65,65]"]
     with pytest.raises(SystemExit) as done:
         main(["build", str(DEMO), "--out", str(tmp_path), *sets])
     assert done.value.code in (0, None)

@@ -65,7 +65,7 @@ def test_os16_multi_grid_124_gives_block4_rates_2_4_8():
     assert strides(s, "block2") == [1, 1, 1, 2]
     assert strides(s, "block3") == [1] * 23
     assert [u.nominal_stride for u in s.stage_units("block3")][-1] == 2
-    assert [u.output_stride for u in s.units][-1] == 16
+    assert [u.reduction for u in s.units][-1] == 16
     assert s.stem_stride == 4
 
 
@@ -77,7 +77,7 @@ def test_os8_block3_at_2_and_block4_at_4_times_multi_grid():
     # block2's strided unit is the de-strided one: stride 1 at the previous rate.
     assert strides(s, "block2") == [1, 1, 1, 1]
     assert flat_rates(s, "block2") == [1, 1, 1, 1]
-    assert {u.output_stride for u in s.units if u.stage != "block1"} == {8}
+    assert {u.reduction for u in s.units if u.stage != "block1"} == {8}
 
 
 def test_shipped_tf_specs_follow_the_paper(load):
@@ -95,7 +95,7 @@ def test_output_stride_32_has_no_dilation():
         s = derive(spec(preset, output_stride=32))
         assert all(r == 1 for u in s.units for r in u.rates), preset
         assert all(u.stride == u.nominal_stride for u in s.units), preset
-        assert s.units[-1].output_stride == 32
+        assert s.units[-1].reduction == 32
 
 
 def test_output_stride_32_keeps_multi_grid_as_unit_rates():
@@ -175,9 +175,9 @@ def test_cascade_block5_to_block7_rates(load):
 def test_cascade_without_atrous_reaches_output_stride_256():
     """v3 §3.2: without atrous convolution block7 would reach OS 256."""
     s = derive(spec(stride_placement="last", cascade=3, output_stride=256, aspp=None))
-    assert s.stage_units("block7")[-1].output_stride == 256
+    assert s.stage_units("block7")[-1].reduction == 256
     assert all(r == 1 for u in s.units for r in u.rates)
-    assert [s.stage_units(b)[-1].output_stride for b in s.stages] == [8, 16, 32, 64, 128, 256,
+    assert [s.stage_units(b)[-1].reduction for b in s.stages] == [8, 16, 32, 64, 128, 256,
                                                                       256]
 
 

@@ -70,7 +70,7 @@ def test_torchscript_round_trip(path, builds, tmp_path):
 
 def test_a_fresh_build_is_seeded_by_the_caller(load):
     """Generated modules draw their weights from torch's generator: same seed, same weights."""
-    doc = load("specs/deeplabv3plus_mobilenetv2.yaml", "input.crop=[65, 65]",
+    doc = load("specs/deeplabv3plus_mobilenetv2.yaml", "input.size=[65, 65]",
                "backbone.width_multiplier=0.25")
     torch.manual_seed(3)
     a = build(doc).module.state_dict()

@@ -113,7 +113,7 @@ def info(
     if size is not None:
         if min(size) <= 0:
             raise SpeccError(f"--size: expected positive H W, found {size[0]} {size[1]}")
-        overrides.append(f"input.crop=[{size[0]}, {size[1]}]")
+        overrides.append(f"input.size=[{size[0]}, {size[1]}]")
     comp = compile_spec(load_spec(spec, overrides))
     data = info_of(comp)
     data["atrous_branches"] = atrous_branches(comp)

@@ -37,18 +37,19 @@ def print_info(data: dict) -> None:
     """The figures of ``specc info`` (:func:`specc.analysis.info` and the advice) as tables."""
     out.print(f"[bold]{data['name']}[/bold] — {data['title']}")
     table = Table(title="Schedule", show_lines=False)
-    for col in ("stage", "unit", "type", "stride", "rates", "OS", "feature", "channels", "RF"):
+    for col in ("stage", "unit", "type", "stride", "rates", "reduction", "feature", "channels",
+                "RF"):
         table.add_column(col, justify="right" if col not in ("stage", "unit", "type") else "left")
     for r in data["schedule"]:
         stride = str(r["stride"]) if r["stride"] == r["nominal_stride"] else \
             f"{r['stride']} (was {r['nominal_stride']})"
         table.add_row(r["stage"], r["unit"], r["type"], stride,
-                      ",".join(map(str, r["rates"])), str(r["output_stride"]),
+                      ",".join(map(str, r["rates"])), str(r["reduction"]),
                       "×".join(map(str, r["feature_size"])), str(r["channels"]),
                       str(r["receptive_field"]))
     out.print(table)
     for s in data.get("stages", []):
-        out.print(f"  {s['stage']}: OS {s['output_stride']}, "
+        out.print(f"  {s['stage']}: 1/{s['reduction']}, "
                   f"{s['feature_size'][0]}×{s['feature_size'][1]}, rates {s['rates']}, "
                   f"RF {s['receptive_field']} px")
     out.print(f"input {data['input_size'][0]}×{data['input_size'][1]}, output stride "
@@ -89,7 +90,7 @@ def fmt(value: Any, attr: str = "") -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list) and attr in ("feature_size", "shape", "input_size", "crop",
-                                            "input.crop") and all(isinstance(v, int) for v in value):
+                                            "input.size") and all(isinstance(v, int) for v in value):
         return "×".join(map(str, value))
     if isinstance(value, list):
         return "[" + ", ".join(fmt(v) for v in value) + "]"

@@ -71,7 +71,7 @@ def train(
     batch_size: Annotated[int | None, typer.Option(
         help="Images per step over all processes (train.batch_size).")] = None,
     crop: Annotated[int | None, typer.Option(
-        help="Square training crop N×N (data.crop; input.crop is left as it is).")] = None,
+        help="Square training crop N×N (data.crop; input.size is left as it is).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run folder; default runs/<spec name>.")] = None,
     save_every: Annotated[int | None, typer.Option(

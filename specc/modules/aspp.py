@@ -34,7 +34,8 @@ class ImagePooling(nn.Module):
         if len(self.kernel) == 0:
             y = F.adaptive_avg_pool2d(x, 1)
         else:
-            y = F.avg_pool2d(x, [min(self.kernel[0], size[0]), min(self.kernel[1], size[1])], stride=1)
+            kernel = [min(self.kernel[0], size[0]), min(self.kernel[1], size[1])]
+            y = F.avg_pool2d(x, kernel, stride=1)
         y = self.conv(y)
         return F.interpolate(y, size=size, mode="bilinear", align_corners=self.align_corners)
 

@@ -13,8 +13,9 @@ from specc.modules.conv_bn_act import ConvBNAct
 # ---- EMITTED: everything below goes into model.py verbatim ----
 
 class Bottleneck(nn.Module):
-    """ResNet bottleneck: 1×1 → 3×3 (stride, dilation) → 1×1, plus a shortcut that is a 1×1 conv
-    when channels change, a strided subsampling when only the size does, identity otherwise."""
+    """ResNet bottleneck: 1×1 → 3×3 (stride, dilation) → 1×1, plus a shortcut that is a 1×1
+    conv when channels change, a strided subsampling when only the size does, identity
+    otherwise."""
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, *,
                  stride: int = 1, dilation: int = 1, shortcut: str = "identity", tap: int = 3,

@@ -1,4 +1,4 @@
-"""The activation helper and Conv2d → BatchNorm2d → activation, the layer every block is made of.
+"""The activation helper, and Conv2d → BatchNorm2d → activation: the layer of every block.
 
 Plain PyTorch, importable and tested as it is; `specc.emit` copies everything below the
 ``EMITTED`` line into the generated model.py (whose header has the imports above).

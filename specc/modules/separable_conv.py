@@ -21,7 +21,8 @@ class SeparableConv(nn.Module):
         super().__init__()
         self.depthwise = nn.Conv2d(in_channels, in_channels, 3, stride=stride, padding=dilation,
                                    dilation=dilation, groups=in_channels, bias=False)
-        self.bn_depthwise = nn.BatchNorm2d(in_channels, eps=eps) if depthwise_norm else nn.Identity()
+        self.bn_depthwise = (nn.BatchNorm2d(in_channels, eps=eps) if depthwise_norm
+                             else nn.Identity())
         self.act_depthwise = activation(depthwise_act if depthwise_norm else "none")
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bn_pointwise = nn.BatchNorm2d(out_channels, eps=eps)
