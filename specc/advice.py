@@ -7,11 +7,11 @@ sizes, dilation rates and strides travel with the graph's nodes.
 
 The warnings:
 
-* an ASPP branch whose 3×3 filter degenerates toward a 1×1 at the spec's crop (DeepLabv3 §3.3);
+* an ASPP branch whose 3×3 filter degenerates toward a 1×1 at the spec's input size (DeepLabv3 §3.3);
 * ASPP rates that look written for another output stride (``(12, 24, 36)`` at output stride 16,
   the confusion users report most about DeepLab ports);
-* bilinear upsampling with ``align_corners: true`` on a crop that is not of the form k·OS+1,
-  the only crops on which that mode puts feature i at input pixel OS·i.
+* bilinear upsampling with ``align_corners: true`` on an input size that is not of the form k·OS+1,
+  the only sizes on which that mode puts feature i at input pixel OS·i.
 
 A decoder tap at the wrong stride is not a warning but an error (:func:`specc.lower_heads.resolve_tap`).
 """
@@ -32,7 +32,7 @@ PAPER_RATES_OUTPUT_STRIDE = 16
 
 #: Fewer valid taps than this (of 9, on average over the feature map) and a 3×3 atrous filter is
 #: called degenerate. Why 2: the paper's own settings stay above 3.5 at the largest rate (rate 18
-#: on the 33×33 map of a 513 crop at output stride 16 keeps 3.64 taps; rate 36 on 65×65 at output
+#: on the 33×33 map of a 513 input at output stride 16 keeps 3.64 taps; rate 36 on 65×65 at output
 #: stride 8 keeps 3.58), while below 2 more than seven of the nine weights multiply padding
 #: everywhere but in a thin band, and the filter is a 1×1 plus noise — Fig. 4's right-hand end.
 MIN_VALID_TAPS = 2.0
@@ -147,7 +147,7 @@ def advise(comp: Compilation) -> list[str]:
     notes: list[tuple[str, str]] = []
     notes += _rates_for_another_output_stride(comp.doc, comp.schedule)
     notes += _degenerate_branches(comp)
-    notes += _misaligned_crop(comp)
+    notes += _misaligned_input_size(comp)
     src = comp.doc.raw.sources
     return [str(d) for d in comp.doc.raw.deprecations] + [
         f"{src.locate(key)}: warning: {key}: {message}" for key, message in notes]
@@ -208,7 +208,7 @@ def _rates_for_another_output_stride(doc: Document, schedule: Schedule) -> list[
 
 def _degenerate_branches(comp: Compilation) -> list[tuple[str, str]]:
     notes = []
-    crop = "×".join(map(str, comp.network.input.size))
+    size = "×".join(map(str, comp.network.input.size))
     schedule = comp.schedule
     for b in atrous_branches(comp):
         if not b["degenerate"]:
@@ -218,24 +218,24 @@ def _degenerate_branches(comp: Compilation) -> list[tuple[str, str]]:
                 "3×3": "is close to a 1×1 convolution"}.get(
                     b["effective_kernel"], f"acts as a {b['effective_kernel']} filter")
         notes.append((b["spec_key"],
-                      f"rate {b['rate']} on the {h}×{w} feature map (crop {crop}, output stride "
+                      f"rate {b['rate']} on the {h}×{w} feature map (input size {size}, output stride "
                       f"{schedule.output_stride}): on average only {b['valid_taps']:.2f} of the 9 "
                       f"taps land inside the map and {b['center_only']:.0%} of positions see only "
                       f"the centre tap, so the 3×3 filter {acts} (DeepLabv3 §3.3, Fig. 4). "
-                      f"Use a rate below {max(1, min(h, w) // 2)} here, a larger crop, or rely on "
+                      f"Use a rate below {max(1, min(h, w) // 2)} here, a larger input.size, or rely on "
                       "image pooling for global context"))
     return notes
 
 
-def _crops(size: int, os_: int) -> str:
+def _aligned_sizes(size: int, os_: int) -> str:
     lo = (size - 1) // os_ * os_ + 1
     hi = lo + os_
     return f"{lo} or {hi}" if lo >= os_ + 1 else f"{hi}"
 
 
-def _misaligned_crop(comp: Compilation) -> list[tuple[str, str]]:
+def _misaligned_input_size(comp: Compilation) -> list[tuple[str, str]]:
     """Bilinear align_corners=True upsampling maps corner to corner; feature i lands on input
-    pixel OS·i only when (out − 1) = ratio·(in − 1) on both axes, i.e. crops of the form k·OS+1."""
+    pixel OS·i only when (out − 1) = ratio·(in − 1) on both axes, i.e. input sizes of the form k·OS+1."""
     notes: list[tuple[str, str]] = []
     keys_done: set[str] = set()
     g = comp.graph
@@ -259,11 +259,11 @@ def _misaligned_crop(comp: Compilation) -> list[tuple[str, str]]:
             continue
         keys_done.add(key)
         scale = (ho - 1) / (hi - 1) if hi > 1 else float("inf")
-        fix = " × ".join(dict.fromkeys([_crops(h, os_), _crops(w, os_)]))
+        fix = " × ".join(dict.fromkeys([_aligned_sizes(h, os_), _aligned_sizes(w, os_)]))
         notes.append((key,
                       f"bilinear upsampling with align_corners: true stretches the {hi}×{wi} map "
                       f"(1/{src['reduction']} of the input) corner to corner onto {ho}×{wo}, putting "
-                      f"feature i at pixel {scale:.2f}·i instead of {ratio}·i; the crop "
+                      f"feature i at pixel {scale:.2f}·i instead of {ratio}·i; the input size "
                       f"{h}×{w} is not of the form k·{os_}+1 that this mode assumes (the TF "
-                      f"code's 513 = 32·16+1). Use a crop of {fix}, or align_corners: false"))
+                      f"code's 513 = 32·16+1). Use input.size {fix}, or align_corners: false"))
     return notes

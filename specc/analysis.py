@@ -45,7 +45,7 @@ def totals(g: nx.DiGraph) -> tuple[int, int]:
 
 
 def schedule_rows(comp: Compilation) -> list[dict[str, Any]]:
-    """Per unit: stride, dilation rates, reduction, feature size at the crop, channels."""
+    """Per unit: stride, dilation rates, reduction, feature size at the input size, channels."""
     g = comp.graph
     units = {u.path: u for u in comp.network.units()}
     rows = []

@@ -207,7 +207,7 @@ class ASPP(Head):
         pool_kernel = None
         ip = aspp.image_pooling
         if ip.enabled:
-            if ip.kernel == "fixed":  # the feature map at the crop (TF: image_pooling_crop_size)
+            if ip.kernel == "fixed":  # the feature map at input.size (TF: image_pooling_crop_size)
                 pool_kernel = (feats.h, feats.w)
             pooled = lg.global_pool("aspp.pool", feats, kernel=pool_kernel, mode=ip.kernel,
                                     spec_key="aspp.image_pooling")

@@ -209,7 +209,7 @@ class ImagePoolingSpec(Base):
     enabled: bool = Field(True, description="The image-level feature branch (DeepLabv3 §3.3).")
     kernel: Literal["fixed", "adaptive"] = Field(
         "fixed", description="'fixed': average-pool with the kernel of the feature map at the "
-        "crop (TF code; clamped to smaller maps); 'adaptive': global pooling at any size.")
+        "input.size (TF code; clamped to smaller maps); 'adaptive': global pooling at any size.")
     align_corners: bool = Field(True, description="Bilinear upsampling of the pooled feature.")
 
 

@@ -143,7 +143,7 @@ def test_atrous_branches_of_the_paper_model():
         assert b["degenerate"] is False
 
 
-def test_atrous_branches_follow_output_stride_and_crop():
+def test_atrous_branches_follow_output_stride_and_input_size():
     doc = load_spec(V3, ["backbone.output_stride=8"])
     branches = atrous_branches(compile_spec(doc))
     assert [(b["rate"], b["feature_size"]) for b in branches] == [
@@ -263,7 +263,7 @@ def test_degenerate_when_rate_reaches_one_side():
     assert "3×1 filter" in note
 
 
-def test_misaligned_crop_with_align_corners():
+def test_misaligned_input_size_with_align_corners():
     notes = warnings_for(V3, "input.size=[512, 512]")
     note = notes["output.upsample.align_corners"]
     assert "k·16+1" in note and "497 or 513" in note

@@ -82,7 +82,7 @@ class Bottleneck(nn.Module):
 class ImagePooling(nn.Module):
     """Image-level features (DeepLabv3 §3.3): average pooling → 1×1 conv → BN → ReLU →
     bilinear upsampling. An empty ``kernel`` pools globally; a fixed kernel (the feature map at
-    the training crop, as in the TF code) is clamped to smaller maps."""
+    the spec's input size, as in the TF code) is clamped to smaller maps."""
 
     kernel: List[int]
 

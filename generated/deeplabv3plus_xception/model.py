@@ -110,7 +110,7 @@ class XceptionUnit(nn.Module):
 class ImagePooling(nn.Module):
     """Image-level features (DeepLabv3 §3.3): average pooling → 1×1 conv → BN → ReLU →
     bilinear upsampling. An empty ``kernel`` pools globally; a fixed kernel (the feature map at
-    the training crop, as in the TF code) is clamped to smaller maps."""
+    the spec's input size, as in the TF code) is clamped to smaller maps."""
 
     kernel: List[int]
 

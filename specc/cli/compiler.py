@@ -105,7 +105,7 @@ def info(
     spec: Annotated[Path, typer.Argument(help="Spec file.")],
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     size: Annotated[tuple[int, int] | None, typer.Option(
-        help="Input size H W for feature sizes and multiply-adds (default: the crop).")] = None,
+        help="Input size H W for feature sizes and multiply-adds (default: input.size).")] = None,
     set_: SetOpt = None,
 ) -> None:
     """The schedule table, ASPP rates, parameters, multiply-adds and receptive field."""

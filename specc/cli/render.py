@@ -134,7 +134,7 @@ def _unit_runs(units: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 
 _LABELS = {"input_size": "input size", "output_stride": "output stride",
            "aspp_rates": "ASPP rates (effective)", "receptive_field": "receptive field (px)",
-           "feature_size": "feature at crop", "nominal_stride": "nominal stride",
+           "feature_size": "feature at input size", "nominal_stride": "nominal stride",
            "rates": "dilation rates"}
 
 
