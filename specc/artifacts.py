@@ -27,6 +27,7 @@ The spec information recorded with weights (checkpoint ``spec.json``, inside ``m
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import warnings
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from specc.errors import SpeccError, WeightsError
-from specc.fsutil import atomic_write
+from specc.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -286,7 +287,14 @@ def script_module(module: nn.Module) -> torch.jit.ScriptModule:
 
 def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Path:
     """Write ``module`` as a TorchScript ``model.pt``, atomically, scripted in eval mode (its own
-    mode is restored), with the spec information of ``doc`` inside. Returns ``path``."""
+    mode is restored), with the spec information of ``doc`` inside. Returns ``path``.
+
+    The archive is made in memory and written by Python: torch's own file writer aborts the
+    whole process when a write fails (a full disk), where Python raises an ``OSError``.
+
+    Raises:
+        OSError: the file cannot be written (the target is left as it was).
+    """
     import torch
 
     was_training = module.training
@@ -297,12 +305,11 @@ def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Pat
         module.train(was_training)
     extra = {EXTRA_SPEC: json.dumps(spec_info(doc), sort_keys=True)}
 
-    def save(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
-            torch.jit.save(scripted, str(tmp), _extra_files=extra)
-
-    return atomic_write(path, save)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
+        torch.jit.save(scripted, buffer, _extra_files=extra)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any] | None]:

@@ -13,7 +13,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -270,6 +274,34 @@ def test_a_failed_write_leaves_the_old_build(cli, variants, tmp_path: Path, monk
     assert result.err.splitlines()[-1] == (
         f"error: {folder}: cannot write the build ({os.strerror(code)}); the previous build, if "
         "any, is unchanged")
+    assert snapshot(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+
+
+def _file_size_limit(limit: int):
+    """For a child process: writes past ``limit`` bytes fail (EFBIG), as on a full disk."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_disk_that_fills_up_while_writing_model_pt(variants, tmp_path: Path) -> None:
+    """The real command, with real failing writes: model.py and manifest.json fit under the
+    limit, model.pt does not. torch's own writer would abort the process here."""
+    folder = copy_build(variants, "a", tmp_path)
+    before = snapshot(folder)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "specc", "build", str(DEMO), *sets(OTHER), "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=_file_size_limit(200_000))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: {folder}: cannot write the build ({os.strerror(errno.EFBIG)}); the previous "
+        "build, if any, is unchanged")
     assert snapshot(folder) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
 
