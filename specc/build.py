@@ -39,6 +39,8 @@ from specc.fsutil import fsync_dir
 
 #: The files specc writes into a build folder; nothing else may be in one it replaces.
 BUILD_FILES = (SOURCE, MANIFEST, TORCHSCRIPT)
+#: What may go with a replaced build besides: Python's bytecode of an imported model.py.
+DISPOSABLE = ("__pycache__",)
 
 
 def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
@@ -119,7 +121,8 @@ def _check_replaceable(folder: Path) -> None:
         raise SpeccError(f"{folder}: expected a build folder, found a "
                          f"{'link' if folder.is_symlink() else 'file'}; move it away or build "
                          "into another --out")
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in BUILD_FILES)
+    foreign = sorted(p.name for p in folder.iterdir()
+                     if p.name not in BUILD_FILES and p.name not in DISPOSABLE)
     if foreign:
         raise SpeccError(f"{folder}: holds files specc did not write ({', '.join(foreign[:5])}"
                          f"{', …' if len(foreign) > 5 else ''}); a build replaces the whole "

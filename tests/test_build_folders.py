@@ -74,7 +74,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_a_rebuild_replaces_the_whole_folder(variants, tmp_path: Path) -> None:
     folder = copy_build(variants, "a", tmp_path)
+    (folder / "__pycache__").mkdir()  # model.py was imported: its bytecode goes with it
     build_to(variants["b"], tmp_path)  # type: ignore[arg-type]
+    assert not (folder / "__pycache__").exists()
     hashes = check_build_folder(folder)
     assert set(hashes.values()) == {variants["b"].doc.sha256}  # type: ignore[attr-defined]
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]  # no temp sibling, no lock
