@@ -279,6 +279,10 @@ def script_module(module: nn.Module) -> torch.jit.ScriptModule:
     """TorchScript of a generated model (``torch.jit.script``; works on CPU and CUDA)."""
     import torch
 
+    from specc.compile import keep_source
+
+    keep_source(module)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
