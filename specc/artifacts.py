@@ -2,18 +2,22 @@
 
 Any weights source opens with :func:`read_weights` into a :class:`Weights`:
 
-* a run folder (``RUN_DIR/checkpoint/model.safetensors``, else ``RUN_DIR/model.pt``) or a
-  checkpoint folder (``model.safetensors``);
+* a run folder (``RUN_DIR/checkpoint/model.safetensors``) or a checkpoint folder
+  (``model.safetensors``);
 * a ``.safetensors`` file — ours (``specc.*`` metadata: what it holds and for which spec) or
   anyone's;
 * a ``torch.save``'d state dict ``.pt``/``.pth`` (read with ``weights_only=True``; a dict under
   ``state_dict`` or ``model`` is unwrapped);
-* a TorchScript ``model.pt`` (from ``specc build`` or ``specc train``).
+* a TorchScript ``model.pt`` (from ``specc build`` or ``specc train``), only when the user names
+  the file: TorchScript is a program and runs its own code, so a folder never falls back to it.
 
 :func:`load_weights` copies them into a model after checking every name and shape, and lists what
 does not fit (missing, unexpected, of the wrong shape) in one format. :func:`write_torchscript` is
 the only writer of ``model.pt``: the model scripted in eval mode, with the resolved spec and its
 hashes inside (``specc/spec.json``), so the file alone says how to normalize its input.
+
+A build folder (``model.py``, ``manifest.json``, ``model.pt``) is read only when its files agree
+on the spec they were built from (:func:`check_build_folder`).
 
 The spec information recorded with weights (checkpoint ``spec.json``, inside ``model.pt``) is
 ``{"name", "spec_sha256", "architecture_sha256", "resolved"}``, the key names of
@@ -24,7 +28,9 @@ The spec information recorded with weights (checkpoint ``spec.json``, inside ``m
 from __future__ import annotations
 
 import copy
+import io
 import json
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -33,9 +39,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from specc.api import architecture_sha256
-from specc.errors import SpecError, WeightsError
-from specc.fsutil import atomic_write
-from specc.load import canonical_sha256, upgrade
+from specc.errors import SpeccError, SpecError, WeightsError
+from specc.fsutil import atomic_write_bytes
+from specc.load import RawSpec, SourceMap, canonical_sha256, upgrade
+from specc.validate import validate
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +55,8 @@ LINK = "checkpoint"  # RUN_DIR/checkpoint: the pointer to the last good checkpoi
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
 TORCHSCRIPT = "model.pt"
+#: The other files of a build folder (``specc build``).
+SOURCE, MANIFEST = "model.py", "manifest.json"
 #: The spec information stored inside model.pt (a torch.jit extra file).
 EXTRA_SPEC = "specc/spec.json"
 
@@ -105,8 +114,14 @@ def spec_info_of(info: Mapping[str, Any]) -> dict[str, Any]:
         except SpecError:
             renamed = []
         if renamed:
-            out.update(resolved=resolved, spec_sha256=canonical_sha256(resolved),
-                       architecture_sha256=architecture_sha256(resolved))
+            # A hash that matched the old names is replaced by the renamed spec's; one that did
+            # not match stays as it was, so a damaged file still fails its check.
+            old = out["resolved"]
+            if out.get("spec_sha256") == canonical_sha256(old):
+                out["spec_sha256"] = canonical_sha256(resolved)
+            if out.get("architecture_sha256") == architecture_sha256(old):
+                out["architecture_sha256"] = architecture_sha256(resolved)
+            out["resolved"] = resolved
     return out
 
 
@@ -125,16 +140,23 @@ def _read_spec_json(path: Path) -> dict[str, Any] | None:
 def find_weights(path: str | Path) -> Path:
     """The weights file ``path`` designates: a run folder, a checkpoint folder or a file.
 
+    A folder is never read through its ``model.pt``: TorchScript runs its own code, so it is
+    loaded only when the user names the file.
+
     Raises:
         WeightsError: nothing usable at ``path``.
     """
     path = Path(path)
     if path.is_dir():
-        for candidate in (path / LINK / WEIGHTS, path / WEIGHTS, path / TORCHSCRIPT):
+        for candidate in (path / LINK / WEIGHTS, path / WEIGHTS):
             if candidate.is_file():
                 return candidate
+        hint = ""
+        if (path / TORCHSCRIPT).is_file():
+            hint = (f"; it holds {TORCHSCRIPT}, a TorchScript program that runs its own code: "
+                    f"name the file ({path / TORCHSCRIPT}) if you trust it")
         raise WeightsError(
-            f"{path}: no weights found (expected {LINK}/{WEIGHTS}, {WEIGHTS} or {TORCHSCRIPT})")
+            f"{path}: no weights found (expected {LINK}/{WEIGHTS} or {WEIGHTS}){hint}")
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file or folder")
     return path
@@ -282,6 +304,10 @@ def script_module(module: nn.Module) -> torch.jit.ScriptModule:
     """TorchScript of a generated model (``torch.jit.script``; works on CPU and CUDA)."""
     import torch
 
+    from specc.compile import keep_source
+
+    keep_source(module)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -290,7 +316,14 @@ def script_module(module: nn.Module) -> torch.jit.ScriptModule:
 
 def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Path:
     """Write ``module`` as a TorchScript ``model.pt``, atomically, scripted in eval mode (its own
-    mode is restored), with the spec information of ``doc`` inside. Returns ``path``."""
+    mode is restored), with the spec information of ``doc`` inside. Returns ``path``.
+
+    The archive is made in memory and written by Python: torch's own file writer aborts the
+    whole process when a write fails (a full disk), where Python raises an ``OSError``.
+
+    Raises:
+        OSError: the file cannot be written (the target is left as it was).
+    """
     import torch
 
     was_training = module.training
@@ -301,35 +334,150 @@ def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Pat
         module.train(was_training)
     extra = {EXTRA_SPEC: json.dumps(spec_info(doc), sort_keys=True)}
 
-    def save(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
-            torch.jit.save(scripted, str(tmp), _extra_files=extra)
-
-    return atomic_write(path, save)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
+        torch.jit.save(scripted, buffer, _extra_files=extra)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any] | None]:
     """A TorchScript model (on the CPU) and the spec information inside it (None when the file
-    was not written by specc).
+    was not written by specc). A ``model.pt`` in a build folder must agree with the folder's
+    other files (:func:`check_build_folder`).
 
     Raises:
-        WeightsError: the file is missing or not TorchScript.
+        WeightsError: the file is missing or not TorchScript, or the spec inside is malformed.
+        SpeccError: a build folder whose files come from different specs.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
-    extra = {EXTRA_SPEC: ""}
+    if path.name == TORCHSCRIPT and (path.parent / MANIFEST).is_file():
+        check_build_folder(path.parent)
+    embedded = archive_spec_info(path)  # before any of the archive's code runs
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # torch raises RuntimeError, ValueError, ... for a bad archive
         raise WeightsError(f"{path}: not a TorchScript model ({err})") from None
+    return module, embedded
+
+
+# -- the spec inside model.pt, build folders -------------------------------------------------------
+
+
+def archive_spec_info(path: str | Path) -> dict[str, Any] | None:
+    """The spec information inside a ``model.pt`` (``specc/spec.json``), read from the zip
+    without loading the program; None when the archive has none (not written by specc).
+
+    Raises:
+        WeightsError: the file is not a TorchScript archive, or the spec inside is malformed.
+    """
+    path = Path(path)
     try:
-        info = spec_info_of(json.loads(extra[EXTRA_SPEC])) if extra[EXTRA_SPEC] else None
-    except (ValueError, AttributeError):
-        info = None
-    return module, info
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.partition("/")[2] == f"extra/{EXTRA_SPEC}"]
+            text = archive.read(names[0]) if names else None
+    except (zipfile.BadZipFile, OSError, RuntimeError) as err:
+        raise WeightsError(f"{path}: not a TorchScript model ({err})") from None
+    return None if text is None else parse_spec_info(text, f"{path} ({EXTRA_SPEC})")
+
+
+#: What each spec-information key must hold.
+_INFO_TYPES = {"name": str, "spec_sha256": str, "architecture_sha256": str, "resolved": dict}
+
+
+def parse_spec_info(text: bytes | str, where: str) -> dict[str, Any]:
+    """Spec information (see :func:`spec_info`) from JSON text, checked: the four keys with their
+    types, a resolved spec that is valid for this specc and matches its own ``spec_sha256``.
+
+    Raises:
+        WeightsError: naming ``where``, what was expected and what was found.
+    """
+    try:
+        info = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{where}: expected the spec as JSON, found text that is not JSON "
+                           f"({err})") from None
+    if not isinstance(info, dict):
+        raise WeightsError(f"{where}: expected a JSON object, found {type(info).__name__}")
+    info = spec_info_of(info)
+    for key, kind in _INFO_TYPES.items():
+        if not isinstance(info.get(key), kind):
+            found = "nothing" if key not in info else type(info[key]).__name__
+            raise WeightsError(f"{where}: {key}: expected a {kind.__name__}, found {found}")
+    _validate_resolved(info["resolved"], where)
+    if canonical_sha256(info["resolved"]) != info["spec_sha256"]:
+        raise WeightsError(f"{where}: the spec does not match its own spec_sha256 (the file was "
+                           "altered or damaged)")
+    if architecture_sha256(info["resolved"]) != info["architecture_sha256"]:
+        raise WeightsError(f"{where}: the spec does not match its own architecture_sha256 (the "
+                           "file was altered or damaged)")
+    return info
+
+
+def _validate_resolved(resolved: dict[str, Any], where: str) -> None:
+    """Check a stored resolved spec against the spec language; errors name ``where``."""
+    raw = RawSpec(data=resolved, sources=SourceMap(where), path=Path(where), sha256="",
+                  files=())
+    try:
+        validate(raw)
+    except SpeccError as err:
+        raise WeightsError(f"{where}: the spec is not valid for this specc:\n{err}") from None
+
+
+#: The spec hash in the header of a generated model.py.
+_SOURCE_SHA = re.compile(r"sha256[\s#:]*([0-9a-f]{64})")
+
+
+def build_folder_hashes(folder: str | Path) -> dict[str, str]:
+    """The spec hash each file of a build folder says it was built from (files present only):
+    ``model.py``'s header, ``manifest.json``'s and ``model.pt``'s ``spec_sha256``.
+
+    Raises:
+        SpeccError: a file that cannot be read or holds no hash.
+    """
+    folder = Path(folder)
+    hashes: dict[str, str] = {}
+    try:
+        if (folder / SOURCE).is_file():
+            with open(folder / SOURCE, encoding="utf-8", errors="replace") as f:
+                match = _SOURCE_SHA.search(f.read(2000))
+            if match is None:
+                raise SpeccError(f"{folder / SOURCE}: not generated by specc (no spec sha256 in "
+                                 "its header)")
+            hashes[SOURCE] = match.group(1)
+        if (folder / MANIFEST).is_file():
+            man = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            sha = man.get("spec_sha256") if isinstance(man, dict) else None
+            if not isinstance(sha, str):
+                raise SpeccError(f"{folder / MANIFEST}: not a specc manifest (no spec_sha256)")
+            hashes[MANIFEST] = sha
+    except (OSError, ValueError) as err:
+        raise SpeccError(f"{folder}: cannot read the build ({err})") from None
+    if (folder / TORCHSCRIPT).is_file():
+        info = archive_spec_info(folder / TORCHSCRIPT)
+        if info is None:
+            raise SpeccError(f"{folder / TORCHSCRIPT}: not written by specc (no {EXTRA_SPEC} "
+                             "inside)")
+        hashes[TORCHSCRIPT] = info["spec_sha256"]
+    return hashes
+
+
+def check_build_folder(folder: str | Path) -> dict[str, str]:
+    """Check that the files of a build folder were built from one spec; returns their hashes.
+
+    Raises:
+        SpeccError: the files disagree (an interrupted build, or two builds at once, from
+        before builds were all-or-nothing), naming each file and its hash.
+    """
+    hashes = build_folder_hashes(folder)
+    if len(set(hashes.values())) > 1:
+        listed = ", ".join(f"{name} {sha[:12]}" for name, sha in hashes.items())
+        raise SpeccError(f"{folder}: the build's files come from different specs (spec_sha256: "
+                         f"{listed}); rebuild it with specc build")
+    return hashes

@@ -2,45 +2,221 @@
 
 ``model.pt`` is written by :func:`specc.artifacts.write_torchscript`, with the resolved spec and
 its hashes inside, like the ``model.pt`` of a training run.
+
+A build folder is all or nothing: every file is written into a temporary sibling
+(``.<name>.tmp-XXXXXXXX``), which then takes the folder's place in one rename (an atomic exchange
+where the OS has one, ``renameat2(RENAME_EXCHANGE)`` on Linux). Builds into the same folder take
+turns through a lock file beside it (``.<name>.lock``, ``flock``: the OS releases it when a
+process dies). A ``kill -9`` at any moment leaves the old build or the new one, never a mixture;
+what a killed build leaves behind (its temporary sibling) is removed by the next build.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from specc.api import Compilation, manifest_json
-from specc.artifacts import TORCHSCRIPT, load_weights, read_weights, write_torchscript
-from specc.fsutil import atomic_write_text
+from specc.artifacts import (
+    MANIFEST,
+    SOURCE,
+    TORCHSCRIPT,
+    check_build_folder,
+    load_weights,
+    read_weights,
+    write_torchscript,
+)
+from specc.errors import SpeccError
+from specc.fsutil import fsync_dir
+
+#: The files specc writes into a build folder; nothing else may be in one it replaces.
+BUILD_FILES = (SOURCE, MANIFEST, TORCHSCRIPT)
+#: What may go with a replaced build besides: Python's bytecode of an imported model.py.
+DISPOSABLE = ("__pycache__",)
 
 
 def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
              check: bool = False) -> list[str]:
-    """Build one compiled spec into ``out_dir/<name>/``.
+    """Build one compiled spec into ``out_dir/<name>/``, all at once.
 
     ``weights`` is any source :func:`specc.artifacts.read_weights` opens, holding every tensor.
     Returns the files written, or with ``check=True`` the files that differ from what would be
     written (nothing is written then, and no model is instantiated; model.pt is not compared, it
-    is not kept in git).
+    is not kept in git, but it must agree with the folder's other files).
 
     Raises:
         WeightsError: weights that do not fit.
+        SpeccError: the folder's files disagree with each other (``check``), the folder holds
+        files specc did not write, or it cannot be written (naming the path and the OS error).
     """
     folder = out_dir / comp.spec.name
-    files = {"model.py": comp.source, "manifest.json": manifest_json(comp.manifest)}
+    files = {SOURCE: comp.source, MANIFEST: manifest_json(comp.manifest)}
     if check:
-        differs = []
-        for name, text in files.items():
-            target = folder / name
-            if not target.is_file() or target.read_text(encoding="utf-8") != text:
-                differs.append(str(target))
-        return differs
+        return _differing(folder, files)
     module = comp.module
     if weights is not None:
         load_weights(module, read_weights(weights))  # refuses a backbone-only file
-    written = []
+    staging = out_dir / f".{folder.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        _check_out_dir(out_dir)
+        with _locked(out_dir / f".{folder.name}.lock"):
+            _clean_leftovers(folder)
+            _check_replaceable(folder)
+            staging.mkdir()  # the umask's mode, as a plain mkdir would give the build folder
+            try:
+                for name, text in files.items():
+                    _write_text(staging / name, text)
+                # the spec inside: predict normalizes
+                write_torchscript(module, staging / TORCHSCRIPT, comp.doc)
+                fsync_dir(staging)
+                _swap_in(staging, folder)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        where = err.filename if err.filename and staging.name not in str(err.filename) \
+            else folder  # the staging folder's name would mean nothing to the user
+        raise SpeccError(f"{where}: cannot write the build ({err.strerror or err}); the "
+                         "previous build, if any, is unchanged") from None
+    return [str(folder / name) for name in BUILD_FILES]
+
+
+def _differing(folder: Path, files: dict[str, str]) -> list[str]:
+    """The files of ``folder`` that differ from ``files`` (after checking the folder agrees with
+    itself)."""
+    if folder.is_dir():
+        check_build_folder(folder)
+    differs = []
     for name, text in files.items():
-        atomic_write_text(folder / name, text)
-        written.append(str(folder / name))
-    write_torchscript(module, folder / TORCHSCRIPT, comp.doc)  # the spec inside: predict normalizes
-    written.append(str(folder / TORCHSCRIPT))
-    return written
+        target = folder / name
+        try:
+            same = target.is_file() and target.read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            differs.append(str(target))
+    return differs
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed; a file in its place is an error."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpeccError(f"--out {out_dir}: expected a folder, found a file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace anything that is not a build folder of specc's own files."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise SpeccError(f"{folder}: expected a build folder, found a "
+                         f"{'link' if folder.is_symlink() else 'file'}; move it away or build "
+                         "into another --out")
+    foreign = sorted(p.name for p in folder.iterdir()
+                     if p.name not in BUILD_FILES and p.name not in DISPOSABLE)
+    if foreign:
+        raise SpeccError(f"{folder}: holds files specc did not write ({', '.join(foreign[:5])}"
+                         f"{', …' if len(foreign) > 5 else ''}); a build replaces the whole "
+                         "folder, so move them away or build into another --out")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write and fsync one file of a build (the folder is renamed into place afterwards)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- swapping the folder in ---------------------------------------------------------------------
+
+
+def _leftover_pattern(name: str) -> re.Pattern[str]:
+    """Exactly the temporary siblings specc makes for ``name`` (8 random hex digits)."""
+    return re.compile(rf"\.{re.escape(name)}\.(tmp-[0-9a-f]{{8}}|old)")
+
+
+def _clean_leftovers(folder: Path) -> None:
+    """Remove what a killed build of ``folder`` left (called with the lock held, so no build is
+    running): its temporary sibling; an old build moved aside goes back if the folder is gone."""
+    old = folder.with_name(f".{folder.name}.old")
+    if old.is_dir() and not folder.exists():
+        os.rename(old, folder)
+    pattern = _leftover_pattern(folder.name)
+    for entry in folder.parent.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Put the complete folder ``new`` at ``folder``: a rename, or an atomic exchange with the
+    old build (then removed). Without an exchange, the old build is renamed aside first
+    (``.<name>.old``) and restored by the next build if a kill falls between the renames."""
+    if not folder.exists():
+        os.rename(new, folder)
+    elif _exchange(new, folder):
+        shutil.rmtree(new)  # it holds the old build now
+    else:
+        old = folder.with_name(f".{folder.name}.old")
+        os.rename(folder, old)
+        os.rename(new, folder)
+        shutil.rmtree(old)
+    fsync_dir(folder.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where the
+    OS or file system has no such call."""
+    rename_exchange, at_fdcwd = 2, -100
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (waiting for another build to finish).
+
+    ``flock`` is released by the OS when its holder dies, so a killed build never blocks the
+    next. The file is removed on release; a waiter that locked a file already removed retries
+    on the new one.
+    """
+    import fcntl
+
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino,
+                                                                          held.st_dev):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)

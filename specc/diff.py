@@ -18,6 +18,7 @@ import networkx as nx
 from pydantic import ValidationError
 
 from specc.api import Compilation, Document, compile_spec, load_spec
+from specc.artifacts import MANIFEST, check_build_folder
 from specc.errors import SpeccError
 from specc.graph import ordered_nodes
 from specc.load import format_path
@@ -57,7 +58,8 @@ def load_side(path: Path, overrides: list[str], which: str) -> Side:
 
     Raises:
         SpecError: the spec is invalid. SpeccError: a folder without manifest.json, an unreadable
-        manifest, or overrides given for a built folder.
+        manifest, a build whose files come from different specs, or overrides given for a built
+        folder.
     """
     manifest_path = None
     if path.is_dir():
@@ -74,6 +76,8 @@ def load_side(path: Path, overrides: list[str], which: str) -> Side:
     if overrides:
         raise SpeccError(f"--set-{which}: overrides apply to spec files; {path} is a build "
                          "(give the spec file instead)")
+    if manifest_path.name == MANIFEST:
+        check_build_folder(manifest_path.parent)  # model.py, model.pt from the same spec
     return _side_from_manifest(manifest_path)
 
 

@@ -5,10 +5,13 @@ A reader (or a crash, even ``kill -9``) sees the old file or the complete new on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from specc.errors import SpeccError
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -48,3 +51,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a UTF-8 text file atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def os_error(err: OSError, path: str | Path, what: str) -> SpeccError:
+    """One clear message for an OS error while writing: the path it hit, what could not be
+    done and the system's reason (``No space left on device``, ``Permission denied``, ...)."""
+    where = err.filename if err.filename else path
+    return SpeccError(f"{where}: {what} ({err.strerror or err})")
+
+
+@contextlib.contextmanager
+def reporting_os_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Turn an :class:`OSError` raised inside into :func:`os_error`'s :class:`SpeccError`."""
+    try:
+        yield
+    except OSError as err:
+        raise os_error(err, path, what) from None

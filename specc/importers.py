@@ -246,7 +246,7 @@ def save_imported(imported: Imported, out: Path, *, metadata: dict[str, str]) ->
     """Write the tensors to ``out`` (``.safetensors``) atomically, with specc's metadata."""
     from safetensors.torch import save
 
-    from specc.fsutil import atomic_write_bytes
+    from specc.fsutil import atomic_write_bytes, reporting_os_errors
 
     meta = {"specc.contents": BACKBONE if imported.backbone_only else FULL,
             "specc.source_kind": imported.kind, **metadata}
@@ -257,7 +257,8 @@ def save_imported(imported: Imported, out: Path, *, metadata: dict[str, str]) ->
         ptr = v.untyped_storage().data_ptr()
         tensors[k] = v.clone() if ptr in storages else v  # safetensors refuses shared storage
         storages.add(ptr)
-    atomic_write_bytes(out, save(tensors, metadata=meta))
+    with reporting_os_errors(out, "cannot write the imported weights"):
+        atomic_write_bytes(out, save(tensors, metadata=meta))
 
 
 # -- file in, file out ----------------------------------------------------------------------------

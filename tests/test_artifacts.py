@@ -80,8 +80,6 @@ def test_every_source_opens_to_the_same_state_dict(doc, trained, tmp_path: Path)
     run = tmp_path / "run"
     folder = ckpt.save_checkpoint(run, weights=expected, state={"iteration": 7}, spec_info=info)
     write_torchscript(trained, run / "model.pt", doc)
-    only_script = tmp_path / "scripted_run"
-    write_torchscript(trained, only_script / "model.pt", doc)
     save_file(expected, str(tmp_path / "foreign.safetensors"))
     save_file({k: v for k, v in expected.items() if k.startswith("backbone.")},
               str(tmp_path / "backbone.safetensors"),
@@ -96,7 +94,6 @@ def test_every_source_opens_to_the_same_state_dict(doc, trained, tmp_path: Path)
         folder: (folder / "model.safetensors", FULL, True),
         folder / "model.safetensors": (folder / "model.safetensors", FULL, True),
         run / "model.pt": (run / "model.pt", FULL, True),
-        only_script: (only_script / "model.pt", FULL, True),
         tmp_path / "foreign.safetensors": (tmp_path / "foreign.safetensors", None, False),
         tmp_path / "plain.pt": (tmp_path / "plain.pt", None, False),
         tmp_path / "lightning.pth": (tmp_path / "lightning.pth", None, False),
@@ -134,7 +131,7 @@ def _write(name: str, payload: object):
 @pytest.mark.parametrize(("make", "message"), [
     (lambda folder: folder, "no such weights file or folder"),
     (lambda folder: folder.mkdir() or folder,
-     "no weights found (expected checkpoint/model.safetensors, model.safetensors or model.pt)"),
+     "no weights found (expected checkpoint/model.safetensors or model.safetensors)"),
     (_write("w.safetensors", b"junk"), "not a readable safetensors file"),
     (_write("w.pt", b"junk"), "not a readable PyTorch state dict"),
     (_write("w.pt", [1, 2]), "expected a state dict (names → tensors), found list"),

@@ -241,8 +241,9 @@ def test_weights_saved_under_old_key_names_keep_their_architecture_hash(tmp_path
     old_resolved = json.loads(json.dumps(doc.resolved))
     old_resolved["input"] = {"crop" if k == "size" else k: v for k, v in old_resolved["input"].items()}
     old_resolved["decoder"]["output_stride"] = old_resolved["decoder"].pop("low_level_reduction")
+    from specc.api import architecture_sha256
     stored = {"name": "m", "sha256": canonical_sha256(old_resolved),
-              "arch_sha256": "written over the old names", "resolved": old_resolved}
+              "arch_sha256": architecture_sha256(old_resolved), "resolved": old_resolved}
     info = spec_info_of(stored)
     assert info["resolved"] == doc.resolved
     assert info["architecture_sha256"] == doc.architecture_sha256
@@ -251,3 +252,5 @@ def test_weights_saved_under_old_key_names_keep_their_architecture_hash(tmp_path
                                            for k, v in doc.resolved["input"].items()}  # untouched
     from specc.api import Document
     assert Document.from_resolved(old_resolved, tmp_path / "model.pt").resolved == doc.resolved
+    damaged = spec_info_of({**stored, "sha256": "0" * 64})
+    assert damaged["spec_sha256"] == "0" * 64  # a hash that did not match stays wrong

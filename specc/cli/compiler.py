@@ -25,7 +25,7 @@ from specc.build import build_to
 from specc.cli import render
 from specc.diff import compare, load_side
 from specc.errors import SpeccError
-from specc.fsutil import atomic_write_bytes
+from specc.fsutil import atomic_write_bytes, reporting_os_errors
 from specc.graphviz import collapsed, layers, render_dot, render_matplotlib, to_dot
 from specc.importers import import_weights
 from specc.spec import json_schema
@@ -240,5 +240,6 @@ def graph(
     if out is None:
         sys.stdout.write(data.decode())
         return
-    atomic_write_bytes(out, data)
+    with reporting_os_errors(out, "cannot write the graph"):
+        atomic_write_bytes(out, data)
     print(f"wrote {out} ({len(drawn.nodes)} nodes)", file=sys.stderr)
