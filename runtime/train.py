@@ -294,9 +294,13 @@ def _check_run(run_dir: Path, resume: bool, batch_size: int, ctx: distributed.Co
     """The checkpoint to resume from, if any. A new run never overwrites a checkpoint.
 
     Raises:
-        TrainingError: a checkpoint without --resume, or a batch that does not split.
+        TrainingError: a checkpoint without --resume, a folder that is not a specc run
+            folder, or a batch that does not split.
     """
+    ckpt.check_run_folder(run_dir, resume)
     saved = ckpt.checkpoint_dir(run_dir)
+    if saved is None and (run_dir / artifacts.LINK).is_symlink():
+        ckpt.load_checkpoint(run_dir)  # a dangling link: says so rather than start afresh
     if saved is not None and not resume:
         raise TrainingError(f"{run_dir} already holds a checkpoint ({saved.name}); pass --resume "
                             "to continue it, or --out to train into another folder")
@@ -345,17 +349,23 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
     weights, state, info = ckpt.load_checkpoint(run_dir)
     ckpt.check_same_architecture(info, doc.resolved, saved)
     artifacts.load_weights(model, weights, source=str(saved / artifacts.WEIGHTS))
+    where = saved / ckpt.STATE
+    ckpt.check_resumable(state, where)
     try:
         optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as err:
-        raise TrainingError(f"{saved}: optimizer state does not match this run "
-                            f"(was train.freeze_bn changed?): {err}") from None
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    start = int(state["iteration"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise TrainingError(f"{where}: optimizer state does not match this run "
+                            f"(was train.freeze_bn changed?): {str(err)[:200]}") from None
+    start = state["iteration"]
     restored = len(state["rng"]) == ctx.world_size
     if restored:
-        ckpt.set_rng_state(state["rng"][ctx.rank])
+        try:
+            ckpt.set_rng_state(state["rng"][ctx.rank])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise TrainingError(f"{where}: the random state of process {ctx.rank} is not "
+                                f"one specc wrote: {str(err)[:200]}") from None
     iters = doc.spec.train.iters
     report.message(f"resuming {run_dir} at iteration {start} of {iters}"
                    + (" (already finished: exporting only)" if start >= iters else ""))
@@ -424,10 +434,11 @@ def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gr
     loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
     if not math.isfinite(loss_value):
         last = ckpt.checkpoint_dir(run_dir)
-        raise TrainingError(
-            f"loss is {loss_value} at iteration {it + 1}; training stopped. The last good "
-            f"checkpoint is kept: {last if last else 'none was saved yet'}. Lower train.lr "
-            "or check the data.")
+        kept = (f"The last good checkpoint is kept: {last}." if last else
+                "No checkpoint was saved yet (the first comes after train.save_every="
+                f"{tr.save_every} iterations), so there is nothing to resume from.")
+        raise TrainingError(f"loss is {loss_value} at iteration {it + 1}; training stopped. "
+                            f"{kept} Lower train.lr or check the data.")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -454,8 +465,11 @@ def _save(doc: Any, run_dir: Path, raw: nn.Module, optimizer: torch.optim.Optimi
         TrainingError: non-finite weights (the last good checkpoint is kept).
     """
     if not all(torch.isfinite(p).all() for p in raw.parameters()):
-        raise TrainingError(f"non-finite weights after iteration {done}; training "
-                            "stopped, the last good checkpoint is kept")
+        last = ckpt.checkpoint_dir(run_dir)
+        kept = (f"the last good checkpoint is kept: {last}" if last else
+                "no checkpoint was saved yet")
+        raise TrainingError(f"non-finite weights after iteration {done}; training stopped, "
+                            f"{kept}. Lower train.lr or check the data.")
     rngs = distributed.gather_objects(ckpt.rng_state(), ctx)
     if ctx.is_main:
         state = {"iteration": done, "optimizer": optimizer.state_dict(),
