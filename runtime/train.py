@@ -19,9 +19,11 @@ Choices and their reasons (the numbers themselves live in ``spec.train``, see sp
   times per epoch.
 * A non-finite loss (or non-finite weights at save time) stops the run with a TrainingError;
   the step is not applied and the last good checkpoint stays.
-* Seeds: the same seed on every process for the initial weights, then (seed, iteration, rank)
-  for data and augmentation, so a resumed run is deterministic too (its data order is re-seeded
-  from the iteration it resumes at).
+* Seeds: the same seed on every process for the initial weights. The data order and every
+  augmentation draw are a function of (seed, epoch, rank, position) (``runtime.data.TrainOrder``),
+  and the global random state (dropout) is saved with each checkpoint, so a run resumed from
+  iteration k reads the same batches and draws the same numbers as the uninterrupted run: on the
+  CPU, with the same process count and batch size, its weights match it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from runtime import checkpoint as ckpt
 from runtime import distributed
-from runtime.data import bootstrap_indices, build_loader, open_split, train_transform
+from runtime.data import bootstrap_indices, open_split, train_stream, train_transform
+from runtime.data.loader import mix_seed
 from runtime.evaluate import autocast, evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
 from specc import artifacts
@@ -70,11 +72,6 @@ class TrainResult:
 def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float) -> float:
     """The "poly" learning rate of DeepLabv3 §4.1 for the step taken at ``iteration`` (0-based)."""
     return base_lr * (1.0 - iteration / max_iter) ** power
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -123,15 +120,6 @@ def segmentation_loss(
     if "aux" in outputs:  # kept even at weight 0, so DDP sees a gradient for every parameter
         loss = loss + aux_weight * cross_entropy(outputs["aux"])
     return loss
-
-
-def forever(loader: DataLoader[Any], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's batches, epoch after epoch (reshuffling the distributed shards each epoch)."""
-    while True:
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def _trim_metrics(path: Path, last_iter: int) -> None:
@@ -214,11 +202,10 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     if saved is not None:
         start, rng_restored = _resume(doc, run_dir, saved, model, optimizer, scaler, ctx, report)
     if not rng_restored:  # per process: different augmentation on every rank
-        seed_everything(derive_seed(tr.seed, start, ctx.rank))
+        seed_everything(mix_seed(tr.seed, start, ctx.rank))
 
     # -- data: random scale / crop / flip (DeepLabv3 §4.1), hard images repeated (§4.3)
-    loader = _train_loader(spec, ctx, per_rank, start)
-    batches = forever(loader, epoch=start // len(loader))
+    batches = iter(_train_loader(spec, ctx, per_rank, start))
     val_set, val_loader = val_batches(spec, ctx)
 
     # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
@@ -374,7 +361,8 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
 
 def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
                   start: int) -> DataLoader[Any]:
-    """Shuffled, augmented batches of the training split for this process.
+    """The endless stream of shuffled, augmented batches of the training split for this process,
+    from batch ``start`` on (the same batches an uninterrupted run reads there).
 
     Raises:
         TrainingError: fewer images than one batch per process.
@@ -387,12 +375,10 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
         data.crop or spec.input.crop, min_scale=data.scale_min, max_scale=data.scale_max,
         scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
         ignore_index=tr.ignore_index)
-    loader = build_loader(train_set, transform, per_rank, shuffle=True, num_workers=tr.workers,
-                          seed=derive_seed(tr.seed, start), distributed=ctx.distributed,
-                          indices=indices)
-    if loader.generator is not None and ctx.distributed:  # worker seeds differ per process
-        loader.generator.manual_seed(derive_seed(tr.seed, start, ctx.rank))
-    if len(loader) == 0:
+    loader, order = train_stream(train_set, transform, per_rank, seed=tr.seed,
+                                 num_workers=tr.workers, rank=ctx.rank,
+                                 world_size=ctx.world_size, start_batch=start, indices=indices)
+    if order.batches_per_epoch == 0:
         raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
                             f"fewer than one batch of {per_rank} per process")
     return loader
