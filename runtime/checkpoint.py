@@ -156,11 +156,18 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
     """Refuse to train into a folder that holds something and is not a specc run folder.
 
     Raises:
-        TrainingError: ``run_dir`` is a file, or a non-empty folder that specc did not make.
+        TrainingError: ``run_dir`` is a file, a folder this user cannot write to (or cannot
+            create), or a non-empty folder that specc did not make.
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"{run_dir}: --out must be a folder, found a file; pass --out with "
                             "a new or empty folder")
+    writable = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if writable != run_dir and not writable.is_dir():
+        raise TrainingError(f"{run_dir}: cannot make the run folder, {writable} is a file")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise TrainingError(f"{writable}: cannot write there (permission denied); pass --out "
+                            "with a folder you can write to")
     if not run_dir.is_dir() or is_run_folder(run_dir):
         return
     try:

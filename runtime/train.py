@@ -28,6 +28,8 @@ Choices and their reasons (the numbers themselves live in ``spec.train``, see sp
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import json
 import math
@@ -168,10 +170,46 @@ def train(
         DataError / WeightsError: unreadable data or weights that do not fit.
     """
     ctx = distributed.setup(device)
+    run_dir = Path(run_dir)
+    existed = run_dir.exists()
     try:
-        return _train(doc, Path(run_dir), resume, init, ctx, reporter or LineReporter())
+        try:
+            return _train(doc, run_dir, resume, init, ctx, reporter or LineReporter())
+        except OSError as err:  # a full disk, a read-only or vanished folder: not a bug
+            raise TrainingError(os_error_message(err, run_dir)) from None
+    except BaseException:
+        if ctx.is_main and not existed:
+            _discard_unused(run_dir)
+        raise
     finally:
         distributed.cleanup(ctx)
+
+
+def os_error_message(err: OSError, run_dir: Path) -> str:
+    """One line for an operating-system error met while training into ``run_dir``: the path,
+    what went wrong and, for the common cases, what to do."""
+    hints = {errno.ENOSPC: "free some space, or pass --out on another disk",
+             errno.EACCES: "pass --out with a folder you can write to",
+             errno.EROFS: "pass --out with a folder on a writable disk",
+             errno.ENOENT: "was the run folder moved or deleted while training?"}
+    hint = hints.get(err.errno or 0)
+    path = err.filename or run_dir
+    return (f"{path}: {err.strerror or err} (training into {run_dir})"
+            + (f"; {hint}" if hint else ""))
+
+
+def _discard_unused(run_dir: Path) -> None:
+    """Remove a run folder this run created when it holds nothing of use yet (no checkpoint and
+    no logged step: only the files the run wrote first), so a failed start leaves nothing."""
+    first_files = {"spec.json", METRICS}
+    with contextlib.suppress(OSError):
+        entries = list(run_dir.iterdir())
+        if ({e.name for e in entries} <= first_files
+                and all(e.is_file() and (e.name != METRICS or e.stat().st_size == 0)
+                        for e in entries)):
+            for entry in entries:
+                entry.unlink()
+            run_dir.rmdir()
 
 
 def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
@@ -180,6 +218,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     report = reporter if ctx.is_main else SILENT  # rank 0 speaks for the job
     saved = _check_run(run_dir, resume, tr.batch_size, ctx, report)
     per_rank = tr.batch_size // ctx.world_size  # the global batch is split across processes
+    _check_norm_batch(spec, per_rank, ctx)
     cuda = ctx.device.type == "cuda"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
     channels_last = tr.channels_last and cuda  # a CUDA speed-up; CPU convs gain nothing from it
@@ -297,6 +336,27 @@ def _check_run(run_dir: Path, resume: bool, batch_size: int, ctx: distributed.Co
         raise TrainingError(f"train.batch_size={batch_size} does not split over "
                             f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
     return saved
+
+
+def _check_norm_batch(spec: Any, per_rank: int, ctx: distributed.Context) -> None:
+    """Refuse, before anything is written, a batch of one image per process when the
+    image-pooling branch has a training BatchNorm: it sees one value per channel there, which
+    batch norm cannot normalize ("Expected more than 1 value per channel").
+
+    Raises:
+        TrainingError: naming ``aspp.image_pooling.norm`` and the ways out.
+    """
+    aspp = spec.aspp
+    if (per_rank > 1 or spec.train.freeze_bn or aspp is None
+            or not aspp.image_pooling.enabled or aspp.image_pooling.norm != "batch"):
+        return
+    processes = f" over {ctx.world_size} processes" if ctx.distributed else ""
+    raise TrainingError(
+        f"train.batch_size={spec.train.batch_size}{processes} gives 1 image per process, but "
+        "the image-pooling branch's BatchNorm (aspp.image_pooling.norm: batch) needs at least "
+        "2 to train. Set aspp.image_pooling.norm to group or none (--set "
+        "aspp.image_pooling.norm=group), use a batch of at least "
+        f"{2 * ctx.world_size}, or keep batch norm frozen (train.freeze_bn=true)")
 
 
 def _make_model(comp: Compilation, ctx: distributed.Context, init: Path | None,
