@@ -18,6 +18,20 @@ either to the previous complete checkpoint or to the new complete one; half-writ
 never pointed to and are removed by the next save. Single files (metrics, plots, model.pt) are
 written to a temporary file in the same folder and moved over the target with ``os.replace``.
 
+What specc deletes: only what it wrote itself, recognised by its exact names — old checkpoint
+folders ``checkpoint-`` + 7 digits (:data:`CHECKPOINT_NAME`), interrupted saves
+``.checkpoint-<7 digits>.<8 random characters>.partial`` (:data:`PARTIAL_NAME`) and the temporary
+link ``.checkpoint.<pid>.link`` (:data:`LINK_TEMP_NAME`) — and of those folders only ones that
+hold nothing but a checkpoint's own files. A user's ``checkpoint-best/`` or ``.checkpoint-notes/``
+is never touched.
+
+What a run folder is: a folder is a specc run folder when it holds ``spec.json`` with the
+record :func:`specc.artifacts.spec_info` writes (a spec ``name``, ``architecture_sha256`` and
+the ``resolved`` spec) — the first file a run writes — or a ``checkpoint`` link. A new run may
+start in a missing or empty folder or in a specc run folder without a checkpoint (a run stopped
+before its first save); any other non-empty folder is refused (:func:`check_run_folder`), so a
+mistyped ``--out`` never writes into, or tidies, a folder of the user's.
+
 Resuming compares the *architecture hash*: the sha256 of the resolved spec without its ``train``
 and ``data`` sections (docs/conventions.md §10), so changing the learning rate or the iteration count
 resumes, while changing a layer is refused.
@@ -25,9 +39,11 @@ resumes, while changing a layer is refused.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -41,10 +57,16 @@ from safetensors.torch import save_file
 from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
 from specc.artifacts import LINK, SPEC, WEIGHTS, read_weights, spec_info_of
 from specc.diff import spec_changes
-from specc.errors import TrainingError
+from specc.errors import TrainingError, WeightsError
 from specc.fsutil import fsync_dir
 
 STATE = "state.pt"
+#: The files of a checkpoint folder: all that a folder specc prunes may hold.
+CHECKPOINT_FILES = frozenset({WEIGHTS, STATE, SPEC})
+#: Names specc gives what it writes into a run folder, and so may delete (nothing else).
+CHECKPOINT_NAME = re.compile(r"checkpoint-\d{7}")
+PARTIAL_NAME = re.compile(r"\.checkpoint-\d{7}\.[A-Za-z0-9_]{8}\.partial")
+LINK_TEMP_NAME = re.compile(r"\.checkpoint\.\d+\.link")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +139,71 @@ def checkpoint_dir(run_dir: Path) -> Path | None:
     return link.resolve()
 
 
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a specc run folder: a ``checkpoint`` link, or a ``spec.json`` that
+    is the record specc writes when a run starts (see the module's docstring)."""
+    if (run_dir / LINK).is_symlink():
+        return True
+    try:
+        record = json.loads((run_dir / SPEC).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    info = spec_info_of(record) if isinstance(record, dict) else {}
+    return isinstance(info.get("resolved"), dict) and "architecture_sha256" in info
+
+
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """Refuse to train into a folder that holds something and is not a specc run folder.
+
+    Raises:
+        TrainingError: ``run_dir`` is a file, a folder this user cannot write to (or cannot
+            create), or a non-empty folder that specc did not make.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"{run_dir}: --out must be a folder, found a file; pass --out with "
+                            "a new or empty folder")
+    writable = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if writable != run_dir and not writable.is_dir():
+        raise TrainingError(f"{run_dir}: cannot make the run folder, {writable} is a file")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise TrainingError(f"{writable}: cannot write there (permission denied); pass --out "
+                            "with a folder you can write to")
+    if not run_dir.is_dir() or is_run_folder(run_dir):
+        return
+    try:
+        contents = sorted(p.name for p in run_dir.iterdir())
+    except OSError as err:
+        raise TrainingError(f"{run_dir}: cannot read the run folder: {err.strerror}") from None
+    if contents:
+        shown = ", ".join(contents[:5]) + (", …" if len(contents) > 5 else "")
+        what = "nothing to resume" if resume else "specc trains only into a new or empty folder"
+        raise TrainingError(
+            f"{run_dir} is not empty ({shown}) and is not a specc run folder (no {SPEC} written "
+            f"by specc): {what}. Pass --out with a new or empty folder, or --resume with a "
+            "folder of an earlier run")
+
+
+def _own_checkpoint_folder(folder: Path) -> bool:
+    """A folder that holds only a checkpoint's own files (so specc may delete it)."""
+    try:
+        return folder.is_dir() and not folder.is_symlink() and all(
+            p.name in CHECKPOINT_FILES and p.is_file() for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _prune(run_dir: Path, keep: Path) -> None:
+    """Delete older checkpoints and leftovers of interrupted saves: specc's exact names only,
+    and of folders only those that hold nothing but a checkpoint's files."""
+    for entry in run_dir.iterdir():
+        name = entry.name
+        if LINK_TEMP_NAME.fullmatch(name) and entry.is_symlink():
+            entry.unlink(missing_ok=True)
+        elif ((CHECKPOINT_NAME.fullmatch(name) and name != keep.name)
+              or PARTIAL_NAME.fullmatch(name)) and _own_checkpoint_folder(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def save_checkpoint(
     run_dir: Path,
     *,
@@ -127,10 +214,11 @@ def save_checkpoint(
     """Write a checkpoint for ``state["iteration"]`` and point ``RUN_DIR/checkpoint`` at it.
 
     Returns the new checkpoint folder. Older checkpoint folders and leftovers of interrupted
-    saves are removed afterwards.
+    saves are removed afterwards (only specc's own names; see the module's docstring).
 
     Raises:
-        TrainingError: ``RUN_DIR/checkpoint`` exists and is not a symlink written by specc.
+        TrainingError: ``RUN_DIR/checkpoint`` exists and is not a symlink written by specc, or
+            ``checkpoint-<iteration>`` exists and holds files specc did not write.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     link = run_dir / LINK
@@ -140,8 +228,11 @@ def save_checkpoint(
     final = run_dir / f"checkpoint-{iteration:07d}"
     if link.is_symlink() and link.resolve() == final.resolve() and final.is_dir():
         return final  # this iteration is already saved
+    if final.exists() and not _own_checkpoint_folder(final):
+        raise TrainingError(f"{final}: holds files specc did not write; move it away")
     # 1. everything into a fresh temporary folder, each file fsynced
-    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{iteration:07d}.", dir=run_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{iteration:07d}.", suffix=".partial",
+                                dir=run_dir))
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     meta = {"iteration": str(iteration), "spec_sha256": str(spec_info.get("spec_sha256", ""))}
     save_file(tensors, tmp / WEIGHTS, metadata=meta)
@@ -162,12 +253,90 @@ def save_checkpoint(
     os.replace(new_link, link)
     fsync_dir(run_dir)
     # 4. tidy up: older checkpoints and interrupted saves
-    for old in run_dir.glob("checkpoint-*"):
-        if old.is_dir() and old.resolve() != final.resolve():
-            shutil.rmtree(old, ignore_errors=True)
-    for stale in run_dir.glob(".checkpoint-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    _prune(run_dir, final)
     return final
+
+
+def _read_state(file: Path) -> dict[str, Any]:
+    """The training state of ``state.pt``, checked to have the shape :func:`save_checkpoint`
+    gives it (a junk, truncated or foreign file is refused, never half used).
+
+    Raises:
+        TrainingError: naming the file and what is wrong with it.
+    """
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise TrainingError(f"{file}: cannot read the training state: {err.strerror}") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad pickle or a cut-off archive
+        raise TrainingError(
+            f"{file}: not a training state written by specc (truncated or corrupt? "
+            f"{type(err).__name__}: {str(err)[:120]})") from None
+    problem = _state_problem(state, required=("iteration",))
+    if problem:
+        raise TrainingError(f"{file}: not a training state written by specc: {problem}")
+    return state
+
+
+#: What each field of a training state must look like; ``rng`` holds one state per process.
+_STATE_FIELDS = {
+    "iteration": ("a whole number >= 0",
+                  lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "optimizer": ("an optimizer state (state, param_groups)",
+                  lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list)),
+    "rng": ("one random state per process",
+            lambda v: isinstance(v, list) and bool(v) and all(
+                isinstance(r, dict) and {"python", "numpy", "torch", "cuda"} <= r.keys()
+                for r in v)),
+    "scaler": ("a dict or null", lambda v: v is None or isinstance(v, dict)),
+}
+
+
+def _state_problem(state: Any, required: tuple[str, ...]) -> str | None:
+    """What is wrong with a loaded training state: a ``required`` field missing or any field of
+    the wrong shape; None when it is fine."""
+    if not isinstance(state, dict):
+        return f"expected a dict, found {type(state).__name__}"
+    for key, (expected, ok) in _STATE_FIELDS.items():
+        if key not in state:
+            if key in required:
+                return f"{key!r} is missing"
+        elif not ok(state[key]):
+            return f"{key!r}: expected {expected}, found {type(state[key]).__name__}"
+    return None
+
+
+def check_resumable(state: Mapping[str, Any], file: Path) -> None:
+    """Check that a training state holds everything a resumed run needs.
+
+    Raises:
+        TrainingError: naming the file and the missing or malformed field.
+    """
+    problem = _state_problem(state, required=("iteration", "optimizer", "rng"))
+    if problem:
+        raise TrainingError(f"{file}: cannot resume from this training state: {problem}")
+
+
+def _read_spec_record(file: Path) -> dict[str, Any]:
+    """The checkpoint's ``spec.json`` record (today's key names).
+
+    Raises:
+        TrainingError: the file is missing, not JSON, or not a spec record.
+    """
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise TrainingError(f"{file}: cannot read the spec record: {err.strerror}") from None
+    except ValueError as err:
+        raise TrainingError(f"{file}: not a spec record written by specc (not JSON: "
+                            f"{str(err)[:120]})") from None
+    if not isinstance(record, dict) or not isinstance(spec_info_of(record).get("resolved"), dict):
+        raise TrainingError(f"{file}: not a spec record written by specc (expected an object "
+                            "with 'resolved' and 'architecture_sha256')")
+    return spec_info_of(record)
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
@@ -175,15 +344,17 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     today's key names (:func:`specc.artifacts.spec_info_of`).
 
     Raises:
-        TrainingError: there is no checkpoint, or its files are missing or unreadable.
+        TrainingError: there is no checkpoint, or one of its files is missing or unreadable
+            (the message names the file).
     """
     folder = checkpoint_dir(run_dir)
     if folder is None:
+        if (run_dir / LINK).is_symlink():
+            raise TrainingError(f"{run_dir / LINK}: points to {os.readlink(run_dir / LINK)}, "
+                                "which does not exist; no checkpoint to resume from")
         raise TrainingError(f"{run_dir}: no checkpoint to resume from ({run_dir / LINK} missing)")
     try:
         weights = read_weights(folder / WEIGHTS).state
-        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-        spec_info = spec_info_of(json.loads((folder / SPEC).read_text(encoding="utf-8")))
-    except Exception as err:  # any unreadable file makes the checkpoint unusable
-        raise TrainingError(f"{folder}: cannot read checkpoint: {err}") from None
-    return weights, state, spec_info
+    except WeightsError as err:
+        raise TrainingError(f"cannot resume: {err}") from None
+    return weights, _read_state(folder / STATE), _read_spec_record(folder / SPEC)

@@ -19,19 +19,22 @@ Choices and their reasons (the numbers themselves live in ``spec.train``, see sp
   times per epoch.
 * A non-finite loss (or non-finite weights at save time) stops the run with a TrainingError;
   the step is not applied and the last good checkpoint stays.
-* Seeds: the same seed on every process for the initial weights, then (seed, iteration, rank)
-  for data and augmentation, so a resumed run is deterministic too (its data order is re-seeded
-  from the iteration it resumes at).
+* Seeds: the same seed on every process for the initial weights. The data order and every
+  augmentation draw are a function of (seed, epoch, rank, position) (``runtime.data.TrainOrder``),
+  and the global random state (dropout) is saved with each checkpoint, so a run resumed from
+  iteration k reads the same batches and draws the same numbers as the uninterrupted run: on the
+  CPU, with the same process count and batch size, its weights match it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import json
 import math
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from runtime import checkpoint as ckpt
 from runtime import distributed
-from runtime.data import bootstrap_indices, build_loader, open_split, train_transform
+from runtime.data import bootstrap_indices, open_split, train_stream, train_transform
+from runtime.data.loader import mix_seed
 from runtime.evaluate import autocast, evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
 from specc import artifacts
@@ -70,11 +74,6 @@ class TrainResult:
 def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float) -> float:
     """The "poly" learning rate of DeepLabv3 §4.1 for the step taken at ``iteration`` (0-based)."""
     return base_lr * (1.0 - iteration / max_iter) ** power
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -125,15 +124,6 @@ def segmentation_loss(
     return loss
 
 
-def forever(loader: DataLoader[Any], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's batches, epoch after epoch (reshuffling the distributed shards each epoch)."""
-    while True:
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
-
-
 def _trim_metrics(path: Path, last_iter: int) -> None:
     """Keep the records up to ``last_iter`` (the checkpoint): a resumed run rewrites the rest."""
     if not path.exists():
@@ -180,10 +170,46 @@ def train(
         DataError / WeightsError: unreadable data or weights that do not fit.
     """
     ctx = distributed.setup(device)
+    run_dir = Path(run_dir)
+    existed = run_dir.exists()
     try:
-        return _train(doc, Path(run_dir), resume, init, ctx, reporter or LineReporter())
+        try:
+            return _train(doc, run_dir, resume, init, ctx, reporter or LineReporter())
+        except OSError as err:  # a full disk, a read-only or vanished folder: not a bug
+            raise TrainingError(os_error_message(err, run_dir)) from None
+    except BaseException:
+        if ctx.is_main and not existed:
+            _discard_unused(run_dir)
+        raise
     finally:
         distributed.cleanup(ctx)
+
+
+def os_error_message(err: OSError, run_dir: Path) -> str:
+    """One line for an operating-system error met while training into ``run_dir``: the path,
+    what went wrong and, for the common cases, what to do."""
+    hints = {errno.ENOSPC: "free some space, or pass --out on another disk",
+             errno.EACCES: "pass --out with a folder you can write to",
+             errno.EROFS: "pass --out with a folder on a writable disk",
+             errno.ENOENT: "was the run folder moved or deleted while training?"}
+    hint = hints.get(err.errno or 0)
+    path = err.filename or run_dir
+    return (f"{path}: {err.strerror or err} (training into {run_dir})"
+            + (f"; {hint}" if hint else ""))
+
+
+def _discard_unused(run_dir: Path) -> None:
+    """Remove a run folder this run created when it holds nothing of use yet (no checkpoint and
+    no logged step: only the files the run wrote first), so a failed start leaves nothing."""
+    first_files = {"spec.json", METRICS}
+    with contextlib.suppress(OSError):
+        entries = list(run_dir.iterdir())
+        if ({e.name for e in entries} <= first_files
+                and all(e.is_file() and (e.name != METRICS or e.stat().st_size == 0)
+                        for e in entries)):
+            for entry in entries:
+                entry.unlink()
+            run_dir.rmdir()
 
 
 def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
@@ -192,6 +218,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     report = reporter if ctx.is_main else SILENT  # rank 0 speaks for the job
     saved = _check_run(run_dir, resume, tr.batch_size, ctx, report)
     per_rank = tr.batch_size // ctx.world_size  # the global batch is split across processes
+    _check_norm_batch(spec, per_rank, ctx)
     cuda = ctx.device.type == "cuda"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
     channels_last = tr.channels_last and cuda  # a CUDA speed-up; CPU convs gain nothing from it
@@ -214,11 +241,10 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     if saved is not None:
         start, rng_restored = _resume(doc, run_dir, saved, model, optimizer, scaler, ctx, report)
     if not rng_restored:  # per process: different augmentation on every rank
-        seed_everything(derive_seed(tr.seed, start, ctx.rank))
+        seed_everything(mix_seed(tr.seed, start, ctx.rank))
 
     # -- data: random scale / crop / flip (DeepLabv3 §4.1), hard images repeated (§4.3)
-    loader = _train_loader(spec, ctx, per_rank, start)
-    batches = forever(loader, epoch=start // len(loader))
+    batches = iter(_train_loader(spec, ctx, per_rank, start))
     val_set, val_loader = val_batches(spec, ctx)
 
     # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
@@ -294,9 +320,13 @@ def _check_run(run_dir: Path, resume: bool, batch_size: int, ctx: distributed.Co
     """The checkpoint to resume from, if any. A new run never overwrites a checkpoint.
 
     Raises:
-        TrainingError: a checkpoint without --resume, or a batch that does not split.
+        TrainingError: a checkpoint without --resume, a folder that is not a specc run
+            folder, or a batch that does not split.
     """
+    ckpt.check_run_folder(run_dir, resume)
     saved = ckpt.checkpoint_dir(run_dir)
+    if saved is None and (run_dir / artifacts.LINK).is_symlink():
+        ckpt.load_checkpoint(run_dir)  # a dangling link: says so rather than start afresh
     if saved is not None and not resume:
         raise TrainingError(f"{run_dir} already holds a checkpoint ({saved.name}); pass --resume "
                             "to continue it, or --out to train into another folder")
@@ -306,6 +336,27 @@ def _check_run(run_dir: Path, resume: bool, batch_size: int, ctx: distributed.Co
         raise TrainingError(f"train.batch_size={batch_size} does not split over "
                             f"{ctx.world_size} processes; use a multiple of {ctx.world_size}")
     return saved
+
+
+def _check_norm_batch(spec: Any, per_rank: int, ctx: distributed.Context) -> None:
+    """Refuse, before anything is written, a batch of one image per process when the
+    image-pooling branch has a training BatchNorm: it sees one value per channel there, which
+    batch norm cannot normalize ("Expected more than 1 value per channel").
+
+    Raises:
+        TrainingError: naming ``aspp.image_pooling.norm`` and the ways out.
+    """
+    aspp = spec.aspp
+    if (per_rank > 1 or spec.train.freeze_bn or aspp is None
+            or not aspp.image_pooling.enabled or aspp.image_pooling.norm != "batch"):
+        return
+    processes = f" over {ctx.world_size} processes" if ctx.distributed else ""
+    raise TrainingError(
+        f"train.batch_size={spec.train.batch_size}{processes} gives 1 image per process, but "
+        "the image-pooling branch's BatchNorm (aspp.image_pooling.norm: batch) needs at least "
+        "2 to train. Set aspp.image_pooling.norm to group or none (--set "
+        "aspp.image_pooling.norm=group), use a batch of at least "
+        f"{2 * ctx.world_size}, or keep batch norm frozen (train.freeze_bn=true)")
 
 
 def _make_model(comp: Compilation, ctx: distributed.Context, init: Path | None,
@@ -345,17 +396,23 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
     weights, state, info = ckpt.load_checkpoint(run_dir)
     ckpt.check_same_architecture(info, doc.resolved, saved)
     artifacts.load_weights(model, weights, source=str(saved / artifacts.WEIGHTS))
+    where = saved / ckpt.STATE
+    ckpt.check_resumable(state, where)
     try:
         optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as err:
-        raise TrainingError(f"{saved}: optimizer state does not match this run "
-                            f"(was train.freeze_bn changed?): {err}") from None
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    start = int(state["iteration"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        raise TrainingError(f"{where}: optimizer state does not match this run "
+                            f"(was train.freeze_bn changed?): {str(err)[:200]}") from None
+    start = state["iteration"]
     restored = len(state["rng"]) == ctx.world_size
     if restored:
-        ckpt.set_rng_state(state["rng"][ctx.rank])
+        try:
+            ckpt.set_rng_state(state["rng"][ctx.rank])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise TrainingError(f"{where}: the random state of process {ctx.rank} is not "
+                                f"one specc wrote: {str(err)[:200]}") from None
     iters = doc.spec.train.iters
     report.message(f"resuming {run_dir} at iteration {start} of {iters}"
                    + (" (already finished: exporting only)" if start >= iters else ""))
@@ -364,7 +421,8 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
 
 def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
                   start: int) -> DataLoader[Any]:
-    """Shuffled, augmented batches of the training split for this process.
+    """The endless stream of shuffled, augmented batches of the training split for this process,
+    from batch ``start`` on (the same batches an uninterrupted run reads there).
 
     Raises:
         TrainingError: fewer images than one batch per process.
@@ -377,12 +435,10 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
         data.crop or spec.input.size, min_scale=data.scale_min, max_scale=data.scale_max,
         scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
         ignore_index=tr.ignore_index)
-    loader = build_loader(train_set, transform, per_rank, shuffle=True, num_workers=tr.workers,
-                          seed=derive_seed(tr.seed, start), distributed=ctx.distributed,
-                          indices=indices)
-    if loader.generator is not None and ctx.distributed:  # worker seeds differ per process
-        loader.generator.manual_seed(derive_seed(tr.seed, start, ctx.rank))
-    if len(loader) == 0:
+    loader, order = train_stream(train_set, transform, per_rank, seed=tr.seed,
+                                 num_workers=tr.workers, rank=ctx.rank,
+                                 world_size=ctx.world_size, start_batch=start, indices=indices)
+    if order.batches_per_epoch == 0:
         raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
                             f"fewer than one batch of {per_rank} per process")
     return loader
@@ -424,10 +480,11 @@ def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gr
     loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
     if not math.isfinite(loss_value):
         last = ckpt.checkpoint_dir(run_dir)
-        raise TrainingError(
-            f"loss is {loss_value} at iteration {it + 1}; training stopped. The last good "
-            f"checkpoint is kept: {last if last else 'none was saved yet'}. Lower train.lr "
-            "or check the data.")
+        kept = (f"The last good checkpoint is kept: {last}." if last else
+                "No checkpoint was saved yet (the first comes after train.save_every="
+                f"{tr.save_every} iterations), so there is nothing to resume from.")
+        raise TrainingError(f"loss is {loss_value} at iteration {it + 1}; training stopped. "
+                            f"{kept} Lower train.lr or check the data.")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -454,8 +511,11 @@ def _save(doc: Any, run_dir: Path, raw: nn.Module, optimizer: torch.optim.Optimi
         TrainingError: non-finite weights (the last good checkpoint is kept).
     """
     if not all(torch.isfinite(p).all() for p in raw.parameters()):
-        raise TrainingError(f"non-finite weights after iteration {done}; training "
-                            "stopped, the last good checkpoint is kept")
+        last = ckpt.checkpoint_dir(run_dir)
+        kept = (f"the last good checkpoint is kept: {last}" if last else
+                "no checkpoint was saved yet")
+        raise TrainingError(f"non-finite weights after iteration {done}; training stopped, "
+                            f"{kept}. Lower train.lr or check the data.")
     rngs = distributed.gather_objects(ckpt.rng_state(), ctx)
     if ctx.is_main:
         state = {"iteration": done, "optimizer": optimizer.state_dict(),

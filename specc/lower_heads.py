@@ -154,9 +154,19 @@ class ASPP(Head):
     projection_channels: int
     projection_kernel: int
     dropout: float
+    #: The image-pooling conv's norm: ``batch``, ``group`` or ``none``.
+    pool_norm: str = "batch"
+    #: GroupNorm groups of the image-pooling conv (``pool_norm == "group"``).
+    pool_groups: int = 1
+
+    @property
+    def custom_pool_norm(self) -> bool:
+        """Whether the image-pooling branch swaps its BatchNorm layer for a ConvNormAct."""
+        return self.pooling != "none" and self.pool_norm != "batch"
 
     def shared(self) -> tuple[str, ...]:
-        return ("conv_bn_act", "separable_conv") if self.style.separable else ("conv_bn_act",)
+        layers = ("conv_bn_act", "separable_conv") if self.style.separable else ("conv_bn_act",)
+        return (*layers, "conv_norm_act") if self.custom_pool_norm else layers
 
     def init(self) -> list[Line]:
         code = call("ASPP", [self.in_channels, self.channels], [
@@ -168,7 +178,14 @@ class ASPP(Head):
             ("projection_channels", self.projection_channels, ALWAYS),
             ("projection_kernel", self.projection_kernel, ALWAYS),
             ("dropout", self.dropout, ALWAYS), ("eps", self.eps, 1e-5)])
-        return [Line(f"self.aspp = {code}", self.spec_key)]
+        lines = [Line(f"self.aspp = {code}", self.spec_key)]
+        if self.custom_pool_norm:  # the image-pooling branch is the last one
+            layer = call("ConvNormAct", [self.in_channels, self.channels], [
+                ("norm", self.pool_norm, ALWAYS), ("groups", self.pool_groups, 1),
+                ("eps", self.eps, 1e-5)])
+            lines.append(Line(f"self.aspp.convs[{len(self.rates) + 1}].conv = {layer}",
+                              "aspp.image_pooling.norm"))
+        return lines
 
     def forward(self) -> list[Line]:
         return [Line('y = self.aspp(features["out"])',
@@ -179,6 +196,9 @@ class ASPP(Head):
             return super().weight_map(library, at)
         if self.style.separable:
             return "torchvision's ASPP has plain 3×3 convs, the spec's are separable"
+        if self.custom_pool_norm:
+            return ("torchvision's image pooling has a BatchNorm, the spec's "
+                    f"aspp.image_pooling.norm is '{self.pool_norm}': its ASPP has no counterpart")
         src = f"{at}classifier.0"
         n = len(self.rates)
         out = {}
@@ -211,8 +231,8 @@ class ASPP(Head):
                 pool_kernel = (feats.h, feats.w)
             pooled = lg.global_pool("aspp.pool", feats, kernel=pool_kernel, mode=ip.kernel,
                                     spec_key="aspp.image_pooling")
-            pooled = lg.conv("aspp.pool_conv", pooled, aspp.channels,
-                             spec_key="aspp.image_pooling")
+            pooled = lg.conv("aspp.pool_conv", pooled, aspp.channels, norm=ip.norm != "none",
+                             bias=ip.norm == "none", spec_key="aspp.image_pooling")
             branches.append(lg.upsample("aspp.pool_upsample", pooled, feats,
                                         Upsample("bilinear", ip.align_corners),
                                         spec_key="aspp.image_pooling", rf_global=True))
@@ -225,8 +245,19 @@ class ASPP(Head):
                     rates=tuple(hc.schedule.aspp_rates), style=style,
                     pooling=ip.kernel if ip.enabled else "none", pool_kernel=pool_kernel,
                     align_corners=ip.align_corners, projection_channels=pr.channels,
-                    projection_kernel=pr.kernel, dropout=pr.dropout)
+                    projection_kernel=pr.kernel, dropout=pr.dropout, pool_norm=ip.norm,
+                    pool_groups=group_count(aspp.channels) if ip.norm == "group" else 1)
         return block, y
+
+
+def group_count(channels: int, most: int = 32, least_per_group: int = 8) -> int:
+    """GroupNorm groups for the image-pooling conv: the most groups (up to ``most``, Wu & He's
+    32) that divide ``channels`` and keep at least ``least_per_group`` channels in each. The
+    pooled map can be 1×1, where a group of one channel would normalize every value to zero."""
+    for groups in range(min(most, channels // least_per_group), 1, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
 
 
 @register

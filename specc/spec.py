@@ -16,9 +16,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     Strict,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -211,6 +213,19 @@ class ImagePoolingSpec(Base):
         "fixed", description="'fixed': average-pool with the kernel of the feature map at the "
         "input.size (TF code; clamped to smaller maps); 'adaptive': global pooling at any size.")
     align_corners: bool = Field(True, description="Bilinear upsampling of the pooled feature.")
+    norm: Literal["batch", "group", "none"] = Field(
+        "batch", description="Norm after the branch's 1×1 conv: 'batch' (the papers, torchvision; "
+        "needs at least 2 images per process to train), 'group' (GroupNorm) or 'none' (a conv "
+        "with bias); both train at any batch size.")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_norm(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out ``norm: batch``, so specs, generated files and
+        checkpoints made before the key existed keep their hashes (and resume)."""
+        data = handler(self)
+        if data.get("norm") == "batch":
+            del data["norm"]
+        return data
 
 
 class ProjectionSpec(Base):

@@ -39,7 +39,7 @@ from specc.errors import SpeccError, WeightsError
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "specs/deeplabv3plus_mobilenetv2_demo.yaml"
 NAME = "deeplabv3plus_mobilenetv2_demo"
-SMALL = ["input.crop=[33,33]"]
+SMALL = ["input.size=[33,33]"]
 #: Another variant with the same name: what two builds into one folder could mix up.
 OTHER = [*SMALL, "backbone.output_stride=8"]
 

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "specs/deeplabv3plus_mobilenetv2_demo.yaml"
 NAME = "deeplabv3plus_mobilenetv2_demo"
 #: Two variants with the same name (so the same folder), told apart by their spec hashes.
-VARIANTS = {"a": ["input.crop=[33,33]"], "b": ["input.crop=[33,33]", "backbone.output_stride=8"]}
+VARIANTS = {"a": ["input.size=[33,33]"], "b": ["input.size=[33,33]", "backbone.output_stride=8"]}
 SEED = 20240611
 KILLS = 4
 #: A kill falls this long (at most) after the build first changes anything in the output folder:

@@ -11,11 +11,13 @@ from .base import IGNORE_INDEX, Sample, SegmentationDataset, colorize, palette
 from .layouts import SOURCE_FORMS, PairedDataset, open_dataset, open_split
 from .loader import (
     VOC_HARD_CLASSES,
+    TrainOrder,
     TransformedDataset,
     bootstrap_indices,
     build_loader,
     class_ids,
     class_presence,
+    train_stream,
 )
 from .synthetic import SyntheticSegmentation
 from .transforms import (
@@ -38,6 +40,7 @@ __all__ = [
     "SegmentationDataset",
     "SegmentationTransform",
     "SyntheticSegmentation",
+    "TrainOrder",
     "TransformedDataset",
     "bootstrap_indices",
     "build_loader",
@@ -49,5 +52,6 @@ __all__ = [
     "open_dataset",
     "open_split",
     "palette",
+    "train_stream",
     "train_transform",
 ]

@@ -3,6 +3,12 @@
 :func:`build_loader` wraps a data set and a transform into a ``torch.utils.data.DataLoader`` with
 deterministic shuffling and worker seeding, optionally sharded with a ``DistributedSampler``.
 
+:func:`train_stream` is the endless, resumable stream of training batches: which sample comes at
+each position, and the random draws of its augmentation, are a pure function of the seed, the
+epoch and the position (:class:`TrainOrder`), not of a random state that runs along with the
+loop. A run resumed at iteration k therefore reads exactly the batches the uninterrupted run read
+from iteration k on, with the same crops, scales and flips, whatever the worker count.
+
 :func:`bootstrap_indices` implements the hard-image bootstrapping of DeepLabv3 §4.3: images that
 contain a hard class are repeated in the epoch. Which classes each image contains is found by
 reading every label once (:func:`class_presence`) and cached per data set object.
@@ -12,11 +18,11 @@ from __future__ import annotations
 
 import random
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from specc.errors import DataError
 
@@ -50,8 +56,97 @@ class TransformedDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.dataset[self.indices[index]])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``key``; a key ``(index, seed)`` (from :class:`TrainOrder`) draws its
+        augmentation from a torch generator seeded with ``seed`` and leaves the global one as
+        it was, so the draws depend on the sample's place in the stream alone."""
+        if isinstance(key, int):
+            return self.transform(self.dataset[self.indices[key]])
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(self.dataset[self.indices[index]])
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([abs(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class TrainOrder(Sampler[tuple[int, int]]):
+    """The endless training order of one process: ``(sample index, augmentation seed)`` pairs.
+
+    Epoch ``e`` is a permutation of the samples seeded with ``(seed, e)``, shared by all
+    processes; process ``rank`` of ``world_size`` takes every ``world_size``-th sample of it, cut
+    to whole batches (as ``drop_last`` would). The sample at position ``p`` of epoch ``e`` on
+    ``rank`` is augmented with the seed ``(seed, e, rank, p)``. Iteration starts after
+    ``start_batch`` batches, so a resumed run continues the same stream.
+    """
+
+    def __init__(self, length: int, batch_size: int, seed: int, *, rank: int = 0,
+                 world_size: int = 1, start_batch: int = 0) -> None:
+        self.length = length
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_batch = start_batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Whole batches of this process per epoch (0 when there is not even one)."""
+        return self.length // self.world_size // self.batch_size
+
+    def epoch(self, epoch: int) -> list[int]:
+        """This process's sample indices in epoch ``epoch``, in order."""
+        generator = torch.Generator()
+        generator.manual_seed(mix_seed(self.seed, epoch))
+        order = torch.randperm(self.length, generator=generator).tolist()
+        mine = order[self.rank::self.world_size]
+        return mine[: self.batches_per_epoch * self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.batches_per_epoch == 0:
+            return
+        epoch, batch = divmod(self.start_batch, self.batches_per_epoch)
+        skip = batch * self.batch_size
+        while True:
+            for position, index in enumerate(self.epoch(epoch)):
+                if position >= skip:
+                    yield index, mix_seed(self.seed, epoch, self.rank, position)
+            skip, epoch = 0, epoch + 1
+
+
+def train_stream(
+    dataset: SegmentationDataset,
+    transform: SegmentationTransform,
+    batch_size: int,
+    *,
+    seed: int,
+    num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+    indices: Sequence[int] | None = None,
+) -> tuple[DataLoader[tuple[torch.Tensor, torch.Tensor]], TrainOrder]:
+    """An endless DataLoader of augmented training batches in :class:`TrainOrder`, starting
+    after ``start_batch`` batches; returns it with its order (for ``batches_per_epoch``)."""
+    data = TransformedDataset(dataset, transform, indices)
+    order = TrainOrder(len(data), batch_size, seed, rank=rank, world_size=world_size,
+                       start_batch=start_batch)
+    generator = torch.Generator()  # workers' base seed: never drawn from the global generator
+    generator.manual_seed(mix_seed(seed, rank, start_batch))
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        sampler=order,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return loader, order
 
 
 def seed_worker(worker_id: int) -> None:

@@ -9,4 +9,4 @@ share are listed here, in the order they are written, ahead of the kinds' own mo
 """
 
 #: Layers shared by several kinds, written first (a kind's own module may use them).
-SHARED = ("conv_bn_act", "separable_conv")
+SHARED = ("conv_bn_act", "separable_conv", "conv_norm_act")

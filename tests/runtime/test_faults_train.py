@@ -1,0 +1,78 @@
+"""Fault injection: ``kill -9`` a training run at seeded random moments (start-up, a step, a save)
+and check after each kill that the checkpoint link points to a complete checkpoint that loads,
+that nothing of the user's in the run folder was touched, and that ``--resume`` finishes."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import runkit
+
+from runtime import checkpoint as ckpt
+
+ITERS = 24
+KILLS = 4
+USER_FILES = {"checkpoint-mine/notes.txt": "keep me", ".checkpoint-notes/todo.txt": "and me",
+              "checkpoint-0000001x/readme": "almost a name of specc's"}
+
+
+ENV = {**os.environ, **runkit.ENV_ONE_THREAD}
+
+
+def _args(run: Path, *extra: str) -> list[str]:
+    return [runkit.python(), "-m", "specc", "train", str(runkit.SPEC), "--out", str(run),
+            "--iters", str(ITERS), "--save-every", "2", *extra, *runkit.sets(runkit.TINY)]
+
+
+def _start(run: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(_args(run, *extra), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _check_after_kill(run: Path) -> int:
+    """The iteration of the checkpoint the link points to (0: none yet); asserts it loads whole
+    and that the user's files are as they were."""
+    for rel, text in USER_FILES.items():
+        assert (run / rel).read_text() == text, rel
+    if not (run / "checkpoint").is_symlink():
+        return 0
+    weights, state, info = ckpt.load_checkpoint(run)
+    assert weights and info["name"] == "deeplabv3plus_mobilenetv2"
+    ckpt.check_resumable(state, run / "checkpoint" / ckpt.STATE)
+    assert state["iteration"] % 2 == 0 and 0 < state["iteration"] <= ITERS
+    return state["iteration"]
+
+
+def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
+    rng = random.Random(20240609)
+    run = tmp_path / "run"
+    proc = _start(run)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint").exists():  # a specc run folder: the user puts things in it
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    for rel, text in USER_FILES.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(text)
+    seen = []
+    for kill in range(KILLS):
+        if kill:
+            proc = _start(run, "--resume")
+        time.sleep(rng.uniform(0.2, 4.0))  # start-up, a step or a save
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        seen.append(_check_after_kill(run))
+    assert seen == sorted(seen)  # a kill never takes a run back past its last checkpoint
+    done = subprocess.run(_args(run, "--resume"), env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _check_after_kill(run) == ITERS and (run / "model.pt").is_file()
+    leftovers = [p.name for p in run.iterdir() if p.name.startswith((".checkpoint", "checkpoint"))]
+    assert sorted(leftovers) == sorted(["checkpoint", "checkpoint-0000024", *{
+        rel.split("/")[0] for rel in USER_FILES}])
