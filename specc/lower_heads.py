@@ -159,14 +159,10 @@ class ASPP(Head):
     #: GroupNorm groups of the image-pooling conv (``pool_norm == "group"``).
     pool_groups: int = 1
 
-    @property
-    def custom_pool_norm(self) -> bool:
-        """Whether the image-pooling branch swaps its BatchNorm layer for a ConvNormAct."""
-        return self.pooling != "none" and self.pool_norm != "batch"
-
     def shared(self) -> tuple[str, ...]:
-        layers = ("conv_bn_act", "separable_conv") if self.style.separable else ("conv_bn_act",)
-        return (*layers, "conv_norm_act") if self.custom_pool_norm else layers
+        # conv_norm_act is always copied: ImagePooling's constructor names ConvNormAct.
+        layers = ("conv_bn_act", "conv_norm_act")
+        return (*layers, "separable_conv") if self.style.separable else layers
 
     def init(self) -> list[Line]:
         code = call("ASPP", [self.in_channels, self.channels], [
@@ -177,15 +173,9 @@ class ASPP(Head):
             ("align_corners", self.align_corners, ALWAYS),
             ("projection_channels", self.projection_channels, ALWAYS),
             ("projection_kernel", self.projection_kernel, ALWAYS),
-            ("dropout", self.dropout, ALWAYS), ("eps", self.eps, 1e-5)])
-        lines = [Line(f"self.aspp = {code}", self.spec_key)]
-        if self.custom_pool_norm:  # the image-pooling branch is the last one
-            layer = call("ConvNormAct", [self.in_channels, self.channels], [
-                ("norm", self.pool_norm, ALWAYS), ("groups", self.pool_groups, 1),
-                ("eps", self.eps, 1e-5)])
-            lines.append(Line(f"self.aspp.convs[{len(self.rates) + 1}].conv = {layer}",
-                              "aspp.image_pooling.norm"))
-        return lines
+            ("dropout", self.dropout, ALWAYS), ("pool_norm", self.pool_norm, "batch"),
+            ("pool_groups", self.pool_groups, 1), ("eps", self.eps, 1e-5)])
+        return [Line(f"self.aspp = {code}", self.spec_key)]
 
     def forward(self) -> list[Line]:
         return [Line('y = self.aspp(features["out"])',
@@ -196,7 +186,7 @@ class ASPP(Head):
             return super().weight_map(library, at)
         if self.style.separable:
             return "torchvision's ASPP has plain 3×3 convs, the spec's are separable"
-        if self.custom_pool_norm:
+        if self.pooling != "none" and self.pool_norm != "batch":
             return ("torchvision's image pooling has a BatchNorm, the spec's "
                     f"aspp.image_pooling.norm is '{self.pool_norm}': its ASPP has no counterpart")
         src = f"{at}classifier.0"

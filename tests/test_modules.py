@@ -118,6 +118,6 @@ def test_used_modules_follow_the_network(tmp_path):
     root = Path(__file__).resolve().parents[1] / "specs"
     resnet = compile_spec(load_spec(root / "deeplabv3_resnet101.yaml")).network
     xception = compile_spec(load_spec(root / "deeplabv3plus_xception.yaml")).network
-    assert used_modules(resnet) == ["conv_bn_act", "bottleneck", "aspp"]
-    assert used_modules(xception) == ["conv_bn_act", "separable_conv", "xception", "aspp",
-                                      "decoder"]
+    assert used_modules(resnet) == ["conv_bn_act", "conv_norm_act", "bottleneck", "aspp"]
+    assert used_modules(xception) == ["conv_bn_act", "separable_conv", "conv_norm_act",
+                                      "xception", "aspp", "decoder"]

@@ -68,6 +68,22 @@ class SeparableConv(nn.Module):
         return self.act_pointwise(self.bn_pointwise(self.pointwise(x)))
 
 
+class ConvNormAct(nn.Module):
+    """1×1 Conv2d → GroupNorm (``norm="group"``, ``groups`` groups) or nothing (``norm="none"``:
+    the conv has a bias instead) → ReLU. Neither needs more than one value per channel."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm: str, groups: int = 1,
+                 eps: float = 1e-5) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=norm == "none")
+        self.norm = (nn.GroupNorm(groups, out_channels, eps=eps) if norm == "group"
+                     else nn.Identity())
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
 class InvertedResidual(nn.Module):
     """MobileNetV2 unit: 1×1 expansion → 3×3 depthwise (stride, dilation) → 1×1 linear
     projection; residual when the shape is kept."""
@@ -92,18 +108,24 @@ class InvertedResidual(nn.Module):
 
 
 class ImagePooling(nn.Module):
-    """Image-level features (DeepLabv3 §3.3): average pooling → 1×1 conv → BN → ReLU →
+    """Image-level features (DeepLabv3 §3.3): average pooling → 1×1 conv → norm → ReLU →
     bilinear upsampling. An empty ``kernel`` pools globally; a fixed kernel (the feature map at
-    the spec's input size, as in the TF code) is clamped to smaller maps."""
+    the spec's input size, as in the TF code) is clamped to smaller maps. The norm is a
+    BatchNorm (``norm="batch"``), or a GroupNorm of ``groups`` or none, which train on one
+    image per process too."""
 
     kernel: List[int]
 
     def __init__(self, in_channels: int, out_channels: int, *, kernel: List[int],
-                 align_corners: bool, eps: float = 1e-5) -> None:
+                 align_corners: bool, norm: str = "batch", groups: int = 1,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         self.kernel = kernel
         self.align_corners = align_corners
-        self.conv = ConvBNAct(in_channels, out_channels, eps=eps)
+        if norm == "batch":
+            self.conv = ConvBNAct(in_channels, out_channels, eps=eps)
+        else:
+            self.conv = ConvNormAct(in_channels, out_channels, norm=norm, groups=groups, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
@@ -123,7 +145,8 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, *, rates: List[int],
                  separable: bool, depthwise_norm: bool, pooling: bool, pool_kernel: List[int],
                  align_corners: bool, projection_channels: int, projection_kernel: int,
-                 dropout: float, eps: float = 1e-5) -> None:
+                 dropout: float, pool_norm: str = "batch", pool_groups: int = 1,
+                 eps: float = 1e-5) -> None:
         super().__init__()
         branches: List[nn.Module] = [ConvBNAct(in_channels, out_channels, eps=eps)]
         for rate in rates:
@@ -135,7 +158,8 @@ class ASPP(nn.Module):
                                           dilation=rate, eps=eps))
         if pooling:
             branches.append(ImagePooling(in_channels, out_channels, kernel=pool_kernel,
-                                         align_corners=align_corners, eps=eps))
+                                         align_corners=align_corners, norm=pool_norm,
+                                         groups=pool_groups, eps=eps))
         self.convs = nn.ModuleList(branches)
         self.project = ConvBNAct(out_channels * len(branches), projection_channels,
                                  kernel_size=projection_kernel, eps=eps)

@@ -18,7 +18,8 @@ class ConvNormAct(nn.Module):
                  eps: float = 1e-5) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=norm == "none")
-        self.norm = nn.GroupNorm(groups, out_channels, eps=eps) if norm == "group" else nn.Identity()
+        self.norm = (nn.GroupNorm(groups, out_channels, eps=eps) if norm == "group"
+                     else nn.Identity())
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:

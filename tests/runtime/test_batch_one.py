@@ -67,7 +67,9 @@ def test_batch_norm_default_leaves_the_resolved_spec_alone() -> None:
     explicit = load_spec(DEMO, [*SMALL, "aspp.image_pooling.norm=batch"])
     assert "norm" not in plain.resolved["aspp"]["image_pooling"]
     assert plain.sha256 == explicit.sha256  # hashes of existing specs and runs are unchanged
-    assert "ConvNormAct" not in build(plain).source
+    assert "pool_norm=" not in build(plain).source  # the default is not spelled out
+    group = load_spec(DEMO, [*SMALL, "aspp.image_pooling.norm=group"])
+    assert 'pool_norm="group"' in build(group).source
 
 
 def test_torchvision_weights_into_a_group_norm_pooling_say_what_is_missing() -> None:
