@@ -19,10 +19,24 @@ from rich.table import Table
 
 from runtime.report import Progress
 from specc.analysis import group_of
+from specc.errors import SpeccError, SpecError, SpecErrors
 
 # Piped output (CI logs, files) gets tables wide enough not to truncate column names.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def error_text(exc: SpeccError) -> str:
+    """How an error is shown: a spec error as it is (it starts with file:line:col), any other
+    with ``error:`` before it."""
+    return str(exc) if isinstance(exc, SpecError | SpecErrors) else f"error: {exc}"
+
+
+def os_error_text(exc: OSError) -> str:
+    """``PATH: reason`` for an OS error (the target of a failed rename, else its file)."""
+    path = exc.filename2 or exc.filename
+    reason = exc.strerror or str(exc)
+    return f"{path}: {reason}" if path else reason
 
 
 # ------------------------------------------------------------------------------------------------
