@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from runtime.devices import resolve_device
 from specc.errors import TrainingError
 
 T = TypeVar("T")
@@ -67,14 +68,13 @@ def setup(device: str | None = None) -> Context:
     process takes GPU ``LOCAL_RANK``.
 
     Raises:
-        TrainingError: malformed torchrun variables, or CUDA requested but not available.
+        TrainingError: malformed torchrun variables.
+        SpeccError: a device that is not valid, or CUDA requested but not available.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' requested but CUDA is not available")
+    use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

@@ -24,6 +24,7 @@ from torch import nn
 
 from runtime import distributed
 from runtime.data import build_loader, eval_transform, open_split
+from runtime.devices import resolve_device
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from runtime.report import SILENT, Reporter
 from specc.api import build
@@ -175,8 +176,11 @@ def evaluate_checkpoint(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     reporter: Reporter | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Build the spec's model, load the weights at ``checkpoint`` and evaluate it.
+
+    ``device`` is ``cpu`` or ``cuda`` (default: CUDA when available).
 
     ``doc`` is a loaded spec (``specc.api.load_spec``), overrides already applied, so weights
     trained at output stride 16 can be evaluated at 8. Returns the JSON report of ``specc eval``.
@@ -184,9 +188,10 @@ def evaluate_checkpoint(
     Raises:
         WeightsError: the weights are missing, unreadable, or do not fit the model.
         DataError: the validation data cannot be read.
+        SpeccError: a device that is not valid or not available.
     """
     spec = doc.spec
-    ctx = distributed.Context(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    ctx = distributed.Context(device=resolve_device(device))
     model = build(doc).module
     weights = read_weights(checkpoint)
     load_weights(model, weights)

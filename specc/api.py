@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +36,10 @@ from specc.validate import validate
 
 if TYPE_CHECKING:
     from torch import nn
+
+#: Most parameters a network may hold: 8 GB of float32 weights, 100× the largest DeepLab
+#: (Xception-71, ~60 M); larger is a typo in a channel count, not a model.
+MAX_PARAMETERS = 2_000_000_000
 
 #: Sections of a spec that do not change the network (training protocol and data).
 NON_ARCHITECTURE_KEYS = ("train", "data")
@@ -153,7 +158,35 @@ class Compilation:
         one; call :func:`specc.compile.instantiate` on :attr:`source` for another."""
         from specc.compile import instantiate  # torch: kept out of validate/info start-up
 
-        return instantiate(self.source)
+        self._check_parameters()
+        try:
+            return instantiate(self.source)
+        except MemoryError:
+            raise self._too_large("there is not enough memory for it") from None
+        except RuntimeError as err:
+            if "allocate" not in str(err):
+                raise
+            raise self._too_large("there is not enough memory for it") from None
+
+    def _check_parameters(self) -> None:
+        """Refuse, before allocating anything, a network past :data:`MAX_PARAMETERS`.
+
+        Each field is bounded on its own; their product (channels × kernel² × channels, a
+        width multiplier, an expansion) can still ask for more memory than any machine has.
+
+        Raises:
+            SpecError: the network would hold more than MAX_PARAMETERS parameters.
+        """
+        count = sum(math.prod(shape) for shape in self.state_shapes.values())
+        if count > MAX_PARAMETERS:
+            raise self._too_large(f"it would hold {count:,} parameters, more than the "
+                                  f"{MAX_PARAMETERS:,} specc builds")
+
+    def _too_large(self, why: str) -> SpecError:
+        title = self.network.title.rstrip(".")
+        return SpecError(f"the network is too large to build: {why} ({title}); reduce channels, "
+                         "kernels, width_multiplier or expansion",
+                         location=self.doc.raw.sources.locate(()))
 
     @cached_property
     def state_shapes(self) -> dict[str, list[int]]:

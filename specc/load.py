@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,18 +178,24 @@ class _Builder:
 
 
 def _read_text(path: Path, display: str) -> str:
+    """The text of a spec file, refused before reading when it is not a small regular file.
+
+    The file is opened without blocking (a FIFO would otherwise wait for a writer), checked with
+    ``fstat`` on the open descriptor (no race with a rename) and read up to one byte past the
+    limit, so a device such as ``/dev/zero`` or a sparse multi-GB file costs no memory.
+
+    Raises:
+        SpecError: the file is missing, not a regular file, too large, binary or not UTF-8.
+    """
     where = Location(display)
     try:
-        data = path.read_bytes()
+        data = _read_limited(path, display)
     except FileNotFoundError:
         raise SpecError("no such file", location=where) from None
     except IsADirectoryError:
         raise SpecError("expected a YAML file, found a directory", location=where) from None
     except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", location=where) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise SpecError(f"expected a spec under {MAX_FILE_BYTES} bytes, found a file of "
-                        f"{len(data)} bytes", location=where)
+        raise SpecError(f"cannot read: {exc.strerror or exc}", location=where) from None
     if b"\0" in data:
         at = _byte_location(data, data.index(b"\0"), display)
         raise SpecError("expected YAML text, found binary data (a NUL byte)", location=at)
@@ -197,6 +205,35 @@ def _read_text(path: Path, display: str) -> str:
         at = _byte_location(data, exc.start, display)
         raise SpecError(f"expected UTF-8 text, found the byte 0x{data[exc.start]:02x}, which is "
                         "not UTF-8 (save the file as UTF-8)", location=at) from None
+
+
+def _read_limited(path: Path, display: str) -> bytes:
+    """At most ``MAX_FILE_BYTES`` of a regular file; SpecError for anything else or anything more."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(stream.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(f"expected a YAML file, found {_file_kind(info.st_mode)}",
+                            location=Location(display))
+        if info.st_size > MAX_FILE_BYTES:
+            raise SpecError(_too_large(info.st_size), location=Location(display))
+        data = stream.read(MAX_FILE_BYTES + 1)  # the file may have grown since fstat
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecError(_too_large(len(data)), location=Location(display))
+    return data
+
+
+def _too_large(size: int) -> str:
+    return f"expected a spec under {MAX_FILE_BYTES} bytes, found a file of {size} bytes"
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words: ``a named pipe (FIFO)``, ``a character device`` ..."""
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _byte_location(data: bytes, offset: int, display: str) -> Location:

@@ -24,15 +24,21 @@ from pydantic import (
     model_validator,
 )
 
-from specc.spec_train import DataSpec, TrainSpec
+from specc.spec_train import MAX_SIZE, DataSpec, TrainSpec
 
 Identifier = Annotated[
     str,
     StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$"),
     Field(description="A lower-case identifier: letters, digits and '_', starting with a letter."),
 ]
-#: A whole number > 0; strict, so that YAML's ``true``/``yes`` is not read as 1.
-Positive = Annotated[int, Strict(), Field(gt=0)]
+#: Most classes a model may predict (a 16-bit label image holds 65536 values).
+MAX_CLASSES = 65535
+#: Largest kernel a conv may have (DeepLab uses 1 and 3; 7 in the ResNet stem).
+MAX_KERNEL = 63
+
+#: A whole number 1 .. MAX_SIZE (channels, sizes, strides, rates); strict, so that YAML's
+#: ``true``/``yes`` is not read as 1.
+Positive = Annotated[int, Strict(), Field(gt=0, le=MAX_SIZE)]
 
 
 def _odd(value: int) -> int:
@@ -42,7 +48,7 @@ def _odd(value: int) -> int:
 
 
 #: A kernel size: odd, so that "same" padding keeps the feature map centred.
-OddKernel = Annotated[int, Strict(), Field(gt=0), AfterValidator(_odd)]
+OddKernel = Annotated[int, Strict(), Field(gt=0, le=MAX_KERNEL), AfterValidator(_odd)]
 
 NodeName = Annotated[
     str,
@@ -59,7 +65,8 @@ BACKBONE_PRESETS = (
 class Base(BaseModel):
     """Closed, immutable, strict: unknown keys are errors, nothing is silently ignored."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, populate_by_name=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False, populate_by_name=False,
+                              allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +162,7 @@ class BackboneSpec(Base):
         "(three 3×3 convs 64, 64, 128 + max-pool, the TF 'beta' ResNets). Or an explicit stem.")
     stages: list[StageSpec] | None = Field(
         None, description="Explicit stages (instead of a preset).")
-    width_multiplier: float = Field(1.0, gt=0, description="MobileNetV2 width multiplier.")
+    width_multiplier: float = Field(1.0, gt=0, le=16, description="MobileNetV2 width multiplier.")
     activation: Literal["relu", "relu6"] | None = Field(
         None, description="Activation; defaults to relu6 for MobileNetV2, relu otherwise.")
     norm: NormSpec = Field(default_factory=NormSpec, description="Batch norm settings.")
@@ -294,11 +301,23 @@ class InputSpec(Base):
     std: tuple[float, float, float] = Field(
         (0.229, 0.224, 0.225), description="Per-channel std of images scaled to [0, 1].")
 
+    @field_validator("mean")
+    @classmethod
+    def _unit_range(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(not 0 <= m <= 1 for m in v):
+            hint = "; a mean on the 0..255 scale? divide it by 255" if max(v) > 1 else ""
+            raise ValueError(f"expected values in 0..1 (images are scaled to [0, 1]), found "
+                             f"{list(v)}{hint}")
+        return v
+
     @field_validator("std")
     @classmethod
     def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(s <= 0 for s in v):
             raise ValueError(f"expected positive values, found {list(v)}")
+        if max(v) > 1:
+            raise ValueError(f"expected values of at most 1 (images are scaled to [0, 1]), found "
+                             f"{list(v)}; a std on the 0..255 scale? divide it by 255")
         return v
 
 
@@ -312,7 +331,7 @@ class Spec(Base):
     """A DeepLabv3 / DeepLabv3+ model, and how to train it."""
 
     name: Identifier = Field(description="Model name; also the output folder and class prefix.")
-    num_classes: Positive = Field(description="Number of classes (VOC: 21).")
+    num_classes: Annotated[int, Strict(), Field(gt=0, le=MAX_CLASSES)] = Field(description="Number of classes (VOC: 21).")
     input: InputSpec = Field(default_factory=InputSpec, description="Input size and normalization.")
     backbone: BackboneSpec = Field(description="The feature extractor.")
     aspp: ASPPSpec | None = Field(

@@ -10,17 +10,29 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
+#: Largest channel count, spatial size (pixels), stride or rate a spec may give: far past any
+#: DeepLab (2048 channels, 513-pixel crops, rate 36), small enough to refuse a typo's billions
+#: before anything is allocated.
+MAX_SIZE = 16384
+#: Most images a data split or a batch may hold (a sampler allocates one index per image).
+MAX_IMAGES = 10_000_000
+
 #: A whole number > 0; strict, so that YAML's ``true``/``yes`` is not read as 1.
 Positive = Annotated[int, Strict(), Field(gt=0)]
+#: A size in pixels, 1 .. MAX_SIZE.
+Size = Annotated[int, Strict(), Field(gt=0, le=MAX_SIZE)]
+#: A number of images, 1 .. MAX_IMAGES.
+Images = Annotated[int, Strict(), Field(gt=0, le=MAX_IMAGES)]
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: a learning rate of .inf or .nan would only show up as a NaN loss later
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class TrainSpec(_Base):
     iters: Positive = Field(30_000, description="Training iterations (30k on VOC trainaug).")
-    batch_size: Positive = Field(16, description="Images per step, all processes together (16).")
+    batch_size: Images = Field(16, description="Images per step, all processes together (16).")
     lr: float = Field(0.007, gt=0, description="Initial learning rate (0.007).")
     poly_power: float = Field(0.9, gt=0, description="Poly schedule: lr·(1 − it/iters)^power.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (0.9).")
@@ -34,24 +46,24 @@ class TrainSpec(_Base):
         "fine-tuning at output stride 8).")
     aux_weight: float = Field(0.4, ge=0, description="Weight of the auxiliary loss (torchvision).")
     ignore_index: int = Field(255, ge=0, le=255, description="Label ignored by loss and metrics.")
-    hard_classes: list[int] = Field(
+    hard_classes: list[Annotated[int, Field(ge=0, le=65535)]] = Field(
         default_factory=list, description="Classes whose images are oversampled (DeepLabv3 "
         "§4.3 bootstrapping; VOC: bicycle 2, chair 9, table 11, plant 16, sofa 18).")
     hard_repeat: Positive = Field(2, description="How many times a hard image appears per epoch.")
     amp: Literal["none", "bf16", "fp16"] = Field(
         "none", description="Mixed precision on CUDA (ignored on CPU).")
     channels_last: bool = Field(False, description="channels_last memory format on CUDA.")
-    seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
-    workers: int = Field(2, ge=0, description="Data-loading worker processes.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed for weights, sampling and augmentation.")
+    workers: int = Field(2, ge=0, le=256, description="Data-loading worker processes.")
     log_every: Positive = Field(10, description="Iterations between metrics.jsonl records.")
     save_every: Positive = Field(1000, description="Iterations between checkpoints.")
     eval_every: int = Field(0, ge=0, description="Iterations between evaluations (0: at the end).")
 
 
 class SyntheticSpec(_Base):
-    size: Positive = Field(128, description="Side of the generated square images.")
-    train_length: Positive = Field(2000, description="Images in the train split.")
-    val_length: Positive = Field(200, description="Images in the val split.")
+    size: Size = Field(128, description="Side of the generated square images.")
+    train_length: Images = Field(2000, description="Images in the train split.")
+    val_length: Images = Field(200, description="Images in the val split.")
 
 
 class DataSpec(_Base):
@@ -63,7 +75,7 @@ class DataSpec(_Base):
     scale_max: float = Field(2.0, gt=0, description="Largest random scale (2.0).")
     scale_step: float = Field(0.25, gt=0, description="Step between random scales (0.25).")
     flip: bool = Field(True, description="Random left-right flip.")
-    crop: tuple[Positive, Positive] | None = Field(
+    crop: tuple[Size, Size] | None = Field(
         None, description="Training crop (H, W); defaults to input.size.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec,
                                      description="The built-in data set.")

@@ -153,6 +153,8 @@ def _expected(err: dict[str, Any]) -> str | None:
         return "an integer"
     if kind.startswith("float_"):
         return "a number"
+    if kind == "finite_number":
+        return "a finite number"
     if kind.startswith("bool_"):
         return "true or false"
     if kind.startswith("string_") and kind != "string_pattern_mismatch":

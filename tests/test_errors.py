@@ -252,6 +252,32 @@ CASES = [
                                                               "\"backbone.entry2'); import os #\"\n"},
          f"spec.yaml:6:14: decoder.low_level: expected {NODE_NAME}, found \"backbone.entry2'); "
          "import os #\""),
+    # Bounds: values no network can have are refused in validation, before anything is built.
+    Case("classes in the billions", {"spec.yaml": BASE},
+         "--set num_classes=3000000000: num_classes: expected a number of at most 65535, found "
+         "3000000000", ["num_classes=3000000000"]),
+    Case("channels past the bound", {"spec.yaml": BASE + "aspp: {channels: 100000}\n"},
+         "spec.yaml:5:18: aspp.channels: expected a number of at most 16384, found 100000"),
+    Case("a rate in the billions", {"spec.yaml": BASE + "aspp: {rates: [6, 12, 1000000000]}\n"},
+         "spec.yaml:5:23: aspp.rates[2]: expected a number of at most 16384, found 1000000000"),
+    Case("an input size in the billions", {"spec.yaml": BASE + "input: {size: [513, 1000000000]}\n"},
+         "spec.yaml:5:21: input.size[1]: expected a number of at most 16384, found 1000000000"),
+    Case("a zero training crop", {"spec.yaml": BASE + "data: {crop: [0, 0]}\n"},
+         "spec.yaml:5:15: data.crop[0]: expected a number greater than 0, found 0\n"
+         "spec.yaml:5:18: data.crop[1]: expected a number greater than 0, found 0"),
+    Case("a kernel past the bound", {"spec.yaml": BASE + "aspp: {projection: {kernel: 101}}\n"},
+         "spec.yaml:5:29: aspp.projection.kernel: expected a number of at most 63, found 101"),
+    Case("a batch in the hundred millions", {"spec.yaml": BASE + "train: {batch_size: 100000000}\n"},
+         "spec.yaml:5:21: train.batch_size: expected a number of at most 10000000, found 100000000"),
+    Case("an infinite learning rate", {"spec.yaml": BASE + "train: {lr: .inf}\n"},
+         "spec.yaml:5:13: train.lr: expected a finite number, found inf"),
+    Case("a mean on the 0..255 scale", {"spec.yaml": BASE + "input: {mean: [123.675, 116.28, "
+                                                            "103.53]}\n"},
+         "spec.yaml:5:15: input.mean: expected values in 0..1 (images are scaled to [0, 1]), "
+         "found [123.675, 116.28, 103.53]; a mean on the 0..255 scale? divide it by 255"),
+    Case("a std on the 0..255 scale", {"spec.yaml": BASE + "input: {std: [58.395, 57.12, 57.375]}\n"},
+         "spec.yaml:5:14: input.std: expected values of at most 1 (images are scaled to [0, 1]), "
+         "found [58.395, 57.12, 57.375]; a std on the 0..255 scale? divide it by 255"),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,30 @@ def test_weights_saved_under_old_key_names_keep_their_architecture_hash(tmp_path
     assert Document.from_resolved(old_resolved, tmp_path / "model.pt").resolved == doc.resolved
     damaged = spec_info_of({**stored, "sha256": "0" * 64})
     assert damaged["spec_sha256"] == "0" * 64  # a hash that did not match stays wrong
+
+
+def test_a_sparse_multi_gigabyte_file_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as f:
+        f.truncate(5 * 1024**3)  # sparse: costs no disk, but read_bytes() would need 5 GB
+    with pytest.raises(SpecError, match=r"expected a spec under 1000000 bytes, found a file of "
+                                        r"5368709120 bytes"):
+        load(path)
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_endless_devices_are_refused_before_reading(device):
+    if not Path(device).exists():
+        pytest.skip(f"no {device} here")
+    with pytest.raises(SpecError, match=f"^{device}: expected a YAML file, found a character "
+                                        "device$"):
+        load(Path(device))
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this system")
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(SpecError, match=r"expected a YAML file, found a named pipe \(FIFO\)"):
+        load(fifo)  # opening it for reading would block forever without O_NONBLOCK

@@ -8,6 +8,15 @@ layout does not define map to ``-1`` and are reported as a :class:`DataError` na
 Reading goes through :func:`read_image` and :func:`read_label`, which force Pillow to decode the
 whole file, so a truncated or corrupt file is reported when it is read instead of surfacing as a
 traceback deep inside a DataLoader worker.
+
+Images of every mode Pillow opens are read, scaled by their true bit depth to the range the model
+takes (0..1, held as 8-bit RGB like every other sample): 8-bit modes (``1``, ``L``, ``LA``, ``P``,
+``RGB``, ``RGBA``, ``CMYK``, ``YCbCr``, ``LAB``, ...) through Pillow's own colour conversion, with
+any alpha channel dropped; 16-bit grey (``I;16``, and ``I`` with values in 0..65535) divided by
+65535; floating-point grey (``F``, e.g. a float TIFF) taken to lie in 0..1, and refused with the
+file named when a value lies outside or is not finite. 16-bit RGB PNGs are reduced to 8 bits by
+Pillow itself. Label images must hold class ids in one integer channel (``L``, ``P``, ``I;16``,
+``I`` or ``1``); a colour or floating-point mask is refused.
 """
 
 from __future__ import annotations
@@ -77,29 +86,85 @@ def identity_table(num_classes: int) -> np.ndarray:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Read an image file fully and return it as RGB.
+    """Read an image file fully and return it as 8-bit RGB, scaled by its true bit depth.
 
     Raises:
-        DataError: the file is missing, truncated, or not an image Pillow can decode.
+        DataError: the file is missing, truncated, not an image Pillow can decode, of a mode that
+            has no RGB reading, or a float image with values outside 0..1.
     """
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so truncation is caught here
-            return img.convert("RGB")
+            return to_rgb(img, path)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: expected an image file, found a directory") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read image: {err}") from None
 
 
-def read_label(path: Path, table: np.ndarray, num_classes: int) -> np.ndarray:
-    """Read a label PNG (palette or grayscale) and map its values to train ids with ``table``.
+#: Modes holding one channel of 16-bit (or wider integer) grey, read as 0..65535.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-    For a palette ('P') PNG the palette index is the label, as in VOC's ``SegmentationClass``.
+
+def to_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """``img`` as 8-bit RGB with values scaled by the mode's true range (see the module text).
 
     Raises:
-        DataError: the file is missing or unreadable, is not a single-channel label image, or holds
-            values the layout does not define (the message lists them).
+        DataError: values outside the mode's range (negative or past 65535 in ``I``, outside 0..1
+            or not finite in ``F``), or a mode Pillow cannot convert to RGB.
+    """
+    if img.mode in WIDE_GREY_MODES:
+        values = np.asarray(img)
+        _check_range(values, 0, 65535, path, img.mode, "16-bit grey is read as 0..65535")
+        return _grey_to_rgb(values / 65535.0)
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        _check_range(values, 0.0, 1.0, path, img.mode, "floating-point images are read as 0..1")
+        return _grey_to_rgb(values)
+    if img.mode in ("P", "PA") and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow warns when a palette with transparency goes to RGB
+    try:
+        return img.convert("RGB")
+    except ValueError:
+        raise DataError(f"{path}: cannot read images of mode {img.mode!r} as RGB; save it as "
+                        "8-bit or 16-bit RGB or grey") from None
+
+
+def _check_range(values: np.ndarray, low: float, high: float, path: Path, mode: str,
+                 rule: str) -> None:
+    """DataError naming the file when ``values`` are not all finite and within ``low..high``."""
+    if not values.size:
+        return
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: mode {mode!r} image holds values that are not finite (NaN or "
+                        f"infinity); {rule}")
+    found_low, found_high = values.min(), values.max()
+    if found_low < low or found_high > high:
+        raise DataError(f"{path}: mode {mode!r} image holds values from {found_low:g} to "
+                        f"{found_high:g}; {rule} (rescale the image into {low:g}..{high:g})")
+
+
+def _grey_to_rgb(unit: np.ndarray) -> Image.Image:
+    """An RGB image of grey values in 0..1, rounded to the nearest of 256 levels."""
+    grey = np.rint(unit * 255.0).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+
+
+#: Label modes that hold integer class ids in one channel.
+LABEL_MODES = ("L", "P", "1", *WIDE_GREY_MODES)
+
+
+def read_label(path: Path, table: np.ndarray, num_classes: int) -> np.ndarray:
+    """Read a label image of class ids and map its values to train ids with ``table``.
+
+    For a palette ('P') PNG the palette index is the label, as in VOC's ``SegmentationClass``;
+    16-bit grey (``I;16``, ``I``) and 1-bit masks are read as the integers they hold.
+
+    Raises:
+        DataError: the file is missing or unreadable, is not a single-channel integer label image,
+            or holds values the layout does not define (the message lists them).
     """
     try:
         with Image.open(path) as img:
@@ -108,16 +173,23 @@ def read_label(path: Path, table: np.ndarray, num_classes: int) -> np.ndarray:
             raw = np.asarray(img)
     except FileNotFoundError:
         raise DataError(f"{path}: label file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: expected a label image, found a directory") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read label image: {err}") from None
-    if mode not in ("P", "L"):
+    if mode not in LABEL_MODES:
         raise DataError(
-            f"{path}: label images must be palette ('P') or grayscale ('L') PNGs holding class ids,"
-            f" found mode {mode!r}"
+            f"{path}: label images must hold class ids in one integer channel (palette 'P', "
+            f"grey 'L', 16-bit 'I;16' or 'I', 1-bit '1'), found mode {mode!r}"
+            + (" (a colour mask? save the class ids, not colours)" if mode in ("RGB", "RGBA")
+               else "")
         )
-    mapped = table[raw]
-    if (mapped < 0).any():
-        bad = np.unique(raw[mapped < 0])
+    raw = raw.astype(np.int64)
+    outside = (raw < 0) | (raw >= table.size)
+    mapped = table[np.where(outside, 0, raw)]
+    bad_mask = outside | (mapped < 0)
+    if bad_mask.any():
+        bad = np.unique(raw[bad_mask])
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
         raise DataError(
             f"{path}: label values {shown} are not valid for {num_classes} classes"

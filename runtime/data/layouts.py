@@ -79,7 +79,7 @@ ADE20K_CLASSES = (
     "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
     "clock", "flag",
 )  # fmt: skip
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 SOURCE_FORMS = "synthetic, voc:PATH, cityscapes:PATH, ade20k:PATH, folder:PATH"
 
@@ -197,7 +197,7 @@ def ade20k(root: Path, split: str) -> PairedDataset:
 
 
 def folder(root: Path, split: str, num_classes: int) -> PairedDataset:
-    """A plain folder layout: ``images/{split}/*.jpg|png`` + ``masks/{split}/<stem>.png``.
+    """A plain folder layout: ``images/{split}/*`` (any of ``IMAGE_SUFFIXES``) + ``masks/{split}/<stem>.png``.
 
     ``classes.txt`` (one name per line), when present, fixes the class count and names.
 

@@ -15,8 +15,8 @@ import sys
 import typer
 
 from specc.cli import compiler, runtime
-from specc.cli.render import err
-from specc.errors import SpeccError, SpecError, SpecErrors
+from specc.cli.render import err, error_text, os_error_text
+from specc.errors import SpeccError
 
 app = typer.Typer(
     name="specc",
@@ -38,14 +38,23 @@ for _name, _command in (
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; user errors print one message and exit 2."""
+    """Entry point: run the app; user errors print one message and exit 2.
+
+    Besides a :class:`SpeccError`, an ``OSError`` that reaches this far (a full disk, a folder
+    removed or made read-only while the command ran) and a ``MemoryError`` are the machine's
+    answer to the user's input, not bugs: they print the path and the reason, exit 2.
+    """
     try:
         app(args=argv, prog_name="specc")
-    except (SpecError, SpecErrors) as exc:
-        err.print(str(exc), markup=False)
-        sys.exit(2)
     except SpeccError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(error_text(exc), markup=False)
+        sys.exit(2)
+    except OSError as exc:
+        err.print(f"error: {os_error_text(exc)}", markup=False)
+        sys.exit(2)
+    except MemoryError:
+        err.print("error: out of memory (an input larger than this machine can hold?)",
+                  markup=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

@@ -23,7 +23,8 @@ from specc.api import compile_spec, load_spec
 from specc.artifacts import shown
 from specc.build import build_to
 from specc.cli import render
-from specc.diff import compare, load_side
+from specc.cli.paths import output_file, output_folder
+from specc.diff import Side, compare, load_side
 from specc.errors import SpeccError
 from specc.fsutil import atomic_write_bytes, reporting_os_errors
 from specc.graphviz import collapsed, layers, render_dot, render_matplotlib, to_dot
@@ -81,6 +82,8 @@ def build(
         paths += _all_specs()
     if not paths:
         raise SpeccError("nothing to build: give spec files or --all")
+    if not check:
+        output_folder(out_dir)
     differs = []
     for path in paths:
         comp = compile_spec(load_spec(path, set_ or []))
@@ -144,6 +147,7 @@ def import_weights_command(
                                 "--weights`.")] = False,
 ) -> None:
     """Map a torchvision or timm state dict onto a spec's tensors (no download, ever)."""
+    output_file(out)
     imported = import_weights(spec, src, from_, out, overrides=set_ or [],
                               backbone_only=backbone_only)
     typer.echo(f"imported {len(imported.state)} tensors from {src} ({imported.kind}) → {out}")
@@ -179,8 +183,7 @@ def diff(
 ) -> None:
     """What changes between two variants: spec keys, schedule, cost, graph, and whether a
     checkpoint of A loads into B. Exit 0 identical, 1 differ, 2 error."""
-    side_a = load_side(a, list(set_a or []), "a")
-    side_b = load_side(b, list(set_b or []), "b")
+    side_a, side_b = _both_sides((a, list(set_a or []), "a"), (b, list(set_b or []), "b"))
     result = compare(side_a, side_b)
     if format_ is DiffFormat.json:
         print(json.dumps(result, indent=2))
@@ -190,6 +193,25 @@ def diff(
         render.print_diff(result)
     if not result["identical"]:
         raise typer.Exit(1)
+
+
+def _both_sides(*sides: tuple[Path, list[str], str]) -> list[Side]:
+    """Load every side of a diff; when several are broken, report each, not just the first.
+
+    Raises:
+        SpeccError: the last side's error, after the others are printed.
+    """
+    loaded, errors = [], []
+    for path, overrides, which in sides:
+        try:
+            loaded.append(load_side(path, overrides, which))
+        except SpeccError as exc:
+            errors.append(exc)
+    for exc in errors[:-1]:
+        render.err.print(render.error_text(exc), markup=False)
+    if errors:
+        raise errors[-1]
+    return loaded
 
 
 class GraphFormat(str, Enum):
@@ -224,6 +246,8 @@ def graph(
         format_ = GraphFormat(suffix) if suffix in ("svg", "png") else GraphFormat.dot
     if format_ is GraphFormat.png and out is None:
         raise SpeccError("--format png writes binary data: give --out FILE")
+    if out is not None:
+        output_file(out)
     net = compile_spec(load_spec(spec, set_ or [])).network
     drawn = collapsed(net) if collapse else layers(net)
     dot_text = to_dot(drawn)

@@ -6,23 +6,61 @@ The compiler and the runtime return plain data; this module lays it out for a te
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
+from rich.text import Text
 
 from runtime.report import Progress
 from specc.analysis import group_of
+from specc.errors import SpeccError, SpecError, SpecErrors
 
-# Piped output (CI logs, files) gets tables wide enough not to truncate column names.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
+# soft_wrap: a long line (a path, a message) is never broken; tables go through print_table.
+out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: Widest a table is laid out when the output is not a terminal (a sanity bound, not a layout).
+PIPE_WIDTH_LIMIT = 10_000
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print ``table`` fitted to the window on a terminal, and at its natural width otherwise.
+
+    Piped into a file, a CI log or ``| tee``, rich would assume 80 columns and squeeze and wrap
+    every cell; there the table gets the width its content needs (title and caption included),
+    so each row stays one line a reader (or ``grep``) can use.
+    """
+    if console.is_terminal:
+        console.print(table)
+        return
+    options = console.options.update_width(PIPE_WIDTH_LIMIT)
+    width = Measurement.get(console, options, table).maximum
+    for text in (table.title, table.caption):
+        if isinstance(text, str):
+            width = max(width, Text.from_markup(text).cell_len)
+    table.min_width = width
+    wide = Console(file=console.file, width=width, highlight=False, soft_wrap=True,
+                   no_color=console.no_color, color_system=None)
+    wide.print(table)
+
+
+def error_text(exc: SpeccError) -> str:
+    """How an error is shown: a spec error as it is (it starts with file:line:col), any other
+    with ``error:`` before it."""
+    return str(exc) if isinstance(exc, SpecError | SpecErrors) else f"error: {exc}"
+
+
+def os_error_text(exc: OSError) -> str:
+    """``PATH: reason`` for an OS error (the target of a failed rename, else its file)."""
+    path = exc.filename2 or exc.filename
+    reason = exc.strerror or str(exc)
+    return f"{path}: {reason}" if path else reason
 
 
 # ------------------------------------------------------------------------------------------------
@@ -47,7 +85,7 @@ def print_info(data: dict) -> None:
                       ",".join(map(str, r["rates"])), str(r["reduction"]),
                       "×".join(map(str, r["feature_size"])), str(r["channels"]),
                       str(r["receptive_field"]))
-    out.print(table)
+    print_table(out, table)
     for s in data.get("stages", []):
         out.print(f"  {s['stage']}: 1/{s['reduction']}, "
                   f"{s['feature_size'][0]}×{s['feature_size'][1]}, rates {s['rates']}, "
@@ -65,7 +103,7 @@ def print_info(data: dict) -> None:
     for part, c in data["costs"].items():
         costs.add_row(part, _fmt_count(c["params"]), _fmt_count(c["macs"]))
     costs.add_row("[bold]total[/bold]", _fmt_count(data["params"]), _fmt_count(data["macs"]))
-    out.print(costs)
+    print_table(out, costs)
     out.print(f"receptive field of the backbone output: {data['receptive_field']} px")
 
 
@@ -302,10 +340,9 @@ def diff_markdown(result: dict[str, Any]) -> str:
 
 
 def print_diff(result: dict[str, Any], console: Console | None = None) -> None:
-    """The report as rich tables on ``console`` (default: standard output, 160 columns when
-    piped)."""
+    """The report as rich tables on ``console`` (default: standard output; see print_table)."""
     if console is None:
-        console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        console = Console(highlight=False, soft_wrap=True)
     console.print(f"[bold]A[/bold] {result['a']} — {result['title']['a']}", highlight=False)
     console.print(f"[bold]B[/bold] {result['b']} — {result['title']['b']}", highlight=False)
     if result["identical"]:
@@ -317,7 +354,7 @@ def print_diff(result: dict[str, Any], console: Console | None = None) -> None:
             table.add_column(col, justify="right" if numeric else "left", overflow="fold")
         for row in s.rows:
             table.add_row(*row)
-        console.print(table)
+        print_table(console, table)
     for note in result["notes"]:
         console.print(f"note: {note}", markup=False, highlight=False)
 
@@ -373,7 +410,7 @@ def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], fli
     table.add_section()
     table.add_row("[bold]mIoU", f"[bold]{100 * report['miou']:.2f}")
     table.add_row("pixel accuracy", f"{100 * report['pixel_accuracy']:.2f}")
-    console = Console(highlight=False)
-    console.print(table)
+    console = Console(highlight=False, soft_wrap=True)
+    print_table(console, table)
     console.print(f"weights: {report['checkpoint']}   (— : class absent from labels and "
                   "predictions, left out of the mean)", markup=False)

@@ -21,6 +21,7 @@ import typer
 
 from specc.api import load_spec
 from specc.cli import render
+from specc.cli.paths import output_file, output_folder
 from specc.errors import SpeccError
 from specc.fsutil import atomic_write_bytes
 
@@ -32,6 +33,8 @@ ScalesOpt = Annotated[str | None, typer.Option(
     "--scales", help="Comma-separated inference scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")]
 FlipOpt = Annotated[bool, typer.Option(
     "--flip", help="Also average the left-right mirrored prediction.")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    help="cpu or cuda; default cuda when available. An unavailable device is an error.")]
 
 
 def _overrides(set_: list[str] | None, **flags: Any) -> list[str]:
@@ -81,20 +84,21 @@ def train(
     init: Annotated[Path | None, typer.Option(
         help="Start from these weights (run folder, .safetensors or model.pt), e.g. stage 1 "
              "before fine-tuning at output stride 8.")] = None,
-    device: Annotated[str | None, typer.Option(
-        help="cpu or cuda; default cuda when available.")] = None,
+    device: DeviceOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Train a spec's model; checkpoints, metrics.jsonl and model.pt go to the run folder.
 
     Under `torchrun --nproc_per_node=N -m specc train ...` the global batch is split over N processes (DistributedDataParallel).
     """
-    from runtime.train import train as run_training  # torch: not at start-up
+    from runtime.devices import resolve_device  # torch: not at start-up
+    from runtime.train import train as run_training
 
+    resolve_device(device)  # a device that is not valid or not available: before any work
     doc = load_spec(spec, _overrides(
         set_, **{"data.source": data, "train.iters": iters, "train.batch_size": batch_size,
-                 "data.crop": [crop, crop] if crop else None, "train.save_every": save_every}))
-    run_dir = out or Path("runs") / doc.spec.name
+                 "data.crop": None if crop is None else [crop, crop], "train.save_every": save_every}))
+    run_dir = output_folder(out or Path("runs") / doc.spec.name)
     console = render.err
     with _worker_errors():
         result = run_training(doc, run_dir, resume=resume, init=init, device=device,
@@ -121,18 +125,21 @@ def eval_(
     flip: FlipOpt = False,
     set_: SetOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Evaluate weights on the validation split: mIoU, per-class IoU, pixel accuracy.
 
     `--set backbone.output_stride=8` evaluates weights trained at 16 (DeepLabv3 §4.3).
     """
-    from runtime.evaluate import evaluate_checkpoint, parse_scales  # torch: not at start-up
+    from runtime.devices import resolve_device  # torch: not at start-up
+    from runtime.evaluate import evaluate_checkpoint, parse_scales
 
+    resolve_device(device)
     scale_list = parse_scales(scales)
     doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
     with _worker_errors():
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
-                                     scales=scale_list, flip=flip,
+                                     scales=scale_list, flip=flip, device=device,
                                      reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")
@@ -149,14 +156,18 @@ def predict(
     scales: ScalesOpt = None,
     flip: FlipOpt = False,
     set_: SetOpt = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
-    from runtime.evaluate import parse_scales  # torch: not at start-up
+    from runtime.devices import resolve_device  # torch: not at start-up
+    from runtime.evaluate import parse_scales
     from runtime.predict import load_predictor, predict_files
 
+    target = resolve_device(device)
+    output_folder(out)
     scale_list = parse_scales(scales)
     predictor = load_predictor(model, checkpoint, set_ or [])
-    written = predict_files(predictor, images, out, scales=scale_list, flip=flip)
+    written = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target)
     for image, mask, overlay in written:
         typer.echo(f"{image}: {mask}  {overlay}")
     typer.echo(f"{len(written)} image(s) segmented with {predictor.source}; results in {out}/")
@@ -170,6 +181,8 @@ def plot(
     """Plot loss, learning rate and mIoU curves from RUN_DIR/metrics.jsonl to a PNG."""
     from runtime.plot import plot_run  # matplotlib: not at start-up
 
+    if out is not None:
+        output_file(out)
     typer.echo(f"curves: {plot_run(run_dir, out)}")
 
 
@@ -188,6 +201,7 @@ def samples(
 
     if count <= 0:
         raise SpeccError(f"--count: expected a positive number, found {count}")
+    output_folder(out)
     doc = load_spec(spec, set_ or [])
     d = doc.spec.data
     split = split or d.val_split
