@@ -335,10 +335,10 @@ def test_graph_output_errors(cli, tmp_path: Path, monkeypatch) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("mine")
     result = cli("graph", DEMO, "--out", blocker / "g.dot")
-    assert result.code == 2 and result.err.startswith(f"error: {blocker}")
-    assert "cannot write the graph" in result.err
+    assert result.code == 2 and result.err.startswith(f"error: --out {blocker / 'g.dot'}: ")
+    assert f"{blocker} is a file, not a folder" in result.err
     result = cli("graph", DEMO, "--out", tmp_path)  # a folder where the file should go
-    assert result.code == 2 and "cannot write the graph (Is a directory)" in result.err
+    assert result.code == 2 and "expected a file name, found a folder" in result.err
 
     import specc.cli.compiler
 
