@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +23,7 @@ import networkx as nx
 
 from specc import __version__
 from specc.advice import advise
-from specc.analysis import manifest
+from specc.analysis import manifest, totals
 from specc.derive import Schedule, derive
 from specc.emit import emit
 from specc.errors import SpecError, SpecErrors
@@ -177,7 +176,7 @@ class Compilation:
         Raises:
             SpecError: the network would hold more than MAX_PARAMETERS parameters.
         """
-        count = sum(math.prod(shape) for shape in self.state_shapes.values())
+        count, _macs = totals(self.graph)  # counted on the layer graph: nothing is allocated
         if count > MAX_PARAMETERS:
             raise self._too_large(f"it would hold {count:,} parameters, more than the "
                                   f"{MAX_PARAMETERS:,} specc builds")
