@@ -1,0 +1,172 @@
+"""Inference passes over a compiled model: each takes the ``nn.Module`` built from generated code
+(:attr:`specc.api.Compilation.module`) and returns a new module that computes the same "out"
+faster; the caller's model is never changed.
+
+>>> fast = optimize_for_inference(built.module)            # every pass, in DEFAULT_PASSES order
+>>> fast = optimize_for_inference(built.module, ["inference_only", "fold_batchnorm"])
+
+The passes know the generated building blocks (:mod:`specc.modules`) by their class names and
+attribute names, never by parsing code: a Conv2d → BatchNorm2d pair is folded only where a block
+is known to apply its BN directly to its conv's output, so an unknown layout is left as it is.
+Every result is in eval mode, scripts with ``torch.jit.script`` and exports with
+``torch.export.export`` (dynamic batch, height and width).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+#: The Conv2d → BatchNorm2d pairs of each generated block, as (conv attribute, BN attribute):
+#: in each block's forward the BN reads the conv's output and nothing else does.
+CONV_BN_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ConvBNAct": (("conv", "bn"),),
+    "SeparableConv": (("depthwise", "bn_depthwise"), ("pointwise", "bn_pointwise")),
+}
+
+#: Heads that only feed a training loss, by attribute of the model and key of its output dict.
+TRAINING_ONLY_HEADS = ("aux",)
+
+#: Dropout layers, removed for inference (they are the identity in eval mode anyway).
+DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+class SkippedHead(nn.Module):
+    """Stands in for a training-only head. The generated forward still calls the head and
+    upsamples its result, so this returns a single 1×1 value (upsampling it costs nothing);
+    :class:`InferenceOutput` then drops that output."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:1, :1, :1, :1]
+
+
+class InferenceOutput(nn.Module):
+    """Wraps a generated model so that forward returns only ``{"out": logits}``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"out": self.model(x)["out"]}
+
+
+def _fresh_eval_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode, so a pass can rewrite it in place."""
+    return copy.deepcopy(model).eval()
+
+
+def _fold_pairs(model: nn.Module) -> list[str]:
+    """Fold, in place, every known Conv2d → BatchNorm2d pair of ``model`` (in eval mode) into
+    the conv, replacing the BN by ``nn.Identity``. Returns the folded BNs' qualified names."""
+    folded: list[str] = []
+    for name, block in model.named_modules():
+        for conv_attr, bn_attr in CONV_BN_PAIRS.get(type(block).__name__, ()):
+            conv, bn = getattr(block, conv_attr, None), getattr(block, bn_attr, None)
+            if not _foldable(conv, bn):
+                continue
+            setattr(block, conv_attr, fuse_conv_bn_eval(conv, bn))
+            setattr(block, bn_attr, nn.Identity())
+            folded.append(f"{name}.{bn_attr}" if name else bn_attr)
+    return folded
+
+
+def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
+    """Whether ``bn`` can be folded into ``conv``: a Conv2d and a BatchNorm2d over its output
+    channels with running statistics (a BN without them normalizes by each batch's own)."""
+    return (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d
+            and bn.num_features == conv.out_channels
+            and bn.running_mean is not None and bn.running_var is not None)
+
+
+def _remove_dropout(model: nn.Module) -> None:
+    """Replace, in place, every dropout layer of ``model`` by ``nn.Identity``."""
+    for parent in list(model.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, DROPOUT_TYPES):
+                setattr(parent, child_name, nn.Identity())
+
+
+def _skip_training_heads(model: nn.Module) -> nn.Module:
+    """Replace, in place, the training-only heads of ``model`` by :class:`SkippedHead` and wrap
+    it so that only "out" is returned. A model already wrapped is returned as it is."""
+    if isinstance(model, InferenceOutput):
+        return model
+    for attr in TRAINING_ONLY_HEADS:
+        if isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, SkippedHead().eval())
+    return InferenceOutput(model).eval()
+
+
+def _to_channels_last(model: nn.Module) -> nn.Module:
+    """Convert, in place, the 4-D weights of ``model`` to the channels-last memory format, which
+    the CPU's and the GPU's convolution kernels run fastest on (activations follow the weights)."""
+    return model.to(memory_format=torch.channels_last)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every BatchNorm2d that directly follows a Conv2d
+    folded into it: the conv's weight is scaled by ``gamma / sqrt(var + eps)`` and it gains the
+    bias ``beta - mean · scale``; the BN becomes ``nn.Identity``. This covers plain, strided,
+    dilated and depthwise convs (of separable convs too), and the image-pooling branch. Other
+    BNs (none after a known conv) are left as they are. One conv instead of conv + BN per layer
+    saves a pass over every activation; eval-mode outputs are equal to float tolerance."""
+    folded = _fresh_eval_copy(model)
+    _fold_pairs(folded)
+    return folded
+
+
+def inference_only(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode without what only training uses: dropout layers become
+    ``nn.Identity`` and training-only heads (the auxiliary FCN head) are skipped, so forward
+    returns ``{"out": logits}`` alone and does not pay for the head."""
+    stripped = _fresh_eval_copy(model)
+    _remove_dropout(stripped)
+    return _skip_training_heads(stripped)
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with its weights in the channels-last memory format."""
+    return _to_channels_last(_fresh_eval_copy(model))
+
+
+def _inference_only_in_place(model: nn.Module) -> nn.Module:
+    """:func:`inference_only` without the copy."""
+    _remove_dropout(model)
+    return _skip_training_heads(model)
+
+
+def _fold_in_place(model: nn.Module) -> nn.Module:
+    """:func:`fold_batchnorm` without the copy."""
+    _fold_pairs(model)
+    return model
+
+
+#: Every pass by name, as an in-place rewrite of an eval-mode copy (returning the new root).
+PASSES: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "inference_only": _inference_only_in_place,
+    "fold_batchnorm": _fold_in_place,
+    "channels_last": _to_channels_last,
+}
+
+#: The passes :func:`optimize_for_inference` applies when none are named, in this order.
+DEFAULT_PASSES = ("inference_only", "fold_batchnorm", "channels_last")
+
+
+def optimize_for_inference(model: nn.Module,
+                           passes: Iterable[str] = DEFAULT_PASSES) -> nn.Module:
+    """A copy of ``model`` in eval mode with the named passes (keys of :data:`PASSES`) applied in
+    order. Raises ValueError naming the known passes when a name is not one of them."""
+    names = list(passes)
+    unknown = [name for name in names if name not in PASSES]
+    if unknown:
+        raise ValueError(f"unknown inference pass {', '.join(map(repr, unknown))}: expected "
+                         f"one of {', '.join(PASSES)}")
+    optimized = _fresh_eval_copy(model)
+    for name in names:
+        optimized = PASSES[name](optimized)
+    return optimized

@@ -1,0 +1,188 @@
+"""The inference passes (specc.passes) against the reference module they start from.
+
+Each spec is compiled once at a 65×65 input, given random weights and random, non-identity
+batch-norm statistics (so folding changes every conv), and compared in eval mode with the same
+weights: at the compiled size and at an odd 61×77. The passes must leave the caller's model as
+it was, and their result must still script and export.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.export import Dim
+
+from specc.api import build, load_spec
+from specc.modules.conv_bn_act import ConvBNAct
+from specc.modules.separable_conv import SeparableConv
+from specc.passes import (
+    DEFAULT_PASSES,
+    channels_last,
+    fold_batchnorm,
+    inference_only,
+    optimize_for_inference,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["input.size=[65, 65]"]
+SPECS = {
+    "demo": REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml",
+    "xception": REPO / "specs" / "deeplabv3plus_xception.yaml",
+    "resnet50": REPO / "specs" / "zoo" / "torchvision_deeplabv3_resnet50.yaml",
+}
+#: Input sizes checked: the compiled size and an odd, non-square one.
+SIZES = [(65, 65), (61, 77)]
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Random conv weights and biases, random BN affine parameters, and running statistics set
+    from a random batch and then perturbed (means moved, variances scaled) so no BN is an
+    identity; returned in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for m in norms:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+            m.momentum = 1.0  # running stats := the calibration batch's
+        model.train()
+        model(torch.randn(2, 3, 65, 65, generator=g))
+        for m in norms:
+            m.momentum = 0.1
+            m.running_mean.add_(torch.randn(m.running_mean.shape, generator=g)
+                                * 0.2 * m.running_var.sqrt())
+            m.running_var.mul_(torch.rand(m.running_var.shape, generator=g) * 0.45 + 0.8)
+    return model.eval()
+
+
+def image(size: tuple[int, int], seed: int = 1) -> torch.Tensor:
+    return torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)["out"]
+
+
+def assert_agrees(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal to float tolerance relative to the output's scale, and the same argmax everywhere."""
+    assert got.shape == want.shape
+    scale = want.abs().max().item()
+    assert scale > 1e-3  # a real signal, not a network of zeros
+    assert (got - want).abs().max().item() <= 1e-4 * scale
+    assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def batchnorms(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@pytest.fixture(scope="module", params=list(SPECS))
+def reference(request: pytest.FixtureRequest) -> nn.Module:
+    """The spec's compiled module with random weights and statistics, in eval mode."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # share the cores
+    return randomize(build(load_spec(SPECS[request.param], SMALL)).module,
+                     seed=len(request.param))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_fold_batchnorm_agrees_with_reference(reference: nn.Module,
+                                              size: tuple[int, int]) -> None:
+    before = state_snapshot(reference)
+    folded = fold_batchnorm(reference)
+    x = image(size)
+    assert_agrees(out(folded, x), out(reference, x))
+    assert batchnorms(folded) == []  # every BN of these specs follows a conv
+    assert batchnorms(reference)  # … and the caller's model keeps its own
+    after = reference.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_inference_only_drops_dropout_and_training_heads(reference: nn.Module) -> None:
+    stripped = inference_only(reference)
+    x = image(SIZES[1])
+    with torch.no_grad():
+        result = stripped(x)
+    assert list(result) == ["out"]
+    assert_agrees(result["out"], out(reference, x))
+    assert not any(isinstance(m, nn.Dropout) for m in stripped.modules())
+    assert not any(type(m).__name__ == "AuxHead" for m in stripped.modules())
+    assert any(isinstance(m, nn.Dropout) for m in reference.modules())  # caller's kept
+
+
+def test_channels_last_agrees_with_reference(reference: nn.Module) -> None:
+    converted = channels_last(reference)
+    conv = next(m for m in converted.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert next(m for m in reference.modules()
+                if isinstance(m, nn.Conv2d)).weight.is_contiguous()
+    x = image(SIZES[1])
+    assert_agrees(out(converted, x), out(reference, x))
+
+
+def test_optimized_model_scripts_and_exports(reference: nn.Module) -> None:
+    optimized = optimize_for_inference(reference)
+    assert not optimized.training
+    x = image(SIZES[1])
+    want = out(reference, x)
+    assert_agrees(out(optimized, x), want)
+    assert_agrees(out(torch.jit.script(optimized), x), want)
+    dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    exported = torch.export.export(optimized, (x,), dynamic_shapes=(dims,), strict=False)
+    assert_agrees(out(exported.module(), x), want)
+    # Height and width are not baked in. Xception's fixed image-pooling kernel (clamped to the
+    # map) ties the graph to which side of the clamp each side falls on; 57×79 stays on 61×77's.
+    other = image((57, 79), seed=2)
+    assert_agrees(out(exported.module(), other), out(reference, other))
+
+
+def test_train_mode_model_is_left_in_train_mode(reference: nn.Module) -> None:
+    model = copy.deepcopy(reference).train()
+    optimized = optimize_for_inference(model)
+    assert model.training and not optimized.training
+    assert batchnorms(model) == batchnorms(reference)
+
+
+def test_fold_covers_separable_biased_and_skips_lone_batchnorm() -> None:
+    """Depthwise + pointwise of a separable conv, a conv with a bias, a separable conv without
+    a depthwise BN are folded; a BN after an activation (not after a conv) is left."""
+    biased = ConvBNAct(3, 8, kernel_size=3)
+    biased.conv = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+    model = nn.Sequential(
+        biased,
+        SeparableConv(8, 16, dilation=2),
+        SeparableConv(16, 16, depthwise_norm=False),
+        nn.ReLU(),
+        nn.BatchNorm2d(16),
+    )
+    randomize(model, seed=3)
+    folded = fold_batchnorm(model)
+    assert batchnorms(folded) == ["4"]
+    assert batchnorms(model) == ["0.bn", "1.bn_depthwise", "1.bn_pointwise",
+                                 "2.bn_pointwise", "4"]
+    x = image((17, 19))
+    with torch.no_grad():
+        assert_agrees(folded(x), model(x))
+
+
+def test_unknown_pass_is_named() -> None:
+    with pytest.raises(ValueError, match=r"'fold_bn'.*expected one of .*fold_batchnorm"):
+        optimize_for_inference(nn.Sequential(), ["fold_bn"])
+    assert DEFAULT_PASSES[0] == "inference_only"
