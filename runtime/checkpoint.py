@@ -57,8 +57,8 @@ from safetensors.torch import save_file
 from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
 from specc.artifacts import LINK, SPEC, WEIGHTS, read_weights, spec_info_of
 from specc.diff import spec_changes
-from specc.errors import TrainingError, WeightsError
-from specc.fsutil import fsync_dir
+from specc.errors import SpeccError, TrainingError, WeightsError
+from specc.fsutil import fsync_dir, output_folder
 
 STATE = "state.pt"
 #: The files of a checkpoint folder: all that a folder specc prunes may hold.
@@ -156,18 +156,13 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
     """Refuse to train into a folder that holds something and is not a specc run folder.
 
     Raises:
-        TrainingError: ``run_dir`` is a file, a folder this user cannot write to (or cannot
-            create), or a non-empty folder that specc did not make.
+        TrainingError: ``run_dir`` is not a folder this user can write into or create
+            (:func:`specc.fsutil.output_folder`), or a non-empty folder specc did not make.
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"{run_dir}: --out must be a folder, found a file; pass --out with "
-                            "a new or empty folder")
-    writable = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-    if writable != run_dir and not writable.is_dir():
-        raise TrainingError(f"{run_dir}: cannot make the run folder, {writable} is a file")
-    if not os.access(writable, os.W_OK | os.X_OK):
-        raise TrainingError(f"{writable}: cannot write there (permission denied); pass --out "
-                            "with a folder you can write to")
+    try:
+        output_folder(run_dir)
+    except SpeccError as err:
+        raise TrainingError(str(err)) from None
     if not run_dir.is_dir() or is_run_folder(run_dir):
         return
     try:

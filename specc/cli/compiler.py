@@ -23,10 +23,9 @@ from specc.api import compile_spec, load_spec
 from specc.artifacts import shown
 from specc.build import build_to
 from specc.cli import render
-from specc.cli.paths import output_file, output_folder
 from specc.diff import Side, compare, load_side
 from specc.errors import SpeccError
-from specc.fsutil import atomic_write_bytes, reporting_os_errors
+from specc.fsutil import atomic_write_bytes, output_file, output_folder, reporting_os_errors
 from specc.graphviz import collapsed, layers, render_dot, render_matplotlib, to_dot
 from specc.importers import import_weights
 from specc.spec import json_schema

@@ -21,9 +21,8 @@ import typer
 
 from specc.api import load_spec
 from specc.cli import render
-from specc.cli.paths import output_file, output_folder
 from specc.errors import SpeccError
-from specc.fsutil import atomic_write_bytes
+from specc.fsutil import atomic_write_bytes, output_file, output_folder
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a spec value: key.path=value (YAML), e.g. train.lr=0.01.")]
