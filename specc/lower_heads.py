@@ -409,9 +409,12 @@ class AuxHead(Head):
         return [Line(f"self.aux = {code}", self.spec_key)]
 
     def forward(self) -> list[Line]:
-        return [Line('a = self.aux(features["aux"])'),
+        # An inference artifact sets ``aux`` to None (specc.passes.inference_only): the head's
+        # work is then skipped, in eager code, TorchScript and torch.export alike.
+        return [Line("if self.aux is not None:"),
+                Line('a = self.aux(features["aux"])', nested=True),
                 Line('result["aux"] = ' + interpolate("a", self.upsample),
-                     shape_text("num_classes", 1))]
+                     shape_text("num_classes", 1), nested=True)]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":

@@ -18,7 +18,7 @@ import copy
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 #: The Conv2d → BatchNorm2d pairs of each generated block, as (conv attribute, BN attribute):
@@ -33,26 +33,6 @@ TRAINING_ONLY_HEADS = ("aux",)
 
 #: Dropout layers, removed for inference (they are the identity in eval mode anyway).
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-
-
-class SkippedHead(nn.Module):
-    """Stands in for a training-only head. The generated forward still calls the head and
-    upsamples its result, so this returns a single 1×1 value (upsampling it costs nothing);
-    :class:`InferenceOutput` then drops that output."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x[:1, :1, :1, :1]
-
-
-class InferenceOutput(nn.Module):
-    """Wraps a generated model so that forward returns only ``{"out": logits}``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return {"out": self.model(x)["out"]}
 
 
 def _fresh_eval_copy(model: nn.Module) -> nn.Module:
@@ -91,15 +71,13 @@ def _remove_dropout(model: nn.Module) -> None:
                 setattr(parent, child_name, nn.Identity())
 
 
-def _skip_training_heads(model: nn.Module) -> nn.Module:
-    """Replace, in place, the training-only heads of ``model`` by :class:`SkippedHead` and wrap
-    it so that only "out" is returned. A model already wrapped is returned as it is."""
-    if isinstance(model, InferenceOutput):
-        return model
+def _drop_training_heads(model: nn.Module) -> nn.Module:
+    """Set, in place, the training-only heads of ``model`` to None: the generated forward skips
+    a head that is None, so neither its work nor its output remains."""
     for attr in TRAINING_ONLY_HEADS:
         if isinstance(getattr(model, attr, None), nn.Module):
-            setattr(model, attr, SkippedHead().eval())
-    return InferenceOutput(model).eval()
+            setattr(model, attr, None)
+    return model
 
 
 def _to_channels_last(model: nn.Module) -> nn.Module:
@@ -122,11 +100,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def inference_only(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode without what only training uses: dropout layers become
-    ``nn.Identity`` and training-only heads (the auxiliary FCN head) are skipped, so forward
+    ``nn.Identity`` and training-only heads (the auxiliary FCN head) are removed, so forward
     returns ``{"out": logits}`` alone and does not pay for the head."""
     stripped = _fresh_eval_copy(model)
     _remove_dropout(stripped)
-    return _skip_training_heads(stripped)
+    return _drop_training_heads(stripped)
 
 
 def channels_last(model: nn.Module) -> nn.Module:
@@ -137,7 +115,7 @@ def channels_last(model: nn.Module) -> nn.Module:
 def _inference_only_in_place(model: nn.Module) -> nn.Module:
     """:func:`inference_only` without the copy."""
     _remove_dropout(model)
-    return _skip_training_heads(model)
+    return _drop_training_heads(model)
 
 
 def _fold_in_place(model: nn.Module) -> nn.Module:

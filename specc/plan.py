@@ -256,6 +256,9 @@ class Line:
 
     code: str
     comment: str = ""
+    #: Inside the block the line before opens (an ``if``): indented one level deeper, with no
+    #: blank line before it.
+    nested: bool = False
 
 
 # ------------------------------------------------------------------------------------------------

@@ -76,12 +76,18 @@ def out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def assert_agrees(got: torch.Tensor, want: torch.Tensor) -> None:
-    """Equal to float tolerance relative to the output's scale, and the same argmax everywhere."""
+    """Equal to float tolerance relative to the output's scale, and the same argmax wherever
+    the reference's best class is clear of the runner-up by more than that tolerance."""
     assert got.shape == want.shape
     scale = want.abs().max().item()
     assert scale > 1e-3  # a real signal, not a network of zeros
-    assert (got - want).abs().max().item() <= 1e-4 * scale
-    assert torch.equal(got.argmax(1), want.argmax(1))
+    tol = 1e-4 * scale
+    assert (got - want).abs().max().item() <= tol
+    # Pixels whose two best classes are closer than the tolerance may swap; all others agree.
+    top2 = want.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * tol
+    assert torch.equal(got.argmax(1)[clear], want.argmax(1)[clear])
+    assert clear.float().mean().item() >= 0.99  # and those are few
 
 
 def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -267,10 +267,10 @@ class TorchvisionDeeplabv3Resnet50(nn.Module):
         # (N, num_classes, H, W)
         result["out"] = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
-        a = self.aux(features["aux"])
-
-        # (N, num_classes, H, W)
-        result["aux"] = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+        if self.aux is not None:
+            a = self.aux(features["aux"])
+            # (N, num_classes, H, W)
+            result["aux"] = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
 
         return result
 
