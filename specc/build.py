@@ -21,8 +21,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from specc.api import Compilation, manifest_json
 from specc.artifacts import (
@@ -36,21 +38,26 @@ from specc.artifacts import (
 )
 from specc.errors import SpeccError
 from specc.fsutil import fsync_dir
+from specc.targets import ARTIFACTS, Request, artifacts_json, write_targets
 
 #: The files specc writes into a build folder; nothing else may be in one it replaces.
 BUILD_FILES = (SOURCE, MANIFEST, TORCHSCRIPT)
 #: What may go with a replaced build besides: Python's bytecode of an imported model.py.
 DISPOSABLE = ("__pycache__",)
+#: The deployment artifacts a build may hold besides (:mod:`specc.targets`).
+DEPLOYED = re.compile(r"artifacts\.json|model\.pt2|model\.onnx|model-aoti-(fp32|bf16|int8)\.pt2"
+                      r"|model-openvino-(fp32|bf16|int8)\.(xml|bin)")
 
 
 def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
-             check: bool = False) -> list[str]:
+             check: bool = False, deploy: Deployment | None = None) -> list[str]:
     """Build one compiled spec into ``out_dir/<name>/``, all at once.
 
     ``weights`` is any source :func:`specc.artifacts.read_weights` opens, holding every tensor.
     Returns the files written, or with ``check=True`` the files that differ from what would be
     written (nothing is written then, and no model is instantiated; model.pt is not compared, it
-    is not kept in git, but it must agree with the folder's other files).
+    is not kept in git, but it must agree with the folder's other files). ``deploy`` adds
+    deployment artifacts and their ``artifacts.json`` (:mod:`specc.targets`).
 
     Raises:
         WeightsError: weights that do not fit.
@@ -65,6 +72,7 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
     if weights is not None:
         load_weights(module, read_weights(weights))  # refuses a backbone-only file
     staging = out_dir / f".{folder.name}.tmp-{secrets.token_hex(4)}"
+    written = list(BUILD_FILES)
     try:
         _check_out_dir(out_dir)
         with _locked(out_dir / f".{folder.name}.lock"):
@@ -76,6 +84,8 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
                     _write_text(staging / name, text)
                 # the spec inside: predict normalizes
                 write_torchscript(module, staging / TORCHSCRIPT, comp.doc)
+                if deploy is not None:
+                    written += _write_deployment(comp, module, staging, deploy)
                 fsync_dir(staging)
                 _swap_in(staging, folder)
             finally:
@@ -86,7 +96,36 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
             else folder  # the staging folder's name would mean nothing to the user
         raise SpeccError(f"{where}: cannot write the build ({err.strerror or err}); the "
                          "previous build, if any, is unchanged") from None
-    return [str(folder / name) for name in BUILD_FILES]
+    return [str(folder / name) for name in written]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The deployment artifacts a build adds: the requests, the images each artifact is checked
+    on (and where they came from), the int8 calibration images and a progress callback."""
+
+    requests: tuple[Request, ...]
+    check_images: tuple[Any, ...]
+    check_source: str
+    calibration: tuple[Any, ...] = ()
+    progress: Callable[[str], None] = lambda _: None
+
+
+def _write_deployment(comp: Compilation, module: Any, staging: Path,
+                      deploy: Deployment) -> list[str]:
+    """Write the requested artifacts into ``staging`` and list them in ``artifacts.json``;
+    returns the names written besides :data:`BUILD_FILES`."""
+    from specc.artifacts import spec_info
+
+    entries = write_targets(module, comp.spec.input.size, deploy.requests, staging,
+                            check_images=deploy.check_images, calibration=deploy.calibration,
+                            progress=deploy.progress)
+    _write_text(staging / ARTIFACTS, artifacts_json(spec_info(comp.doc), entries,
+                                                    deploy.check_source))
+    names = [ARTIFACTS]
+    for entry in entries:
+        names += [n for n in entry["files"] if n not in BUILD_FILES]
+    return names
 
 
 def _differing(folder: Path, files: dict[str, str]) -> list[str]:
@@ -122,7 +161,8 @@ def _check_replaceable(folder: Path) -> None:
                          f"{'link' if folder.is_symlink() else 'file'}; move it away or build "
                          "into another --out")
     foreign = sorted(p.name for p in folder.iterdir()
-                     if p.name not in BUILD_FILES and p.name not in DISPOSABLE)
+                     if p.name not in BUILD_FILES and p.name not in DISPOSABLE
+                     and not DEPLOYED.fullmatch(p.name))
     if foreign:
         raise SpeccError(f"{folder}: holds files specc did not write ({', '.join(foreign[:5])}"
                          f"{', …' if len(foreign) > 5 else ''}); a build replaces the whole "

@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from specc.cli import compiler, runtime
+from specc.cli import bench, compiler, runtime
 from specc.cli.render import err, error_text, os_error_text
 from specc.errors import SpeccError
 
@@ -32,7 +32,7 @@ for _name, _command in (
     ("schema", compiler.schema), ("import-weights", compiler.import_weights_command),
     ("diff", compiler.diff), ("graph", compiler.graph),
     ("train", runtime.train), ("eval", runtime.eval_), ("predict", runtime.predict),
-    ("plot", runtime.plot), ("samples", runtime.samples),
+    ("plot", runtime.plot), ("samples", runtime.samples), ("bench", bench.bench),
 ):
     app.command(_name)(_command)
 

@@ -19,16 +19,17 @@ import typer
 
 from specc.advice import atrous_branches, stage_receptive_fields
 from specc.analysis import info as info_of
-from specc.api import compile_spec, load_spec
+from specc.api import Compilation, compile_spec, load_spec
 from specc.artifacts import shown
-from specc.build import build_to
+from specc.build import Deployment, build_to
 from specc.cli import render
 from specc.diff import Side, compare, load_side
-from specc.errors import SpeccError
+from specc.errors import DataError, SpeccError
 from specc.fsutil import atomic_write_bytes, output_file, output_folder, reporting_os_errors
 from specc.graphviz import collapsed, layers, render_dot, render_matplotlib, to_dot
 from specc.importers import import_weights
 from specc.spec import json_schema
+from specc.targets import Request, check_libraries, parse_requests
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a spec value: key.path=value (YAML), e.g. backbone.output_stride=8.")]
@@ -74,13 +75,30 @@ def build(
         help="Write nothing; exit 1 if the output folder differs from what the specs compile "
              "to.")] = False,
     strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
+    target: Annotated[list[str] | None, typer.Option(
+        help="Also write a deployment artifact, checked against the model: export (.pt2), "
+             "aoti, onnx or openvino, optionally with a precision (aoti:int8, openvino:bf16). "
+             "Repeatable.")] = None,
+    precision: Annotated[str, typer.Option(
+        help="Precision of aoti/openvino targets without one: auto (bf16 where the CPU has it, "
+             "else fp32), fp32, bf16 or int8.")] = "auto",
+    calibration: Annotated[int, typer.Option(
+        min=0, max=10_000, help="Images of the spec's data that int8 targets are calibrated "
+                                "on.")] = 32,
+    check_images: Annotated[int, typer.Option(
+        min=1, max=10_000, help="Images each artifact is checked on against the model.")] = 4,
 ) -> None:
-    """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript)."""
+    """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript), and
+    deployment artifacts with --target."""
     paths = list(specs or [])
     if all_:
         paths += _all_specs()
     if not paths:
         raise SpeccError("nothing to build: give spec files or --all")
+    requests = parse_requests(target or [], precision)
+    if requests and check:
+        raise SpeccError("--check compares the committed files; it takes no --target")
+    check_libraries(requests)
     if not check:
         output_folder(out_dir)
     differs = []
@@ -90,7 +108,8 @@ def build(
             render.err.print(note, markup=False)
         if strict and comp.warnings:
             raise SpeccError(f"{path}: warnings found and --strict given")
-        result = build_to(comp, out_dir, weights=weights, check=check)
+        deploy = _deployment(comp, requests, calibration, check_images) if requests else None
+        result = build_to(comp, out_dir, weights=weights, check=check, deploy=deploy)
         if check:
             if result:
                 differs.extend(result)
@@ -101,6 +120,27 @@ def build(
             render.out.print(f"built: {path} → {', '.join(result)}", markup=False)
     if differs:
         raise typer.Exit(1)
+
+
+def _deployment(comp: Compilation, requests: list[Request], calibration: int,
+                check_images: int) -> Deployment:
+    """The artifacts of ``--target`` with their check images: the spec's own val images where
+    its data is at hand (random images otherwise, and then no int8 calibration)."""
+    from runtime.calibration import random_images, spec_images
+
+    int8 = any(r.precision == "int8" for r in requests)
+    try:
+        checks = spec_images(comp.spec, check_images)
+        source = f"{len(checks)} images of {comp.spec.data.source} ({comp.spec.data.val_split})"
+    except DataError as err:
+        if int8:
+            raise SpeccError(f"int8 needs calibration images of the spec's data: {err}") from None
+        checks, source = random_images(comp.spec.input.size, check_images), \
+            f"{check_images} random images (the spec's data: {err})"
+    calib = tuple(spec_images(comp.spec, calibration, split=comp.spec.data.train_split)) \
+        if int8 else ()
+    return Deployment(tuple(requests), tuple(checks), source, calib,
+                      progress=lambda text: render.err.print(f"  {text}", markup=False))
 
 
 def info(

@@ -414,3 +414,29 @@ def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], fli
     print_table(console, table)
     console.print(f"weights: {report['checkpoint']}   (— : class absent from labels and "
                   "predictions, left out of the mean)", markup=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# specc bench
+
+
+def print_bench(result: dict[str, Any]) -> None:
+    """The ``specc bench`` table: one row per candidate, the machine in the title."""
+    cpu = result["cpu"]
+    features = " ".join(cpu["features"]) or "no AVX2"
+    table = Table(title=f"{result['spec']} at {result['batch']}×3×{result['size'][0]}×"
+                        f"{result['size'][1]}, {result['threads']} threads, "
+                        f"{result['repeats']} interleaved repeats — {cpu['model']} "
+                        f"({features}), torch {result['torch']}")
+    for column in ("", "precision", "median ms", "min ms", "max ms", "images/s", "GMAC/s",
+                   "speed-up", "vs torchvision", "argmax agree", "peak RSS +MiB"):
+        table.add_column(column, justify="left" if column in ("", "precision") else "right")
+    for row in result["results"]:
+        versus = row["speedup_vs_torchvision"]
+        table.add_row(row["name"], row["precision"], f"{row['median_ms']:.1f}",
+                      f"{row['min_ms']:.1f}", f"{row['max_ms']:.1f}",
+                      f"{row['images_per_s']:.2f}", f"{row['gmacs_per_s']:.1f}",
+                      f"{row['speedup']:.2f}×", "—" if versus is None else f"{versus:.2f}×",
+                      f"{row['argmax_agreement'] * 100:.2f} %",
+                      f"{row['peak_rss_growth_mib']:.0f}")
+    print_table(out, table)

@@ -1,0 +1,556 @@
+"""Deployment artifacts of a compiled model, one writer per target, each checked at build time.
+
+``specc build SPEC --target T[:PRECISION]`` writes, beside ``model.py``/``manifest.json``/
+``model.pt`` (TorchScript, the trainable model, always written):
+
+=============  ==============================  ============================================
+target         file                            what it is
+=============  ==============================  ============================================
+``export``     ``model.pt2``                   ``torch.export`` ExportedProgram (fp32)
+``aoti``       ``model-aoti-<precision>.pt2``  AOTInductor package compiled for this machine
+``onnx``       ``model.onnx``                  ONNX (the dynamo exporter), fp32
+``openvino``   ``model-openvino-<p>.xml/.bin`` OpenVINO IR
+=============  ==============================  ============================================
+
+Every artifact is made from the *inference graph* of the model (:func:`inference_graph`:
+dropout and the auxiliary head removed, batch norm folded into its conv), exported once with a
+dynamic batch, height and width (:func:`export_program`). Each is then loaded back the way a
+deployer loads it and run on the check images; its largest difference from the reference
+module's logits and its argmax agreement go into ``artifacts.json`` with its precision, its
+shape constraints, its file's sha256 and the versions of the libraries that made it.
+``specc eval`` and ``specc predict`` open any of them through :func:`load_artifact`.
+
+Precisions: ``fp32``; ``bf16`` (only where the CPU computes bf16 natively, see
+:mod:`specc.hardware`; emulated bf16 is ~10× slower than fp32); ``int8`` (post-training static
+quantization calibrated on images of the spec's data: torchao's pt2e X86 inductor quantizer for
+``aoti``, NNCF for ``openvino``); ``auto`` picks bf16 where the CPU has it and fp32 elsewhere. It
+never picks int8 by itself: int8 needs calibration images and changes the results, so it is
+asked for by name and its agreement is measured.
+
+onnx, onnxruntime, openvino, nncf and torchao are the optional extra ``specc[deploy]``; a target
+whose library is missing fails with a message that says how to install it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from specc.errors import SpeccError
+from specc.hardware import CpuInfo, cpu_info
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: The build folder's list of its deployment artifacts.
+ARTIFACTS = "artifacts.json"
+#: Every target, in the order a build writes them.
+TARGETS = ("torchscript", "export", "aoti", "onnx", "openvino")
+#: Targets that take a precision; the others are fp32.
+PRECISION_TARGETS = ("aoti", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: The Python package each target needs, with the distribution that provides it.
+NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "onnx": (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")),
+    "openvino": (("openvino", "openvino"),),
+    "openvino:int8": (("openvino", "openvino"), ("nncf", "nncf")),
+    "aoti:int8": (("torchao", "torchao"),),
+}
+#: The libraries whose versions an artifact records.
+VERSIONED = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torchao")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One artifact to build: a target and, for :data:`PRECISION_TARGETS`, a precision."""
+
+    target: str
+    precision: str = "fp32"
+
+    @property
+    def label(self) -> str:
+        return f"{self.target}:{self.precision}" if self.target in PRECISION_TARGETS \
+            else self.target
+
+    @property
+    def file(self) -> str:
+        """The artifact's file name in the build folder."""
+        return {"torchscript": "model.pt", "export": "model.pt2", "onnx": "model.onnx",
+                "aoti": f"model-aoti-{self.precision}.pt2",
+                "openvino": f"model-openvino-{self.precision}.xml"}[self.target]
+
+
+def parse_requests(texts: Sequence[str], precision: str = "auto",
+                   cpu: CpuInfo | None = None) -> list[Request]:
+    """The requests of ``--target`` values (``T`` or ``T:PRECISION``; ``precision`` is the
+    default of those without one), with ``auto`` resolved for this CPU, in build order and
+    without repeats.
+
+    Raises:
+        SpeccError: an unknown target or precision, a precision for a target that has none, or
+        bf16 on a CPU without native bf16.
+    """
+    cpu = cpu or cpu_info()
+    found: list[Request] = []
+    for text in texts:
+        target, _, given = text.partition(":")
+        if target not in TARGETS:
+            raise SpeccError(f"--target {text}: unknown target {target!r}; expected one of "
+                             f"{', '.join(TARGETS)}")
+        if given and target not in PRECISION_TARGETS:
+            raise SpeccError(f"--target {text}: {target} has no precision (it is fp32); "
+                             f"precisions apply to {', '.join(PRECISION_TARGETS)}")
+        chosen = (given or precision) if target in PRECISION_TARGETS else "fp32"
+        request = Request(target, resolve_precision(chosen, cpu, text))
+        if request not in found:
+            found.append(request)
+    return sorted(found, key=lambda r: (TARGETS.index(r.target), PRECISIONS.index(r.precision)))
+
+
+def resolve_precision(precision: str, cpu: CpuInfo, where: str = "--precision") -> str:
+    """``precision`` with ``auto`` made concrete for ``cpu``; bf16 refused without hardware."""
+    if precision not in PRECISIONS:
+        raise SpeccError(f"{where}: unknown precision {precision!r}; expected one of "
+                         f"{', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if cpu.has_bf16 else "fp32"
+    if precision == "bf16" and not cpu.has_bf16:
+        raise SpeccError(f"{where}: bf16 needs a CPU with native bf16 (AVX-512 bf16 or AMX); "
+                         f"this one ({cpu.describe()}) would emulate it, about 10× slower than "
+                         "fp32. Use fp32 or auto")
+    return precision
+
+
+def check_libraries(requests: Sequence[Request]) -> None:
+    """Refuse, before anything is built, requests whose libraries are not installed."""
+    missing: list[str] = []
+    for request in requests:
+        for key in (request.target, request.label):
+            for module, dist in NEEDS.get(key, ()):
+                if importlib.util.find_spec(module) is None and dist not in missing:
+                    missing.append(dist)
+    if missing:
+        raise SpeccError(f"--target: {', '.join(r.label for r in requests)} needs "
+                         f"{', '.join(missing)}, which is not installed; install the deploy "
+                         "extra: pip install 'specc[deploy]'")
+
+
+# -- the inference graph ------------------------------------------------------------------------
+
+
+def inference_graph(module: nn.Module) -> nn.Module:
+    """What every artifact is made from: an eval-mode copy without dropout and training-only
+    heads, its batch norms folded (:mod:`specc.passes`). Memory layout is left to each backend."""
+    from specc.passes import optimize_for_inference
+
+    return optimize_for_inference(module, ("inference_only", "fold_batchnorm"))
+
+
+def example_input(size: Sequence[int], batch: int = 2) -> torch.Tensor:
+    """The example a graph is exported with: a batch of 2 (so batch 1 is not specialized)."""
+    import torch
+
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+
+
+def export_program(model: nn.Module, size: Sequence[int]) -> Any:
+    """``torch.export`` of ``model`` (an inference graph) with a dynamic batch, height and width
+    (``Dim.AUTO``: a dimension the graph ties to a value or a range stays so, and
+    :func:`shape_constraints` reports it)."""
+    import torch
+    from torch.export import Dim
+
+    dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    with torch.no_grad(), _quiet():
+        return torch.export.export(model, (example_input(size),), dynamic_shapes=(dims,),
+                                   strict=False)
+
+
+def shape_constraints(program: Any) -> dict[str, str]:
+    """The input dimensions of an exported program as text: ``batch``, ``height``, ``width``
+    each ``"dynamic"``, ``"dynamic, ≥ 17"``, a range, or a fixed size."""
+    placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
+                       and n.name not in program.graph_signature.inputs_to_parameters
+                       and n.name not in program.graph_signature.inputs_to_buffers)
+    shape = placeholder.meta["val"].shape
+    out: dict[str, str] = {}
+    for name, dim in zip(("batch", "channels", "height", "width"), shape, strict=True):
+        if name == "channels":
+            continue
+        if isinstance(dim, int):
+            out[name] = f"fixed at {dim}"
+            continue
+        ranges = program.range_constraints.get(dim.node.expr)
+        low, high = (ranges.lower, ranges.upper) if ranges is not None else (0, None)
+        unbounded = high is None or not str(high).lstrip("-").isdigit()
+        bound = f"≥ {low}" if unbounded else f"{low}..{high}"
+        out[name] = "dynamic" if unbounded and int(low) <= 2 else f"dynamic, {bound}"
+    return out
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' advisory warnings (specialization notes, deprecations)."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch.onnx",
+                                              "torch._dynamo", "torch.fx.experimental")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+# -- writers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What every writer gets: the inference graph, its export, the spec's input size, the
+    calibration images (for int8) and the folder to write into."""
+
+    graph: nn.Module
+    program: Any
+    size: tuple[int, int]
+    folder: Path
+    calibration: Sequence[torch.Tensor]
+
+
+def _write_export(job: Job, request: Request) -> None:
+    import torch
+
+    with _quiet():
+        torch.export.save(job.program, job.folder / request.file)
+
+
+def _bf16_graph(graph: nn.Module) -> nn.Module:
+    """``graph`` computing in bf16 between an fp32 input and fp32 logits."""
+    import copy
+
+    from torch import nn
+
+    class Bf16(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(inner).bfloat16()
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            import torch
+
+            return {"out": self.inner(x.to(torch.bfloat16))["out"].float()}
+
+    return Bf16(graph).eval()
+
+
+def _int8_program(job: Job) -> Any:
+    """The inference graph quantized to int8 with torchao's pt2e flow for X86 inductor:
+    prepared, calibrated on ``job.calibration``, converted, and exported again."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    with torch.no_grad(), _quiet():
+        prepared = prepare_pt2e(job.program.module(), quantizer)
+        for image in job.calibration:
+            prepared(image)
+        converted = convert_pt2e(prepared)
+        from torch.export import Dim
+
+        dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+        return torch.export.export(converted, (example_input(job.size),),
+                                   dynamic_shapes=(dims,), strict=False)
+
+
+def _write_aoti(job: Job, request: Request) -> None:
+    import torch
+
+    if request.precision == "int8":
+        program = _int8_program(job)
+    elif request.precision == "bf16":
+        program = export_program(_bf16_graph(job.graph), job.size)
+    else:
+        program = job.program
+    with torch.no_grad(), _quiet():
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(job.folder / request.file),
+            inductor_configs={"freezing": True})
+
+
+def _write_onnx(job: Job, request: Request) -> None:
+    import torch
+
+    # The exported program already has the dynamic dimensions; the ONNX exporter takes it as is.
+    with torch.no_grad(), _quiet(), contextlib.redirect_stdout(None):
+        program = torch.onnx.export(job.program, dynamo=True, input_names=["image"],
+                                    output_names=["out"], verbose=False)
+        program.save(str(job.folder / request.file))
+
+
+def _write_openvino(job: Job, request: Request) -> None:
+    import openvino as ov
+
+    with _quiet():
+        model = ov.convert_model(job.program)
+    if request.precision == "int8":
+        import nncf
+
+        data = nncf.Dataset([image.numpy() for image in job.calibration])
+        with _quiet():
+            model = nncf.quantize(model, data, subset_size=max(1, len(job.calibration)))
+    # The precision travels with the IR: OpenVINO applies runtime_options when it compiles.
+    hint = "bf16" if request.precision == "bf16" else "f32"
+    model.set_rt_info(hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    ov.save_model(model, str(job.folder / request.file), compress_to_fp16=False)
+
+
+WRITERS: dict[str, Callable[[Job, Request], None]] = {
+    "export": _write_export, "aoti": _write_aoti, "onnx": _write_onnx,
+    "openvino": _write_openvino,
+}
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _output(result: Any) -> Any:
+    return result["out"] if isinstance(result, dict) else result
+
+
+def _runner(path: Path, target: str, precision: str,
+            threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from an fp32 image batch to fp32 logits, running the artifact at ``path``
+    (onnxruntime and OpenVINO on ``threads`` threads when given; torch's own setting rules the
+    others)."""
+    import numpy as np
+    import torch
+
+    if target == "export":
+        with _quiet():
+            module = torch.export.load(str(path)).module()
+        return lambda x: _output(module(x))
+    if target == "aoti":
+        with _quiet():
+            compiled = torch._inductor.aoti_load_package(str(path))
+        return lambda x: _output(compiled(x))
+    if target == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(
+            session.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
+    if target == "openvino":
+        import openvino as ov
+
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        return lambda x: torch.from_numpy(compiled(x.numpy())[0].copy())
+    raise SpeccError(f"{path}: not a deployment artifact")
+
+
+class ArtifactModule:
+    """A deployment artifact behind the calling convention of a generated model:
+    ``module(images)["out"]``, in eval mode, with its spec information."""
+
+    def __init__(self, path: Path, entry: dict[str, Any], info: dict[str, Any],
+                 threads: int | None = None) -> None:
+        self.path, self.entry, self.info = path, entry, info
+        self.training = False
+        self._run = _runner(path, entry["target"], entry["precision"], threads)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        import torch
+
+        with torch.inference_mode():
+            return {"out": self._run(images.float().contiguous().cpu())}
+
+    def eval(self) -> ArtifactModule:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> ArtifactModule:
+        return self  # artifacts run where they were compiled for: the CPU
+
+
+DEPLOYED_SUFFIXES = (".pt2", ".onnx", ".xml")
+
+
+def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModule:
+    """A deployment artifact of a build folder, checked against the folder's ``artifacts.json``
+    (its sha256 and the spec it was built from).
+
+    Raises:
+        SpeccError: no ``artifacts.json`` beside it, the file is not listed or was changed, or its
+        library is missing.
+    """
+    path = Path(path)
+    listing = path.parent / ARTIFACTS
+    try:
+        info = json.loads(listing.read_text())
+    except FileNotFoundError:
+        raise SpeccError(f"{path}: no {ARTIFACTS} beside it; deployment artifacts are opened "
+                         "from the build folder specc wrote them into") from None
+    except (OSError, ValueError) as err:
+        raise SpeccError(f"{listing}: cannot read the artifact list ({err})") from None
+    entry = next((a for a in info.get("artifacts", []) if a.get("file") == path.name), None)
+    if entry is None:
+        raise SpeccError(f"{path}: not listed in {listing}")
+    if file_sha256(path) != entry.get("sha256"):
+        raise SpeccError(f"{path}: its sha256 differs from the one in {listing}; the file was "
+                         "changed after the build")
+    check_libraries([Request(entry["target"], entry["precision"])])
+    return ArtifactModule(path, entry, info, threads)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _artifact_files(path: Path) -> list[Path]:
+    """The files an artifact consists of (OpenVINO's IR is an .xml and its .bin)."""
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+
+# -- build ---------------------------------------------------------------------------------------
+
+
+def agreement(got: torch.Tensor, want: torch.Tensor) -> dict[str, float]:
+    """Largest absolute difference, the output's scale, and the fraction of pixels with the same
+    argmax."""
+    return {"max_abs_diff": float((got.float() - want).abs().max()),
+            "output_scale": float(want.abs().max()),
+            "argmax_agreement": float((got.argmax(1) == want.argmax(1)).float().mean())}
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of :data:`VERSIONED`."""
+    found = {}
+    for dist in VERSIONED:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[dist] = importlib.metadata.version(dist)
+    return found
+
+
+def write_targets(module: nn.Module, size: Sequence[int], requests: Sequence[Request],
+                  folder: Path, *, check_images: Sequence[torch.Tensor],
+                  calibration: Sequence[torch.Tensor] = (),
+                  progress: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
+    """Write every requested artifact except ``torchscript`` (the build writes that) into
+    ``folder``, load each back and check it against ``module`` on ``check_images``.
+
+    Returns one entry per artifact (including ``torchscript``, checked too) for
+    ``artifacts.json``.
+
+    Raises:
+        SpeccError: an int8 request without calibration images, or an exporter's failure
+        (naming the target and what it said).
+    """
+    import torch
+
+    needs_export = [r for r in requests if r.target != "torchscript"]
+    if any(r.precision == "int8" for r in requests) and not calibration:
+        raise SpeccError("--precision int8 needs calibration images (--calibration N > 0)")
+    reference = module.eval()
+    with torch.no_grad():
+        wants = [reference(x)["out"] for x in check_images]
+    entries = []
+    job = None
+    if needs_export:
+        progress("inference graph: export (dynamic batch, height and width)")
+        graph = inference_graph(module)
+        job = Job(graph, _exported(graph, size), tuple(size), folder, calibration)
+    for request in requests:
+        start = time.perf_counter()
+        if request.target != "torchscript":
+            progress(f"{request.label}: writing {request.file}")
+            try:
+                WRITERS[request.target](job, request)
+            except SpeccError:
+                raise
+            except Exception as err:  # an exporter's own failure, with its message
+                raise SpeccError(f"--target {request.label}: the {request.target} writer "
+                                 f"failed: {type(err).__name__}: {_first_line(err)}") from None
+        seconds = time.perf_counter() - start
+        progress(f"{request.label}: checking against the reference")
+        entries.append(_checked(folder / request.file, request, check_images, wants, job,
+                                seconds))
+    return entries
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
+def _exported(graph: nn.Module, size: Sequence[int]) -> Any:
+    try:
+        return export_program(graph, size)
+    except Exception as err:
+        raise SpeccError(f"--target: torch.export cannot trace this network: "
+                         f"{type(err).__name__}: {_first_line(err)}") from None
+
+
+def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
+             wants: Sequence[torch.Tensor], job: Job | None, seconds: float) -> dict[str, Any]:
+    """The ``artifacts.json`` entry of the artifact at ``path``: loaded back, run on the check
+    images, compared with the reference's logits ``wants``."""
+    import torch
+
+    if request.target == "torchscript":
+        from specc.artifacts import read_torchscript
+
+        scripted, _ = read_torchscript(path)
+        run = lambda x: scripted.eval()(x)["out"]  # noqa: E731
+    else:
+        run = _runner(path, request.target, request.precision)
+    with torch.no_grad():
+        gots = [run(x) for x in check_images]
+    got, want = torch.cat([g.float() for g in gots]), torch.cat(list(wants))
+    return {
+        "target": request.target,
+        "precision": request.precision,
+        "file": path.name,
+        "files": [p.name for p in _artifact_files(path)],
+        "sha256": file_sha256(path),
+        "bytes": sum(p.stat().st_size for p in _artifact_files(path)),
+        "check": {**agreement(got, want), "images": int(got.shape[0]),
+                  "size": list(got.shape[-2:])},
+        "shape_constraints": shape_constraints(job.program) if job else
+        {"batch": "dynamic", "height": "dynamic", "width": "dynamic"},
+        "seconds": round(seconds, 1),
+        "versions": versions(),
+    }
+
+
+def artifacts_json(spec_info: dict[str, Any], entries: Sequence[dict[str, Any]],
+                   check_source: str) -> str:
+    """The text of ``artifacts.json``: the spec, the machine, and every artifact's check."""
+    return json.dumps({"spec_sha256": spec_info["spec_sha256"], "spec": spec_info,
+                       "cpu": cpu_info().as_dict(), "check_images": check_source,
+                       "artifacts": list(entries)}, indent=2, sort_keys=True) + "\n"
