@@ -1,0 +1,217 @@
+"""Deployment artifacts (``specc build --target``, :mod:`specc.targets`) and ``specc bench``.
+
+One build of the demo spec at a small size writes the export, ONNX and OpenVINO (fp32 and int8)
+artifacts; each is then opened the way eval and predict open it and compared with the compiled
+module on new images, and with what the build recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import REPO
+
+from specc.api import build, load_spec
+from specc.build import Deployment, build_to
+from specc.errors import SpeccError
+from specc.hardware import CpuInfo, parse_cpuinfo
+from specc.targets import (
+    ARTIFACTS,
+    Request,
+    check_libraries,
+    load_artifact,
+    parse_requests,
+)
+
+DEMO = REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml"
+SMALL = ["input.size=[65, 65]", "data.synthetic.val_length=8", "data.synthetic.train_length=8",
+         "data.synthetic.size=72"]
+AVX2 = CpuInfo("test CPU", 2, ("avx2", "fma"))
+BF16 = CpuInfo("test CPU", 2, ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"))
+
+
+def randomized(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with batch-norm statistics that are not the identity, so folding is tested."""
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """The demo compiled with random statistics and built with four artifacts."""
+    from runtime.calibration import spec_images
+
+    comp = build(load_spec(DEMO, SMALL))
+    randomized(comp.module)
+    requests = parse_requests(["export", "onnx", "openvino:fp32", "openvino:int8"], cpu=AVX2)
+    deploy = Deployment(tuple(requests), tuple(spec_images(comp.spec, 2)), "val",
+                        tuple(spec_images(comp.spec, 4, split="train")))
+    out = tmp_path_factory.mktemp("targets")
+    build_to(comp, out, deploy=deploy)
+    return comp, out / comp.spec.name
+
+
+def listing(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / ARTIFACTS).read_text())
+
+
+# -- requests and hardware ----------------------------------------------------------------------
+
+
+def test_requests_resolve_auto_per_cpu_and_keep_build_order() -> None:
+    assert parse_requests(["openvino", "export", "aoti"], cpu=AVX2) == [
+        Request("export"), Request("aoti", "fp32"), Request("openvino", "fp32")]
+    assert parse_requests(["aoti", "aoti:int8"], cpu=BF16) == [
+        Request("aoti", "bf16"), Request("aoti", "int8")]
+    assert parse_requests(["onnx", "onnx"], cpu=AVX2) == [Request("onnx")]
+
+
+@pytest.mark.parametrize("texts, precision, message", [
+    (["tflite"], "auto", "unknown target 'tflite'"),
+    (["onnx:int8"], "auto", "onnx has no precision"),
+    (["aoti:fp8"], "auto", "unknown precision 'fp8'"),
+    (["aoti"], "bf16", "would emulate it, about 10× slower"),
+])
+def test_bad_requests_are_refused(texts: list[str], precision: str, message: str) -> None:
+    with pytest.raises(SpeccError, match=message):
+        parse_requests(texts, precision, cpu=AVX2)
+
+
+def test_cpuinfo_flags_decide_bf16_and_vnni() -> None:
+    model, flags = parse_cpuinfo("processor: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 "
+                                 "avx512f avx512_bf16 amx_int8\n\nprocessor: 1\nflags: sse\n")
+    assert model == "Some Xeon" and "avx512_bf16" in flags and "sse" not in flags
+    assert BF16.has_bf16 and BF16.has_vnni and not AVX2.has_bf16 and not AVX2.has_vnni
+
+
+def test_missing_library_is_named_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nncf" else real(name, *a))
+    with pytest.raises(SpeccError, match=r"needs nncf.*pip install 'specc\[deploy\]'"):
+        check_libraries([Request("openvino", "int8")])
+    check_libraries([Request("openvino", "fp32")])  # OpenVINO alone needs no NNCF
+
+
+# -- the artifacts --------------------------------------------------------------------------------
+
+
+def test_every_artifact_is_listed_with_its_check(built: tuple[Any, Path]) -> None:
+    comp, folder = built
+    info = listing(folder)
+    assert info["spec_sha256"] == comp.doc.sha256
+    by_file = {a["file"]: a for a in info["artifacts"]}
+    assert set(by_file) == {"model.pt2", "model.onnx", "model-openvino-fp32.xml",
+                            "model-openvino-int8.xml"}
+    for entry in info["artifacts"]:
+        for name in entry["files"]:
+            assert (folder / name).is_file()
+        assert entry["shape_constraints"]["batch"] == "dynamic"
+        assert entry["versions"]["torch"] == torch.__version__.split("+")[0] or \
+            entry["versions"]["torch"] in torch.__version__
+    for name in ("model.pt2", "model.onnx", "model-openvino-fp32.xml"):
+        check = by_file[name]["check"]
+        assert check["max_abs_diff"] <= 1e-4 * check["output_scale"]
+        assert check["argmax_agreement"] >= 0.999
+    assert by_file["model-openvino-int8.xml"]["check"]["argmax_agreement"] >= 0.9
+    assert by_file["model-openvino-int8.xml"]["files"] == ["model-openvino-int8.xml",
+                                                         "model-openvino-int8.bin"]
+
+
+@pytest.mark.parametrize("name", ["model.pt2", "model.onnx", "model-openvino-fp32.xml"])
+def test_fp32_artifacts_equal_the_model_at_other_sizes(built: tuple[Any, Path],
+                                                       name: str) -> None:
+    """Batch, height and width are dynamic: a batch of 3 at 49×81 (not the build's 2×65×65)."""
+    comp, folder = built
+    x = torch.randn(3, 3, 49, 81, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = comp.module(x)["out"]
+    got = load_artifact(folder / name)(x)["out"]
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+def test_aux_head_is_not_in_the_inference_graph(built: tuple[Any, Path]) -> None:
+    import onnx
+
+    graph = onnx.load(str(built[1] / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["out"]
+    assert not any(t.name.startswith("aux") for t in graph.initializer)
+    assert not any("batch_norm" in n.op_type.lower() for n in graph.node)  # folded
+
+
+def test_a_changed_artifact_is_refused(built: tuple[Any, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built[1], copy)
+    with (copy / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SpeccError, match="sha256 differs"):
+        load_artifact(copy / "model.onnx")
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(built[1] / "model.onnx", lone)
+    with pytest.raises(SpeccError, match=r"no artifacts\.json beside it"):
+        load_artifact(lone)
+
+
+def test_rebuild_replaces_a_folder_holding_artifacts(built: tuple[Any, Path],
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(built[1], out / built[1].name)
+    build_to(build(load_spec(DEMO, SMALL)), out)
+    assert not (out / built[1].name / ARTIFACTS).exists()
+    assert (out / built[1].name / "model.pt").is_file()
+
+
+def test_build_command_refuses_bad_targets_before_building(cli: Any, tmp_path: Path) -> None:
+    result = cli("build", DEMO, "--target", "tflite", "--out", tmp_path / "o")
+    assert result.code == 2 and "unknown target 'tflite'" in result.err
+    assert not (tmp_path / "o").exists()
+    result = cli("build", "--all", "--check", "--target", "export")
+    assert result.code == 2 and "takes no --target" in result.err
+
+
+def test_bench_times_the_model_its_passes_and_the_build_artifacts(
+        built: tuple[Any, Path], cli: Any) -> None:
+    result = cli("bench", built[1], "--target", "export", "--target", "onnx", "--repeats", "2",
+                 "--warmup", "1", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    names = [row["name"] for row in report["results"]]
+    assert names == ["reference (eager)", "inference passes (eager)", "export (model.pt2)",
+                     "onnx (model.onnx)"]
+    assert report["cpu"]["model"] and report["size"] == [65, 65]
+    for row in report["results"]:
+        assert row["argmax_agreement"] >= 0.999
+        assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert row["gmacs_per_s"] > 0 and row["speedup_vs_torchvision"] is None
+    assert report["results"][0]["speedup"] == 1.0
+
+
+def test_aoti_package_compiles_for_this_cpu_and_equals_the_model(tmp_path: Path) -> None:
+    """AOTInductor (frozen weights, C++ compiled for this machine): the slowest target to
+    build, so one small case."""
+    comp = build(load_spec(DEMO, ["input.size=[33, 33]"]))
+    randomized(comp.module)
+    x = torch.randn(2, 3, 33, 33, generator=torch.Generator().manual_seed(3))
+    deploy = Deployment((Request("aoti", "fp32"),), (x,), "random")
+    build_to(comp, tmp_path, deploy=deploy)
+    folder = tmp_path / comp.spec.name
+    entry = listing(folder)["artifacts"][0]
+    assert entry["file"] == "model-aoti-fp32.pt2" and entry["check"]["argmax_agreement"] == 1.0
+    y = torch.randn(1, 3, 41, 57, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = comp.module(y)["out"]
+    got = load_artifact(folder / "model-aoti-fp32.pt2")(y)["out"]
+    assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
