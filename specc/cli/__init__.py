@@ -33,6 +33,7 @@ for _name, _command in (
     ("diff", compiler.diff), ("graph", compiler.graph),
     ("train", runtime.train), ("eval", runtime.eval_), ("predict", runtime.predict),
     ("plot", runtime.plot), ("samples", runtime.samples),
+    ("class-weights", runtime.class_weights),
 ):
     app.command(_name)(_command)
 
