@@ -279,8 +279,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                 lr = poly_lr(tr.lr, it, tr.iters, tr.poly_power)
                 micro = [next(batches) for _ in range(tr.accumulate)]
                 loss_value = _step(ddp, optimizer, scaler, micro, lr, tr, ctx, amp_dtype,
-                                   channels_last, run_dir, it,
-                                   Tuning(groups, class_weights))
+                                   channels_last, Tuning(groups, class_weights), run_dir, it)
                 done = it + 1
                 window.append(loss_value)
 
@@ -443,7 +442,9 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
     transform = train_transform(
         data.crop or spec.input.size, min_scale=data.scale_min, max_scale=data.scale_max,
         scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
-        ignore_index=tr.ignore_index)
+        ignore_index=tr.ignore_index,
+        color_jitter=data.color_jitter.model_dump() if data.color_jitter else None,
+        blur=data.blur.model_dump() if data.blur else None)
     loader, order = train_stream(train_set, transform, per_rank, seed=tr.seed,
                                  num_workers=tr.workers, rank=ctx.rank,
                                  world_size=ctx.world_size, start_batch=start * tr.accumulate,
@@ -480,7 +481,7 @@ class Tuning:
 def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
           micro: list[tuple[torch.Tensor, torch.Tensor]], lr: float, tr: Any,
           ctx: distributed.Context, amp_dtype: torch.dtype | None, channels_last: bool,
-          run_dir: Path, it: int, tuning: Tuning) -> float:
+          tuning: Tuning, run_dir: Path, it: int) -> float:
     """One update from ``train.accumulate`` micro-batches: forward, loss at full label resolution
     and backward for each (gradients summed, each loss divided by their number), then the update
     at ``lr`` times each group's multiplier; the backbone is left as it is during

@@ -211,7 +211,7 @@ def test_step_scales_lr_and_holds_a_frozen_backbone() -> None:
     def step(it: int) -> dict[str, torch.Tensor]:
         before = {k: v.detach().clone() for k, v in net.named_parameters()}
         train_mod._step(model, optimizer, scaler, [(images, labels)], 0.1, tr, ctx, None, False,
-                        Path("unused"), it, tuning)
+                        tuning, Path("unused"), it)
         return before
 
     before = step(0)  # frozen backbone

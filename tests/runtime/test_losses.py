@@ -147,7 +147,7 @@ def _one_step(model: nn.Module, micro: list[tuple[torch.Tensor, torch.Tensor]],
     tr = TrainSpec(accumulate=accumulate)
     return train_mod._step(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), micro,
                            0.1, tr, distributed.Context(rank=0, world_size=1), None, False,
-                           Path("unused"), 0, train_mod.Tuning(groups))
+                           train_mod.Tuning(groups), Path("unused"), 0)
 
 
 def test_accumulating_two_batches_of_2_is_one_batch_of_4() -> None:
