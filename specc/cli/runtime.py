@@ -81,8 +81,10 @@ def train(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from RUN_DIR/checkpoint (same architecture only).")] = False,
     init: Annotated[Path | None, typer.Option(
-        help="Start from these weights (run folder, .safetensors or model.pt), e.g. stage 1 "
-             "before fine-tuning at output stride 8.")] = None,
+        help="Start from these weights (run folder, .safetensors, model.pt, or a torchvision "
+             "DeepLabV3 / ResNet state dict), e.g. stage 1 before fine-tuning at output stride "
+             "8. Weights for another num_classes load all but the classifier layers, which "
+             "start fresh.")] = None,
     device: DeviceOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -108,6 +110,10 @@ def train(
              + (f", last loss {result.loss:.4f}" if result.loss is not None else ""),
              f"checkpoint: {run_dir / 'checkpoint'}", f"model:      {result.model_path}",
              f"metrics:    {run_dir / 'metrics.jsonl'}"]
+    tr = doc.spec.train
+    if tr.accumulate > 1:
+        lines.insert(1, f"effective batch {tr.batch_size * tr.accumulate} ({tr.batch_size} × "
+                        f"{tr.accumulate} accumulated)")
     if result.scores is not None:
         lines.insert(1, f"val mIoU {100 * result.scores['miou']:.2f} %, pixel accuracy "
                         f"{100 * result.scores['pixel_accuracy']:.2f} %")
