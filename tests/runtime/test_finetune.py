@@ -222,3 +222,22 @@ def test_step_scales_lr_and_holds_a_frozen_backbone() -> None:
     conv = net.backbone[0].weight
     assert torch.allclose(conv, before["backbone.0.weight"] - 0.05 * conv.grad)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.05, 1.0, 0.05, 1.0])
+
+
+def test_imagenet_resnet_starts_the_backbone_only(tmp_path: Path) -> None:
+    """An ImageNet ResNet-50 state dict (torchvision's names) loads into the backbone, its fc
+    classifier is left out and every head starts fresh."""
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    source = resnet50(weights=None).state_dict()
+    path = tmp_path / "resnet50.pth"
+    torch.save(source, path)
+    comp = compile_spec(load_spec(ZOO, SMALL))
+    model = comp.module
+    started = finetune.fit_weights(model, comp, read_weights(path))
+    assert started.kind == "torchvision ResNet (ImageNet)" and not started.fresh_classes
+    assert started.fresh_heads and all(not k.startswith("backbone.") for k in started.fresh_heads)
+    stem = next(v for k, v in model.state_dict().items()
+                if k.startswith("backbone.stem") and v.ndim == 4)
+    assert torch.equal(stem, source["conv1.weight"])
