@@ -17,6 +17,11 @@ Choices and their reasons (the numbers themselves live in ``spec.train``, see sp
   over non-ignored pixels, plus ``aux_weight`` times the auxiliary head's loss when there is one.
 * Hard-image bootstrapping (DeepLabv3 §4.3): images with ``hard_classes`` appear ``hard_repeat``
   times per epoch.
+* ``train.loss`` may mine hard pixels, weight classes and smooth labels (``runtime.losses``);
+  ``train.accumulate`` sums the gradients of several batches before one update.
+* ``--init`` may come from a model with another class count: the classifier layers start fresh
+  (``runtime.finetune``), which also makes the parameter groups of ``train.lr_mult`` and holds
+  the backbone still for ``train.freeze_backbone_iters``.
 * A non-finite loss (or non-finite weights at save time) stops the run with a TrainingError;
   the step is not applied and the last good checkpoint stays.
 * Seeds: the same seed on every process for the initial weights. The data order and every
@@ -41,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -56,6 +60,7 @@ from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
 from specc.errors import TrainingError
 from specc.fsutil import atomic_write_text
+from specc.spec_train import LossSpec
 
 METRICS = "metrics.jsonl"
 #: The run's record of how it was set up: effective batch, parameter groups, loss, --init.
@@ -110,8 +115,9 @@ def segmentation_loss(
 ) -> torch.Tensor:
     """Cross-entropy of the full-resolution logits, averaged over labelled pixels, plus aux.
 
-    ``loss_spec`` (``train.loss``) chooses hard-pixel mining and label smoothing, with the class
-    weights as a tensor (``runtime.losses``); ``iteration`` places the hard-pixel warm-up.
+    ``loss_spec`` (``train.loss``; default plain cross-entropy) chooses hard-pixel mining and label
+    smoothing, with the class weights as a tensor (``runtime.losses``); ``iteration`` places the
+    hard-pixel warm-up.
     """
 
     def cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -119,12 +125,9 @@ def segmentation_loss(
             raise TrainingError(
                 f"the model's logits are {tuple(logits.shape[-2:])} but the labels are "
                 f"{tuple(labels.shape[-2:])}; the model must upsample to the input size")
-        if loss_spec is not None:
-            return losses.mean_loss(logits, labels, ignore_index, loss_spec, iteration=iteration,
-                                    weight=class_weights)
-        total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
         # a batch that is all void gives loss 0, not 0/0
-        return total / (labels != ignore_index).sum().clamp(min=1)
+        return losses.mean_loss(logits, labels, ignore_index, loss_spec or LossSpec(),
+                                iteration=iteration, weight=class_weights)
 
     loss = cross_entropy(outputs["out"])
     if "aux" in outputs:  # kept even at weight 0, so DDP sees a gradient for every parameter
