@@ -414,7 +414,7 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
             scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise TrainingError(f"{where}: optimizer state does not match this run "
-                            f"(was train.freeze_bn changed?): {str(err)[:200]}") from None
+                            f"(was train.freeze_bn or train.lr_mult changed?): {str(err)[:200]}") from None
     start = state["iteration"]
     restored = len(state["rng"]) == ctx.world_size
     if restored:
