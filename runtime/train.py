@@ -17,6 +17,11 @@ Choices and their reasons (the numbers themselves live in ``spec.train``, see sp
   over non-ignored pixels, plus ``aux_weight`` times the auxiliary head's loss when there is one.
 * Hard-image bootstrapping (DeepLabv3 §4.3): images with ``hard_classes`` appear ``hard_repeat``
   times per epoch.
+* ``train.loss`` may mine hard pixels, weight classes and smooth labels (``runtime.losses``);
+  ``train.accumulate`` sums the gradients of several batches before one update.
+* ``--init`` may come from a model with another class count: the classifier layers start fresh
+  (``runtime.finetune``), which also makes the parameter groups of ``train.lr_mult`` and holds
+  the backbone still for ``train.freeze_backbone_iters``.
 * A non-finite loss (or non-finite weights at save time) stops the run with a TrainingError;
   the step is not applied and the last good checkpoint stays.
 * Seeds: the same seed on every process for the initial weights. The data order and every
@@ -41,12 +46,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from runtime import checkpoint as ckpt
-from runtime import distributed
+from runtime import distributed, finetune, losses
 from runtime.data import bootstrap_indices, open_split, train_stream, train_transform
 from runtime.data.loader import mix_seed
 from runtime.evaluate import autocast, evaluate, val_batches
@@ -56,8 +60,11 @@ from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
 from specc.errors import TrainingError
 from specc.fsutil import atomic_write_text
+from specc.spec_train import LossSpec
 
 METRICS = "metrics.jsonl"
+#: The run's record of how it was set up: effective batch, parameter groups, loss, --init.
+RUN_RECORD = "run.json"
 
 
 @dataclass(frozen=True)
@@ -97,26 +104,30 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two SGD groups: conv/linear weights with weight decay; BN parameters and biases without."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    """Two SGD groups: conv/linear weights with weight decay; BN parameters and biases without
+    (``runtime.finetune.lr_groups`` with no learning-rate multipliers)."""
+    return finetune.lr_groups(model, weight_decay, {}).groups
 
 
 def segmentation_loss(
-    outputs: dict[str, torch.Tensor], labels: torch.Tensor, ignore_index: int, aux_weight: float
+    outputs: dict[str, torch.Tensor], labels: torch.Tensor, ignore_index: int, aux_weight: float,
+    *, loss_spec: Any = None, iteration: int = 0, class_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Cross-entropy of the full-resolution logits, averaged over labelled pixels, plus aux."""
+    """Cross-entropy of the full-resolution logits, averaged over labelled pixels, plus aux.
+
+    ``loss_spec`` (``train.loss``; default plain cross-entropy) chooses hard-pixel mining and label
+    smoothing, with the class weights as a tensor (``runtime.losses``); ``iteration`` places the
+    hard-pixel warm-up.
+    """
 
     def cross_entropy(logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-2:] != labels.shape[-2:]:
             raise TrainingError(
                 f"the model's logits are {tuple(logits.shape[-2:])} but the labels are "
                 f"{tuple(labels.shape[-2:])}; the model must upsample to the input size")
-        total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
         # a batch that is all void gives loss 0, not 0/0
-        return total / (labels != ignore_index).sum().clamp(min=1)
+        return losses.mean_loss(logits, labels, ignore_index, loss_spec or LossSpec(),
+                                iteration=iteration, weight=class_weights)
 
     loss = cross_entropy(outputs["out"])
     if "aux" in outputs:  # kept even at weight 0, so DDP sees a gradient for every parameter
@@ -201,7 +212,7 @@ def os_error_message(err: OSError, run_dir: Path) -> str:
 def _discard_unused(run_dir: Path) -> None:
     """Remove a run folder this run created when it holds nothing of use yet (no checkpoint and
     no logged step: only the files the run wrote first), so a failed start leaves nothing."""
-    first_files = {"spec.json", METRICS}
+    first_files = {"spec.json", METRICS, RUN_RECORD}
     with contextlib.suppress(OSError):
         entries = list(run_dir.iterdir())
         if ({e.name for e in entries} <= first_files
@@ -227,13 +238,14 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     # -- model: the same seed everywhere gives every process the same initial weights
     comp = compile_spec(doc)
     seed_everything(tr.seed)
-    model = _make_model(comp, ctx, init, report)
+    model, started_from = _make_model(comp, ctx, init, report)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    # -- optimizer: SGD + momentum; the poly schedule sets the lr every step
-    optimizer = torch.optim.SGD(param_groups(model, tr.weight_decay), lr=tr.lr,
-                                momentum=tr.momentum)
+    # -- optimizer: SGD + momentum; the poly schedule sets the lr every step (times lr_mult)
+    groups = finetune.lr_groups(model, tr.weight_decay, tr.lr_mult)
+    optimizer = torch.optim.SGD(groups.groups, lr=tr.lr, momentum=tr.momentum)
+    class_weights = losses.class_weight_tensor(tr.loss, spec.num_classes, ctx.device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
 
     # -- resume: weights, optimizer, iteration and RNG from the last good checkpoint
@@ -251,6 +263,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     ddp = distributed.wrap(model, ctx)
     raw = distributed.unwrap(ddp)
     log, board = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
+    _write_run_record(run_dir, ctx, tr, per_rank, groups, started_from, start)
     if ctx.distributed and not cuda:
         report.message("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN "
                        "statistics")
@@ -267,9 +280,9 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
             for it in range(start, tr.iters):
                 # one SGD step at the poly learning rate
                 lr = poly_lr(tr.lr, it, tr.iters, tr.poly_power)
-                images, labels = next(batches)
-                loss_value = _step(ddp, optimizer, scaler, images, labels, lr, tr, ctx,
-                                   amp_dtype, channels_last, run_dir, it)
+                micro = [next(batches) for _ in range(tr.accumulate)]
+                loss_value = _step(ddp, optimizer, scaler, micro, lr, tr, ctx, amp_dtype,
+                                   channels_last, Tuning(groups, class_weights), run_dir, it)
                 done = it + 1
                 window.append(loss_value)
 
@@ -360,9 +373,11 @@ def _check_norm_batch(spec: Any, per_rank: int, ctx: distributed.Context) -> Non
 
 
 def _make_model(comp: Compilation, ctx: distributed.Context, init: Path | None,
-                report: Reporter) -> nn.Module:
+                report: Reporter) -> tuple[nn.Module, finetune.InitReport | None]:
     """The compiled model on the device with TF's BN decay (frozen BN if asked), started from
-    ``init`` when given (a backbone-only file leaves the heads fresh)."""
+    ``init`` when given (see ``runtime.finetune``: a backbone-only file leaves the heads fresh,
+    weights for another class count leave the classifier layers fresh); returns what ``init``
+    loaded."""
     tr = comp.spec.train
     model = comp.module.to(ctx.device)
     for bn in batchnorms(model):
@@ -371,17 +386,12 @@ def _make_model(comp: Compilation, ctx: distributed.Context, init: Path | None,
             for p in (bn.weight, bn.bias):
                 if p is not None:
                     p.requires_grad_(False)
-    if init is not None:
-        start_from = artifacts.read_weights(init)
-        if start_from.contents == artifacts.BACKBONE:
-            # ImageNet backbone from `specc import-weights --backbone-only`: the heads start fresh
-            fresh = artifacts.load_weights(model, start_from, partial=True)
-            report.message(f"initialized the backbone from {start_from.file}; {len(fresh)} head "
-                           "tensors start fresh")
-        else:
-            artifacts.load_weights(model, start_from)
-            report.message(f"initialized from {start_from.file}")
-    return model
+    if init is None:
+        return model, None
+    started = finetune.fit_weights(model, comp, artifacts.read_weights(init))
+    for line in started.lines(comp.spec.num_classes):
+        report.message(line)
+    return model, started
 
 
 def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
@@ -404,7 +414,7 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
             scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise TrainingError(f"{where}: optimizer state does not match this run "
-                            f"(was train.freeze_bn changed?): {str(err)[:200]}") from None
+                            f"(was train.freeze_bn or train.lr_mult changed?): {str(err)[:200]}") from None
     start = state["iteration"]
     restored = len(state["rng"]) == ctx.world_size
     if restored:
@@ -422,7 +432,8 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
 def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
                   start: int) -> DataLoader[Any]:
     """The endless stream of shuffled, augmented batches of the training split for this process,
-    from batch ``start`` on (the same batches an uninterrupted run reads there).
+    from iteration ``start`` on (the same batches an uninterrupted run reads there; an iteration
+    reads ``train.accumulate`` batches).
 
     Raises:
         TrainingError: fewer images than one batch per process.
@@ -434,10 +445,13 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
     transform = train_transform(
         data.crop or spec.input.size, min_scale=data.scale_min, max_scale=data.scale_max,
         scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
-        ignore_index=tr.ignore_index)
+        ignore_index=tr.ignore_index,
+        color_jitter=data.color_jitter.model_dump() if data.color_jitter else None,
+        blur=data.blur.model_dump() if data.blur else None)
     loader, order = train_stream(train_set, transform, per_rank, seed=tr.seed,
                                  num_workers=tr.workers, rank=ctx.rank,
-                                 world_size=ctx.world_size, start_batch=start, indices=indices)
+                                 world_size=ctx.world_size, start_batch=start * tr.accumulate,
+                                 indices=indices)
     if order.batches_per_epoch == 0:
         raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
                             f"fewer than one batch of {per_rank} per process")
@@ -458,38 +472,104 @@ def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],
     return log, _tensorboard(run_dir)
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """What a step needs beyond the protocol's defaults: the parameter groups' learning-rate
+    multipliers and the backbone's parameters (``runtime.finetune``), and the class weights."""
+
+    groups: finetune.LrGroups
+    class_weights: torch.Tensor | None = None
+
+
 def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-          images: torch.Tensor, labels: torch.Tensor, lr: float, tr: Any,
+          micro: list[tuple[torch.Tensor, torch.Tensor]], lr: float, tr: Any,
           ctx: distributed.Context, amp_dtype: torch.dtype | None, channels_last: bool,
-          run_dir: Path, it: int) -> float:
-    """Forward, loss at full label resolution, backward and update; returns the loss averaged
-    over the processes.
+          tuning: Tuning, run_dir: Path, it: int) -> float:
+    """One update from ``train.accumulate`` micro-batches: forward, loss at full label resolution
+    and backward for each (gradients summed, each loss divided by their number), then the update
+    at ``lr`` times each group's multiplier; the backbone is left as it is during
+    ``train.freeze_backbone_iters``. Returns the loss averaged over micro-batches and processes.
 
     Raises:
         TrainingError: a non-finite loss (before it reaches the weights; all processes agree).
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for group, mult in zip(optimizer.param_groups, tuning.groups.multipliers, strict=True):
+        group["lr"] = lr * mult
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for index, (images, labels) in enumerate(micro):
+        last = index == len(micro) - 1
+        # DDP averages gradients over processes once, after the last micro-batch
+        with contextlib.nullcontext() if last else _no_sync(ddp):
+            loss = _micro_loss(ddp, images, labels, tr, ctx, amp_dtype, channels_last, it,
+                               tuning) / len(micro)
+            loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
+            _check_finite(loss_value * len(micro), tr, run_dir, it)
+            scaler.scale(loss).backward()
+        total += loss_value
+    if it < tr.freeze_backbone_iters:
+        for p in tuning.groups.backbone:
+            p.grad = None  # SGD skips it: no step, no momentum, no weight decay
+    scaler.step(optimizer)
+    scaler.update()
+    return total
+
+
+def _no_sync(ddp: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync`` (gradients stay local); nothing to do for a plain module."""
+    no_sync = getattr(ddp, "no_sync", None)
+    return no_sync() if no_sync is not None else contextlib.nullcontext()
+
+
+def _micro_loss(ddp: nn.Module, images: torch.Tensor, labels: torch.Tensor, tr: Any,
+                ctx: distributed.Context, amp_dtype: torch.dtype | None, channels_last: bool,
+                it: int, tuning: Tuning) -> torch.Tensor:
+    """Forward one micro-batch and its loss (``train.loss``, aux included)."""
     images = images.to(ctx.device, non_blocking=True)
     labels = labels.to(ctx.device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(ctx.device, amp_dtype):
         outputs = ddp(images)
-    loss = segmentation_loss(outputs, labels, tr.ignore_index, tr.aux_weight)
-    loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
-    if not math.isfinite(loss_value):
-        last = ckpt.checkpoint_dir(run_dir)
-        kept = (f"The last good checkpoint is kept: {last}." if last else
-                "No checkpoint was saved yet (the first comes after train.save_every="
-                f"{tr.save_every} iterations), so there is nothing to resume from.")
-        raise TrainingError(f"loss is {loss_value} at iteration {it + 1}; training stopped. "
-                            f"{kept} Lower train.lr or check the data.")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss_value
+    return segmentation_loss(outputs, labels, tr.ignore_index, tr.aux_weight, loss_spec=tr.loss,
+                             iteration=it, class_weights=tuning.class_weights)
+
+
+def _check_finite(loss_value: float, tr: Any, run_dir: Path, it: int) -> None:
+    """Stop the run on a non-finite loss, saying what is kept.
+
+    Raises:
+        TrainingError: the loss is NaN or infinite.
+    """
+    if math.isfinite(loss_value):
+        return
+    last = ckpt.checkpoint_dir(run_dir)
+    kept = (f"The last good checkpoint is kept: {last}." if last else
+            "No checkpoint was saved yet (the first comes after train.save_every="
+            f"{tr.save_every} iterations), so there is nothing to resume from.")
+    raise TrainingError(f"loss is {loss_value} at iteration {it + 1}; training stopped. "
+                        f"{kept} Lower train.lr or check the data.")
+
+
+def _write_run_record(run_dir: Path, ctx: distributed.Context, tr: Any, per_rank: int,
+                      groups: finetune.LrGroups, started_from: finetune.InitReport | None,
+                      start: int) -> None:
+    """``run.json`` (rank 0): the effective batch, the parameter groups with their learning-rate
+    multipliers, the loss and what ``--init`` loaded. A resumed run keeps the first record of
+    ``--init``."""
+    if not ctx.is_main:
+        return
+    path = run_dir / RUN_RECORD
+    init_record = started_from.as_dict() if started_from else None
+    if start and path.is_file():
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            init_record = json.loads(path.read_text(encoding="utf-8")).get("init", init_record)
+    record = {"batch_size": tr.batch_size, "per_process_batch": per_rank,
+              "processes": ctx.world_size, "accumulate": tr.accumulate,
+              "effective_batch": tr.batch_size * tr.accumulate,
+              "freeze_backbone_iters": tr.freeze_backbone_iters,
+              "param_groups": groups.record, "loss": tr.loss.model_dump(), "init": init_record}
+    atomic_write_text(path, json.dumps(record, indent=1))
 
 
 def _write_record(record: dict[str, Any], log: Any, board: Any) -> None:

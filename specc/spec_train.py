@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 #: Largest channel count, spatial size (pixels), stride or rate a spec may give: far past any
 #: DeepLab (2048 channels, 513-pixel crops, rate 36), small enough to refuse a typo's billions
@@ -28,6 +28,32 @@ Images = Annotated[int, Strict(), Field(gt=0, le=MAX_IMAGES)]
 class _Base(BaseModel):
     # allow_inf_nan: a learning rate of .inf or .nan would only show up as a NaN loss later
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+#: Most micro-batches one step may accumulate, and most iterations a setting may count.
+MAX_ACCUMULATE = 1024
+#: Largest learning-rate multiplier of a parameter group.
+MAX_LR_MULT = 1e4
+
+
+class LossSpec(_Base):
+    """The per-pixel loss: cross-entropy, optionally restricted to the hardest pixels."""
+
+    kind: Literal["cross_entropy", "hard_pixel"] = Field(
+        "cross_entropy", description="cross_entropy: the mean over labelled pixels (DeepLabv3 "
+        "§4.1); hard_pixel: the mean over the top_k fraction of highest pixel losses (the TF "
+        "DeepLab code's top_k_percent_pixels).")
+    top_k: float = Field(
+        0.25, gt=0, le=1, description="hard_pixel: fraction of the labelled pixels of a batch "
+        "whose losses are kept (0.25).")
+    warmup_iters: int = Field(
+        0, ge=0, description="hard_pixel: iterations at the start that use every labelled "
+        "pixel before mining begins (0).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy targets (0: none).")
+    class_weights: list[Annotated[float, Field(ge=0, le=1e6)]] | None = Field(
+        None, description="One weight per class (num_classes of them), or null for equal "
+        "weights; `specc class-weights SPEC` computes them from the training labels.")
 
 
 class TrainSpec(_Base):
@@ -58,12 +84,61 @@ class TrainSpec(_Base):
     log_every: Positive = Field(10, description="Iterations between metrics.jsonl records.")
     save_every: Positive = Field(1000, description="Iterations between checkpoints.")
     eval_every: int = Field(0, ge=0, description="Iterations between evaluations (0: at the end).")
+    loss: LossSpec = Field(default_factory=LossSpec, description="The pixel loss (main and "
+                           "auxiliary head alike).")
+    accumulate: int = Field(
+        1, strict=True, gt=0, le=MAX_ACCUMULATE, description="Batches whose gradients are "
+        "summed before one update: the effective batch is batch_size × accumulate (1).")
+    freeze_backbone_iters: int = Field(
+        0, strict=True, ge=0, description="Iterations at the start during which the backbone's "
+        "parameters are not updated (fine-tuning new heads first; 0).")
+    lr_mult: dict[str, Annotated[float, Field(gt=0, le=MAX_LR_MULT)]] = Field(
+        default_factory=dict, description="Learning-rate multipliers by module: `backbone`, "
+        "`heads` (every module after the backbone), a head (`aspp`, `decoder`, `classifier`, "
+        "`aux`) or a deeper module path (`backbone.block4`); the longest matching key wins, "
+        "the rest keep 1. E.g. {backbone: 1, heads: 10}.")
 
 
 class SyntheticSpec(_Base):
     size: Size = Field(128, description="Side of the generated square images.")
     train_length: Images = Field(2000, description="Images in the train split.")
     val_length: Images = Field(200, description="Images in the val split.")
+
+
+class ColorJitterSpec(_Base):
+    """Random colour changes (torchvision.transforms.v2.ColorJitter); 0 leaves one unchanged."""
+
+    brightness: float = Field(0.0, ge=0, le=10, description="Brightness factor drawn from "
+                              "[1 − b, 1 + b].")
+    contrast: float = Field(0.0, ge=0, le=10, description="Contrast factor drawn from "
+                            "[1 − c, 1 + c].")
+    saturation: float = Field(0.0, ge=0, le=10, description="Saturation factor drawn from "
+                              "[1 − s, 1 + s].")
+    hue: float = Field(0.0, ge=0, le=0.5, description="Hue shift drawn from [−h, h].")
+    probability: float = Field(1.0, ge=0, le=1, description="Chance that an image is jittered.")
+
+
+class BlurSpec(_Base):
+    """Random Gaussian blur (torchvision.transforms.v2.GaussianBlur)."""
+
+    kernel: int = Field(5, strict=True, ge=3, le=63, description="Kernel side, odd.")
+    sigma: tuple[float, float] = Field(
+        (0.1, 2.0), description="Range the blur's standard deviation is drawn from (pixels).")
+    probability: float = Field(0.5, ge=0, le=1, description="Chance that an image is blurred.")
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, kernel: int) -> int:
+        if kernel % 2 == 0:
+            raise ValueError(f"expected an odd kernel size, found {kernel}")
+        return kernel
+
+    @field_validator("sigma")
+    @classmethod
+    def _sigma_range(cls, sigma: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < sigma[0] <= sigma[1] <= 100:
+            raise ValueError(f"expected 0 < low <= high <= 100, found {list(sigma)}")
+        return sigma
 
 
 class DataSpec(_Base):
@@ -79,3 +154,8 @@ class DataSpec(_Base):
         None, description="Training crop (H, W); defaults to input.size.")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec,
                                      description="The built-in data set.")
+    color_jitter: ColorJitterSpec | None = Field(
+        None, description="Photometric augmentation of training images: random brightness, "
+        "contrast, saturation and hue (null: off, the papers' protocol).")
+    blur: BlurSpec | None = Field(
+        None, description="Random Gaussian blur of training images (null: off).")

@@ -116,6 +116,22 @@ CASES = [
          "--out {text}: expected a folder, found a file"),
     case("train --init missing", "train {spec} --init {missing} --out {tmp}/run", 2,
          "{missing}: no such weights file"),
+    case("train --init junk", "train {spec} --init {text} --out {tmp}/run", 2,
+         "{text}: not a readable PyTorch state dict"),
+    case("train class weights of another count",
+         "train {spec} --set train.loss.class_weights=[1,2] --out {tmp}/run", 2,
+         "train.loss.class_weights: expected 8 weights (one per class, num_classes), found 2"),
+    case("train lr_mult of no module", "train {spec} --set train.lr_mult={{\"decoderr\":2}} "
+         "--out {tmp}/run", 2, "train.lr_mult.decoderr: expected a module of the model"),
+    case("train hard pixels top_k 0", "train {spec} --set train.loss.top_k=0 --out {tmp}/run", 2,
+         "train.loss.top_k: expected a number greater than 0, found 0"),
+    case("train blur even kernel", "train {spec} --set data.blur={{\"kernel\":4}} --out {tmp}/run",
+         2, "data.blur.kernel: expected an odd kernel size, found 4"),
+    # class-weights
+    case("class-weights bad method", "class-weights {spec} --method mode", 2,
+         "--method: expected one of median_frequency, inverse, found 'mode'"),
+    case("class-weights missing data folder", "class-weights {spec} --data folder:{missing}", 2,
+         "{missing}: dataset folder"),
     # eval
     case("eval --device foo", "eval {spec} --checkpoint {model} --device foo", 2,
          "--device: expected cpu or cuda, found 'foo'"),

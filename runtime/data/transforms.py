@@ -2,7 +2,9 @@
 
 Training (DeepLabv3 §4.1): random scale from a discrete set (0.5 to 2.0 in steps of 0.25), pad to
 the crop size with the mean colour (image) and the ignore label (label), random crop, random
-left-right flip, then float conversion and mean/std normalization. Evaluation: normalization only,
+left-right flip, then float conversion and mean/std normalization. Optional photometric steps
+(``data.color_jitter``, ``data.blur``; off by default, as in the papers) come first, on the image
+alone and before padding, so the padding keeps the mean colour. Evaluation: normalization only,
 optionally padding to a fixed size.
 
 The image is wrapped as ``tv_tensors.Image`` and the label as ``tv_tensors.Mask``, so every v2
@@ -15,7 +17,7 @@ a float32 tensor ``(3, H, W)`` and an int64 tensor ``(H, W)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,6 +137,24 @@ def mean_fill(mean: Sequence[float]) -> list[int]:
     return [round(m * 255) for m in mean]
 
 
+def photometric(color_jitter: Mapping[str, float] | None = None,
+                blur: Mapping[str, Any] | None = None) -> list[v2.Transform]:
+    """Colour jitter and Gaussian blur (``data.color_jitter`` / ``data.blur`` values), each applied
+    with its probability; they change the image only (v2 passes masks through). Their random
+    draws come from torch's global generator, which the training stream seeds per sample, so
+    they are as reproducible as the crops and flips."""
+    steps: list[v2.Transform] = []
+    if color_jitter is not None:
+        jitter = v2.ColorJitter(brightness=color_jitter["brightness"],
+                                contrast=color_jitter["contrast"],
+                                saturation=color_jitter["saturation"], hue=color_jitter["hue"])
+        steps.append(v2.RandomApply([jitter], p=color_jitter["probability"]))
+    if blur is not None:
+        gaussian = v2.GaussianBlur(blur["kernel"], sigma=tuple(blur["sigma"]))
+        steps.append(v2.RandomApply([gaussian], p=blur["probability"]))
+    return steps
+
+
 def train_transform(
     crop_size: int | Sequence[int] = 513,  # DeepLabv3 §4.1: 513 crop (321 cost ~10 % mIoU on VOC)
     *,
@@ -145,14 +165,18 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = IGNORE_INDEX,
+    color_jitter: Mapping[str, float] | None = None,  # off: the papers use none
+    blur: Mapping[str, Any] | None = None,
 ) -> SegmentationTransform:
-    """The training augmentation: random scale, pad (mean / ignore), random crop, flip, normalize.
+    """The training augmentation: optional colour jitter and blur (:func:`photometric`), random
+    scale, pad (mean / ignore), random crop, flip, normalize.
 
     Raises:
         ValueError: a malformed crop size or scale range (a programming error, not bad data).
     """
     crop = _pair(crop_size)
     steps: list[v2.Transform] = [
+        *photometric(color_jitter, blur),
         RandomDiscreteScale(min_scale, max_scale, scale_step),
         PadToSize(crop, mean_fill(mean), ignore_index),
         v2.RandomCrop(crop),

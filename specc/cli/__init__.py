@@ -32,7 +32,8 @@ for _name, _command in (
     ("schema", compiler.schema), ("import-weights", compiler.import_weights_command),
     ("diff", compiler.diff), ("graph", compiler.graph),
     ("train", runtime.train), ("eval", runtime.eval_), ("predict", runtime.predict),
-    ("plot", runtime.plot), ("samples", runtime.samples), ("bench", bench.bench),
+    ("plot", runtime.plot), ("samples", runtime.samples),
+    ("class-weights", runtime.class_weights), ("bench", bench.bench),
 ):
     app.command(_name)(_command)
 

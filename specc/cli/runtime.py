@@ -1,4 +1,4 @@
-"""The runtime's commands: train, eval, predict, plot and samples.
+"""The runtime's commands: train, eval, predict, plot, samples and class-weights.
 
 Each one turns its flags into ``--set`` overrides of the spec (so the run's recorded spec says
 what was really used), calls the runtime and prints where the results are. Bad input raises a
@@ -22,7 +22,7 @@ import typer
 from specc.api import load_spec
 from specc.cli import render
 from specc.errors import SpeccError
-from specc.fsutil import atomic_write_bytes, output_file, output_folder
+from specc.fsutil import atomic_write_bytes, atomic_write_text, output_file, output_folder
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a spec value: key.path=value (YAML), e.g. train.lr=0.01.")]
@@ -81,8 +81,10 @@ def train(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from RUN_DIR/checkpoint (same architecture only).")] = False,
     init: Annotated[Path | None, typer.Option(
-        help="Start from these weights (run folder, .safetensors or model.pt), e.g. stage 1 "
-             "before fine-tuning at output stride 8.")] = None,
+        help="Start from these weights (run folder, .safetensors, model.pt, or a torchvision "
+             "DeepLabV3 / ResNet state dict), e.g. stage 1 before fine-tuning at output stride "
+             "8. Weights for another num_classes load all but the classifier layers, which "
+             "start fresh.")] = None,
     device: DeviceOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -108,6 +110,10 @@ def train(
              + (f", last loss {result.loss:.4f}" if result.loss is not None else ""),
              f"checkpoint: {run_dir / 'checkpoint'}", f"model:      {result.model_path}",
              f"metrics:    {run_dir / 'metrics.jsonl'}"]
+    tr = doc.spec.train
+    if tr.accumulate > 1:
+        lines.insert(1, f"effective batch {tr.batch_size * tr.accumulate} ({tr.batch_size} × "
+                        f"{tr.accumulate} accumulated)")
     if result.scores is not None:
         lines.insert(1, f"val mIoU {100 * result.scores['miou']:.2f} %, pixel accuracy "
                         f"{100 * result.scores['pixel_accuracy']:.2f} %")
@@ -212,3 +218,36 @@ def samples(
             picture.save(buffer, format="PNG")
             atomic_write_bytes(out / f"{i:04d}_{suffix}.png", buffer.getvalue())
     typer.echo(f"{min(count, len(dataset))} {split} image(s) of {data or d.source} in {out}/")
+
+
+def class_weights(
+    spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
+    method: Annotated[str, typer.Option(
+        help="median_frequency (median of the class frequencies ÷ each, Eigen & Fergus) or "
+             "inverse (total ÷ (classes × class pixels)).")] = "median_frequency",
+    data: DataOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Also write the YAML snippet to this file.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Class weights from the training split's label frequencies, as a YAML snippet for the
+    spec's train.loss.class_weights (a class with no pixel gets 0)."""
+    from runtime.data import open_split  # torch: not at start-up
+    from runtime.losses import METHODS, pixel_counts, weights_from_counts
+
+    if method not in METHODS:
+        raise SpeccError(f"--method: expected one of {', '.join(METHODS)}, found {method!r}")
+    if out is not None:
+        output_file(out)
+    doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
+    d = doc.spec.data
+    dataset = open_split(doc.spec, d.train_split)
+    with _worker_errors():
+        pixels, image_pixels = pixel_counts(dataset, doc.spec.train.workers)
+    weights = weights_from_counts(pixels, image_pixels, method)  # type: ignore[arg-type]
+    text = (f"# {method} class weights from {len(dataset)} {d.train_split} image(s) of "
+            f"{d.source}; pixels per class: {', '.join(str(int(n)) for n in pixels)}\n"
+            f"train:\n  loss:\n    class_weights: [{', '.join(repr(w) for w in weights)}]\n")
+    if out is not None:
+        atomic_write_text(out, text)
+    typer.echo(text, nl=False)
