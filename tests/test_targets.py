@@ -215,3 +215,18 @@ def test_aoti_package_compiles_for_this_cpu_and_equals_the_model(tmp_path: Path)
         want = comp.module(y)["out"]
     got = load_artifact(folder / "model-aoti-fp32.pt2")(y)["out"]
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+def test_bench_gives_torchvisions_twin_the_specs_weights() -> None:
+    """``specc bench`` compares a zoo spec with torchvision's model holding the same weights."""
+    from specc.bench import torchvision_twin
+
+    comp = build(load_spec(REPO / "specs/zoo/torchvision_deeplabv3_resnet50.yaml",
+                           ["input.size=[33, 33]"]))
+    module = randomized(comp.module)
+    twin = torchvision_twin(comp, module)
+    x = torch.randn(1, 3, 33, 41, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours, theirs = module(x), twin(x)
+    assert torch.equal(ours["out"], theirs["out"]) and torch.equal(ours["aux"], theirs["aux"])
+    assert torchvision_twin(build(load_spec(DEMO, SMALL)), module) is None
