@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from runtime.data.layouts import open_split
 from runtime.data.transforms import eval_transform
+from runtime.metrics import confusion_matrix, scores
 
 
 def spec_images(spec: Any, count: int, split: str | None = None,
@@ -25,27 +26,48 @@ def spec_images(spec: Any, count: int, split: str | None = None,
     Raises:
         DataError: the data set cannot be opened or read.
     """
+    return [image for image, _ in labelled_images(spec, count, split, source)]
+
+
+def labelled_images(spec: Any, count: int, split: str | None = None,
+                    source: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`spec_images` with their labels ``(1, H, W)``, cropped alike."""
     if count <= 0:
         return []
     dataset = open_split(spec, split or spec.data.val_split, source)
     transform = eval_transform(mean=spec.input.mean, std=spec.input.std,
                                ignore_index=spec.train.ignore_index)
     step = max(1, len(dataset) // count)
-    images = []
+    pairs = []
     for index in range(0, min(len(dataset), step * count), step):
-        image, _ = transform(dataset[index])
-        images.append(fit(image.unsqueeze(0), spec.input.size))
-    return images
+        image, label = transform(dataset[index])
+        pairs.append((fit(image.unsqueeze(0), spec.input.size),
+                      fit_label(label.unsqueeze(0), spec.input.size)))
+    return pairs
 
 
-def fit(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``image`` (N, 3, h, w) resized so that it covers ``size`` and centre-cropped to it."""
+def mean_iou(spec: Any, labels: list[torch.Tensor], logits: list[torch.Tensor]) -> float:
+    """The mIoU of ``logits`` against ``labels`` (what ``specc eval`` reports)."""
+    cm = sum(confusion_matrix(out.argmax(1), label, spec.num_classes,
+                              spec.train.ignore_index) for out, label in zip(logits, labels,
+                                                                             strict=True))
+    return scores(cm).miou
+
+
+def fit_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A label (N, h, w) resized (nearest) and cropped as :func:`fit` does its image."""
+    return fit(label.unsqueeze(1).float(), size, mode="nearest").squeeze(1).long()
+
+
+def fit(image: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """``image`` (N, C, h, w) resized so that it covers ``size`` and centre-cropped to it."""
     h, w = image.shape[-2:]
     scale = max(size[0] / h, size[1] / w)
     if scale != 1:
         resized = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
-        image = F.interpolate(image, size=resized, mode="bilinear", align_corners=False,
-                              antialias=scale < 1)
+        image = F.interpolate(image, size=resized, mode="nearest") if mode == "nearest" else \
+            F.interpolate(image, size=resized, mode="bilinear", align_corners=False,
+                          antialias=scale < 1)
     h, w = image.shape[-2:]
     top, left = (h - size[0]) // 2, (w - size[1]) // 2
     return image[..., top:top + size[0], left:left + size[1]].contiguous()

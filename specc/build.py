@@ -109,6 +109,8 @@ class Deployment:
     check_source: str
     calibration: tuple[Any, ...] = ()
     progress: Callable[[str], None] = lambda _: None
+    #: The mIoU of a list of logits, one per check image, where the images have labels.
+    score: Callable[[list[Any]], float] | None = None
 
 
 def _write_deployment(comp: Compilation, module: Any, staging: Path,
@@ -119,7 +121,7 @@ def _write_deployment(comp: Compilation, module: Any, staging: Path,
 
     entries = write_targets(module, comp.spec.input.size, deploy.requests, staging,
                             check_images=deploy.check_images, calibration=deploy.calibration,
-                            progress=deploy.progress)
+                            progress=deploy.progress, score=deploy.score)
     _write_text(staging / ARTIFACTS, artifacts_json(spec_info(comp.doc), entries,
                                                     deploy.check_source))
     names = [ARTIFACTS]

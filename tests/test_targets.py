@@ -49,13 +49,15 @@ def randomized(module: torch.nn.Module) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """The demo compiled with random statistics and built with four artifacts."""
-    from runtime.calibration import spec_images
+    from runtime.calibration import labelled_images, mean_iou, spec_images
 
     comp = build(load_spec(DEMO, SMALL))
     randomized(comp.module)
     requests = parse_requests(["export", "onnx", "openvino:fp32", "openvino:int8"], cpu=AVX2)
-    deploy = Deployment(tuple(requests), tuple(spec_images(comp.spec, 2)), "val",
-                        tuple(spec_images(comp.spec, 4, split="train")))
+    pairs = labelled_images(comp.spec, 3)
+    deploy = Deployment(tuple(requests), tuple(image for image, _ in pairs), "val",
+                        tuple(spec_images(comp.spec, 4, split="train")),
+                        score=lambda logits: mean_iou(comp.spec, [lb for _, lb in pairs], logits))
     out = tmp_path_factory.mktemp("targets")
     build_to(comp, out, deploy=deploy)
     return comp, out / comp.spec.name
@@ -125,7 +127,13 @@ def test_every_artifact_is_listed_with_its_check(built: tuple[Any, Path]) -> Non
         check = by_file[name]["check"]
         assert check["max_abs_diff"] <= 1e-4 * check["output_scale"]
         assert check["argmax_agreement"] >= 0.999
-    assert by_file["model-openvino-int8.xml"]["check"]["argmax_agreement"] >= 0.9
+    int8 = by_file["model-openvino-int8.xml"]["check"]
+    assert int8["argmax_agreement"] >= 0.9
+    # The mIoU on the labelled check images: equal for fp32, measured for int8.
+    assert by_file["model.onnx"]["check"]["miou"] == by_file["model.onnx"]["check"][
+        "reference_miou"]
+    assert 0 <= int8["miou"] <= 1 and int8["reference_miou"] == by_file["model.onnx"]["check"][
+        "reference_miou"]
     assert by_file["model-openvino-int8.xml"]["files"] == ["model-openvino-int8.xml",
                                                          "model-openvino-int8.bin"]
 

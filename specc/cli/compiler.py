@@ -126,11 +126,15 @@ def _deployment(comp: Compilation, requests: list[Request], calibration: int,
                 check_images: int) -> Deployment:
     """The artifacts of ``--target`` with their check images: the spec's own val images where
     its data is at hand (random images otherwise, and then no int8 calibration)."""
-    from runtime.calibration import random_images, spec_images
+    from runtime.calibration import labelled_images, mean_iou, random_images, spec_images
 
     int8 = any(r.precision == "int8" for r in requests)
+    score = None
     try:
-        checks = spec_images(comp.spec, check_images)
+        pairs = labelled_images(comp.spec, check_images)
+        checks = [image for image, _ in pairs]
+        labels = [label for _, label in pairs]
+        score = lambda logits: mean_iou(comp.spec, labels, logits)  # noqa: E731
         source = f"{len(checks)} images of {comp.spec.data.source} ({comp.spec.data.val_split})"
     except DataError as err:
         if int8:
@@ -140,7 +144,8 @@ def _deployment(comp: Compilation, requests: list[Request], calibration: int,
     calib = tuple(spec_images(comp.spec, calibration, split=comp.spec.data.train_split)) \
         if int8 else ()
     return Deployment(tuple(requests), tuple(checks), source, calib,
-                      progress=lambda text: render.err.print(f"  {text}", markup=False))
+                      progress=lambda text: render.err.print(f"  {text}", markup=False),
+                      score=score)
 
 
 def info(
