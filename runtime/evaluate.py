@@ -13,7 +13,7 @@ process evaluates every ``world_size``-th image and the confusion matrices are s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from runtime.data import build_loader, eval_transform, open_split
 from runtime.devices import resolve_device
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from runtime.report import SILENT, Reporter
+from runtime.tiling import Tiling, tiled_labels
 from specc.api import build
 from specc.artifacts import load_weights, read_weights
 from specc.errors import SpeccError
@@ -100,6 +101,37 @@ def predict_probs(
     return total / count
 
 
+def segment(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    tiling: Tiling | None = None,
+) -> torch.Tensor:
+    """The predicted class of every pixel, ``(N, H, W)``: the arg-max of :func:`predict_probs`,
+    over the whole image or, with ``tiling``, over sliding windows (:mod:`runtime.tiling`).
+
+    ``model`` must be in eval mode; call under ``torch.inference_mode()``.
+    """
+    if tiling is None:
+        return predict_probs(model, images, scales, flip, amp_dtype).argmax(dim=1)
+    predict = window_predictor(model, scales, flip, amp_dtype)
+    return torch.stack([tiled_labels(predict, image, tiling).long() for image in images])
+
+
+def window_predictor(
+    model: nn.Module, scales: Sequence[float], flip: bool, amp_dtype: torch.dtype | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``predict`` of :func:`runtime.tiling.tiled_bands`: each batch of windows at every
+    scale and, with ``flip``, mirrored too."""
+
+    def predict(windows: torch.Tensor) -> torch.Tensor:
+        return predict_probs(model, windows, scales, flip, amp_dtype)
+
+    return predict
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -113,8 +145,11 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     total: int | None = None,
     reporter: Reporter | None = None,
+    tiling: Tiling | None = None,
 ) -> SegmentationScores:
     """Run ``model`` over ``batches`` of ``(images, labels)`` and score the predictions.
+
+    With ``tiling`` each image is predicted window by window (:mod:`runtime.tiling`).
 
     The model is put in eval mode and restored to its previous mode afterwards. With ``ctx`` of
     several processes the confusion matrices of all processes are summed before scoring.
@@ -129,8 +164,8 @@ def evaluate(
         with report.progress("eval", total) as progress, torch.inference_mode():
             for images, labels in batches:
                 images, labels = images.to(device), labels.to(device)
-                probs = predict_probs(model, images, scales, flip, amp_dtype)
-                cm += confusion_matrix(probs.argmax(dim=1), labels, num_classes, ignore_index)
+                pred = segment(model, images, scales, flip, amp_dtype, tiling)
+                cm += confusion_matrix(pred, labels, num_classes, ignore_index)
                 done += images.shape[0]
                 progress.update(done)
     finally:
@@ -177,10 +212,12 @@ def evaluate_checkpoint(
     flip: bool = False,
     reporter: Reporter | None = None,
     device: str | None = None,
+    tiling: Tiling | None = None,
 ) -> dict[str, Any]:
     """Build the spec's model, load the weights at ``checkpoint`` and evaluate it.
 
-    ``device`` is ``cpu`` or ``cuda`` (default: CUDA when available).
+    ``device`` is ``cpu`` or ``cuda`` (default: CUDA when available). With ``tiling`` each image
+    is predicted by sliding windows (:mod:`runtime.tiling`).
 
     ``doc`` is a loaded spec (``specc.api.load_spec``), overrides already applied, so weights
     trained at output stride 16 can be evaluated at 8. Returns the JSON report of ``specc eval``.
@@ -201,7 +238,7 @@ def evaluate_checkpoint(
     result = evaluate(
         model, loader, spec.num_classes, device=ctx.device, scales=scales, flip=flip,
         ignore_index=spec.train.ignore_index, amp_dtype=amp if ctx.device.type == "cuda" else None,
-        total=len(dataset), reporter=reporter,
+        total=len(dataset), reporter=reporter, tiling=tiling,
     )
     report = result.as_dict(dataset.class_names)
     report.update({
@@ -211,6 +248,8 @@ def evaluate_checkpoint(
         "images": len(dataset),
         "scales": list(scales),
         "flip": flip,
+        "tile": None if tiling is None else {"size": list(tiling.tile),
+                                             "stride": list(tiling.stride)},
         "output_stride": spec.backbone.output_stride,
         "spec_sha256": doc.sha256,
     })

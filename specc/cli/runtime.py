@@ -32,6 +32,11 @@ ScalesOpt = Annotated[str | None, typer.Option(
     "--scales", help="Comma-separated inference scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")]
 FlipOpt = Annotated[bool, typer.Option(
     "--flip", help="Also average the left-right mirrored prediction.")]
+TileOpt = Annotated[str | None, typer.Option(
+    "--tile", help="Sliding-window inference for large images: window size auto (the spec's "
+                   "input.size), N or HxW; probabilities of overlapping windows are averaged.")]
+OverlapOpt = Annotated[float | None, typer.Option(
+    "--overlap", help="With --tile: fraction of the window that neighbours share (default 0.33).")]
 DeviceOpt = Annotated[str | None, typer.Option(
     help="cpu or cuda; default cuda when available. An unavailable device is an error.")]
 
@@ -125,6 +130,8 @@ def eval_(
     set_: SetOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: DeviceOpt = None,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = None,
 ) -> None:
     """Evaluate weights on the validation split: mIoU, per-class IoU, pixel accuracy.
 
@@ -132,13 +139,15 @@ def eval_(
     """
     from runtime.devices import resolve_device  # torch: not at start-up
     from runtime.evaluate import evaluate_checkpoint, parse_scales
+    from runtime.tiling import tiling_from_options
 
     resolve_device(device)
     scale_list = parse_scales(scales)
     doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
+    tiling = tiling_from_options(tile, overlap, doc.spec.input.size)
     with _worker_errors():
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
-                                     scales=scale_list, flip=flip, device=device,
+                                     scales=scale_list, flip=flip, device=device, tiling=tiling,
                                      reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")
@@ -156,17 +165,23 @@ def predict(
     flip: FlipOpt = False,
     set_: SetOpt = None,
     device: DeviceOpt = None,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = None,
 ) -> None:
     """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
     from runtime.devices import resolve_device  # torch: not at start-up
     from runtime.evaluate import parse_scales
     from runtime.predict import load_predictor, predict_files
+    from runtime.tiling import tiling_from_options
 
     target = resolve_device(device)
     output_folder(out)
     scale_list = parse_scales(scales)
+    tiling_from_options(tile, overlap, (1, 1))  # a bad --tile/--overlap: before loading weights
     predictor = load_predictor(model, checkpoint, set_ or [])
-    written = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target)
+    tiling = tiling_from_options(tile, overlap, predictor.input_size)
+    written = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target,
+                            tiling=tiling)
     for image, mask, overlay in written:
         typer.echo(f"{image}: {mask}  {overlay}")
     typer.echo(f"{len(written)} image(s) segmented with {predictor.source}; results in {out}/")
