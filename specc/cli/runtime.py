@@ -132,6 +132,9 @@ def eval_(
     device: DeviceOpt = None,
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Images of one size per forward pass; images of other sizes go one at a "
+                    "time.")] = 8,
 ) -> None:
     """Evaluate weights on the validation split: mIoU, per-class IoU, pixel accuracy.
 
@@ -148,6 +151,7 @@ def eval_(
     with _worker_errors():
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
                                      scales=scale_list, flip=flip, device=device, tiling=tiling,
+                                     batch_size=batch_size,
                                      reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")

@@ -15,29 +15,13 @@ from runtime.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_split
 from runtime.evaluate import predict_probs, segment, window_predictor
 from runtime.predict import Predictor, predict_files
 from runtime.tiling import Tiling, tiled_bands, tiled_labels, tiling_from_options, window_starts
-from specc.api import build, load_spec
+from specc.api import load_spec
 from specc.errors import SpeccError
 
 
 @pytest.fixture(scope="session")
 def model() -> torch.nn.Module:
-    """The tiny spec's network with random weights and non-trivial BN statistics, in eval mode.
-
-    Convolutions get He-initialized weights and no bias, so the logits keep a scale of about one
-    and vary over the image (with the default init they shrink layer by layer until the
-    classifier's bias alone picks one class everywhere, which would hide a misplaced window)."""
-    torch.manual_seed(0)
-    net = build(load_spec(runkit.SPEC, runkit.TINY)).module
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                if module.bias is not None:
-                    module.bias.zero_()
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+    return runkit.random_network()
 
 
 def reference_window_average(model: torch.nn.Module, image: torch.Tensor, tile: int, stride: int,
