@@ -30,6 +30,7 @@ from torch import nn
 from runtime import distributed
 from runtime.data import build_loader, eval_transform, open_split
 from runtime.devices import resolve_device
+from runtime.eval_outputs import DEFAULT_WORST, WorstImages, write_eval_outputs
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from runtime.report import SILENT, Reporter
 from runtime.tiling import Tiling, tiled_labels
@@ -179,12 +180,14 @@ def evaluate(
     reporter: Reporter | None = None,
     tiling: Tiling | None = None,
     batch_size: int = 1,
+    on_image: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> SegmentationScores:
     """Run ``model`` over ``batches`` of ``(images, labels)`` and score the predictions.
 
     With ``tiling`` each image is predicted window by window (:mod:`runtime.tiling`). With
     ``batch_size`` above 1, consecutive images of one size are stacked into batches of up to that
-    many (:func:`same_size_batches`); the scores do not depend on it.
+    many (:func:`same_size_batches`); the scores do not depend on it. ``on_image``, when given,
+    is called with each image's position in ``batches``, its ``(H, W)`` prediction and labels.
 
     The model is put in eval mode and restored to its previous mode afterwards. With ``ctx`` of
     several processes the confusion matrices of all processes are summed before scoring.
@@ -201,6 +204,9 @@ def evaluate(
                 images, labels = images.to(device), labels.to(device)
                 pred = segment(model, images, scales, flip, amp_dtype, tiling)
                 cm += confusion_matrix(pred, labels, num_classes, ignore_index)
+                if on_image is not None:
+                    for offset in range(images.shape[0]):
+                        on_image(done + offset, pred[offset], labels[offset])
                 done += images.shape[0]
                 progress.update(done)
     finally:
@@ -249,12 +255,16 @@ def evaluate_checkpoint(
     device: str | None = None,
     tiling: Tiling | None = None,
     batch_size: int = DEFAULT_EVAL_BATCH,
+    out: Path | None = None,
+    worst: int = DEFAULT_WORST,
 ) -> dict[str, Any]:
     """Build the spec's model, load the weights at ``checkpoint`` and evaluate it.
 
     ``device`` is ``cpu`` or ``cuda`` (default: CUDA when available). With ``tiling`` each image
     is predicted by sliding windows (:mod:`runtime.tiling`). Images of one size are evaluated
-    ``batch_size`` at a time, on the network after the inference passes.
+    ``batch_size`` at a time, on the network after the inference passes. With ``out``, the
+    confusion matrix, per-class IoU and the ``worst`` images are written there
+    (:mod:`runtime.eval_outputs`) and the report lists the files under ``outputs``.
 
     ``doc`` is a loaded spec (``specc.api.load_spec``), overrides already applied, so weights
     trained at output stride 16 can be evaluated at 8. Returns the JSON report of ``specc eval``.
@@ -272,10 +282,13 @@ def evaluate_checkpoint(
     model = optimize_for_inference(model).to(ctx.device)
     dataset, loader = val_batches(spec, ctx, source)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.amp)
+    worst_images = WorstImages(worst if out is not None else 0, spec.num_classes,
+                               spec.train.ignore_index)
     result = evaluate(
         model, loader, spec.num_classes, device=ctx.device, scales=scales, flip=flip,
         ignore_index=spec.train.ignore_index, amp_dtype=amp if ctx.device.type == "cuda" else None,
         total=len(dataset), reporter=reporter, tiling=tiling, batch_size=batch_size,
+        on_image=worst_images.add if out is not None else None,
     )
     report = result.as_dict(dataset.class_names)
     report.update({
@@ -291,4 +304,8 @@ def evaluate_checkpoint(
         "output_stride": spec.backbone.output_stride,
         "spec_sha256": doc.sha256,
     })
+    if out is not None:
+        written = write_eval_outputs(out, report, result, dataset, worst_images,
+                                     spec.train.ignore_index)
+        report["outputs"] = [str(path) for path in written]
     return report

@@ -135,6 +135,11 @@ def eval_(
     batch_size: Annotated[int, typer.Option(
         min=1, help="Images of one size per forward pass; images of other sizes go one at a "
                     "time.")] = 8,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Also write the confusion matrix (JSON, heat map), the per-class IoU chart "
+                      "and the worst images' panels to this folder.")] = None,
+    worst: Annotated[int, typer.Option(
+        min=0, help="With --out: how many of the worst images to draw.")] = 8,
 ) -> None:
     """Evaluate weights on the validation split: mIoU, per-class IoU, pixel accuracy.
 
@@ -148,15 +153,19 @@ def eval_(
     scale_list = parse_scales(scales)
     doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
     tiling = tiling_from_options(tile, overlap, doc.spec.input.size)
+    if out is not None:
+        output_folder(out)
     with _worker_errors():
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
                                      scales=scale_list, flip=flip, device=device, tiling=tiling,
-                                     batch_size=batch_size,
+                                     batch_size=batch_size, out=out, worst=worst,
                                      reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")
         return
     render.print_eval(report, doc.spec.name, scale_list, flip)
+    if out is not None:
+        typer.echo(f"confusion matrix, per-class IoU and worst images in {out}/")
 
 
 def predict(
