@@ -29,7 +29,6 @@ SPEC = REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml"
 VARIANTS: dict[str, tuple[str | None, float | None]] = {
     "whole image": (None, None),
     "--tile 513 --overlap 0.33": ("513", 0.33),
-    "--tile auto (129) --overlap 0.33": ("auto", 0.33),
 }
 
 

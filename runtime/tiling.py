@@ -29,8 +29,11 @@ import torch
 
 from specc.errors import SpeccError
 
-#: Windows per forward pass: enough to keep a CPU or GPU busy, few enough to bound memory.
-DEFAULT_TILE_BATCH = 4
+#: Windows per forward pass: enough to keep a CPU or GPU busy, few enough to bound memory (the
+#: upsampled logits and probabilities of a batch take 2 × batch × C × tile area floats).
+DEFAULT_TILE_BATCH = 2
+#: Rows handed out at a time: the averaged copy of finished rows is C × this × W floats.
+ROWS_PER_PIECE = 64
 #: Overlap between neighbouring windows as a fraction of the tile when none is given.
 DEFAULT_OVERLAP = 1 / 3
 
@@ -135,8 +138,8 @@ def tiled_bands(
     for y in ys:
         if band is not None and y > top:  # rows above y are finished: no later window reaches them
             done = y - top
-            yield top, _averaged(band[:, :done], rows_count[top:y], cols_count)
-            band = torch.cat([band[:, done:], torch.zeros_like(band[:, :done])], dim=1)
+            yield from _finished(band, done, top, rows_count, cols_count)
+            _move_up(band, done)
             top = y
         for first in range(0, len(xs), tiling.batch):
             starts = xs[first:first + tiling.batch]
@@ -147,13 +150,27 @@ def tiled_bands(
             for x, window_probs in zip(starts, probs, strict=True):
                 band[:, :, x:x + tile_w] += window_probs
     assert band is not None  # there is always a first window
-    yield top, _averaged(band[:, :height - top], rows_count[top:], cols_count)
+    yield from _finished(band, height - top, top, rows_count, cols_count)
 
 
-def _averaged(sums: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Summed probabilities ``(C, r, W)`` divided by their window counts (rows × columns)."""
-    counts = rows.to(sums.device)[:, None] * cols.to(sums.device)[None, :]
-    return sums / counts
+def _move_up(band: torch.Tensor, rows: int) -> None:
+    """Shift ``band`` up by ``rows`` rows in place and zero the rows freed at the bottom; only
+    the rows kept are copied (the overlap), never a second band."""
+    kept = band.shape[1] - rows
+    if kept > 0:
+        band[:, :kept] = band[:, rows:].clone()
+    band[:, max(kept, 0):] = 0
+
+
+def _finished(band: torch.Tensor, rows: int, top: int, rows_count: torch.Tensor,
+              cols_count: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """The first ``rows`` rows of ``band`` (image rows from ``top``) divided by their window
+    counts, in pieces of at most :data:`ROWS_PER_PIECE` rows, so the averaged copy stays small."""
+    for start in range(0, rows, ROWS_PER_PIECE):
+        stop = min(start + ROWS_PER_PIECE, rows)
+        counts = (rows_count[top + start:top + stop].to(band.device)[:, None]
+                  * cols_count.to(band.device)[None, :])
+        yield top + start, band[:, start:stop] / counts
 
 
 def tiled_labels(
