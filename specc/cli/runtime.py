@@ -90,6 +90,9 @@ def train(
              "before fine-tuning at output stride 8.")] = None,
     device: DeviceOpt = None,
     set_: SetOpt = None,
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard", help="Also log loss, lr, mIoU, per-class IoU, prediction overlays and "
+                              "the model graph to RUN_DIR/tensorboard (needs tensorboard).")] = False,
 ) -> None:
     """Train a spec's model; checkpoints, metrics.jsonl and model.pt go to the run folder.
 
@@ -99,6 +102,10 @@ def train(
     from runtime.train import train as run_training
 
     resolve_device(device)  # a device that is not valid or not available: before any work
+    if tensorboard:
+        from runtime.tensorboard import require_tensorboard
+
+        require_tensorboard()
     doc = load_spec(spec, _overrides(
         set_, **{"data.source": data, "train.iters": iters, "train.batch_size": batch_size,
                  "data.crop": None if crop is None else [crop, crop], "train.save_every": save_every}))
@@ -106,7 +113,7 @@ def train(
     console = render.err
     with _worker_errors():
         result = run_training(doc, run_dir, resume=resume, init=init, device=device,
-                              reporter=render.RichReporter(console))
+                              reporter=render.RichReporter(console), tensorboard=tensorboard)
     if result.model_path is None:  # not rank 0
         return
     lines = [f"trained {doc.spec.name}: {result.iteration} iterations"
