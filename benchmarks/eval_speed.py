@@ -1,7 +1,7 @@
 """Images per second of the evaluation: one image at a time on the training module (as `specc
 eval` ran before batching) against batches on the inference-optimized module (as it runs now).
 
-    python benchmarks/eval_speed.py [--images 96] [--batch-size 8] [--rounds 3] [--threads 2]
+    python benchmarks/eval_speed.py [--images 96] [--batch-size 8] [--rounds 3] [--threads 1]
 
 The model is the CPU demo spec (``specs/deeplabv3plus_mobilenetv2_demo.yaml``) with random weights
 and non-trivial batch-norm statistics; the images are the first ``images`` of its synthetic
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, spec = demo_model()

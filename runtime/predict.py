@@ -13,6 +13,7 @@ truncated PNG. The model is either a spec plus weights, or a TorchScript ``model
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,9 @@ def _segment_picture(
         x, _ = transform((picture, np.zeros((picture.height, picture.width), np.uint8)))
         probs = predict_probs(model, x.unsqueeze(0).to(device), scales, flip)
         return probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-    pixels = torch.from_numpy(np.array(picture)).permute(2, 0, 1).to(device)  # (3, H, W) uint8
+    with warnings.catch_warnings():  # read-only pixels: the windows are copied, never written
+        warnings.simplefilter("ignore", UserWarning)
+        pixels = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1).to(device)  # (3, H, W)
     mean = torch.tensor(predictor.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(predictor.std, device=device).view(1, 3, 1, 1)
 

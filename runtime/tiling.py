@@ -154,11 +154,14 @@ def tiled_bands(
 
 
 def _move_up(band: torch.Tensor, rows: int) -> None:
-    """Shift ``band`` up by ``rows`` rows in place and zero the rows freed at the bottom; only
-    the rows kept are copied (the overlap), never a second band."""
+    """Shift ``band`` up by ``rows`` rows in place and zero the rows freed at the bottom.
+
+    The kept rows are copied top down in pieces of at most ``rows`` rows, so a piece's source
+    never overlaps its destination and no temporary copy is needed."""
     kept = band.shape[1] - rows
-    if kept > 0:
-        band[:, :kept] = band[:, rows:].clone()
+    for start in range(0, kept, rows):
+        stop = min(start + rows, kept)
+        band[:, start:stop] = band[:, start + rows:stop + rows]
     band[:, max(kept, 0):] = 0
 
 

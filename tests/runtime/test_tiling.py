@@ -82,13 +82,15 @@ def test_tile_covering_the_image_equals_untiled(model: torch.nn.Module) -> None:
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize(("height", "width"), [(90, 150), (108, 65), (40, 150), (130, 47)])
-def test_tiled_equals_direct_window_average(model: torch.nn.Module, height: int,
-                                            width: int) -> None:
-    # sizes not multiples of the stride, exact multiples, and a side smaller than the tile
+@pytest.mark.parametrize(("height", "width", "stride"), [
+    (90, 150, 43), (108, 65, 43), (40, 150, 43), (130, 47, 43), (150, 90, 20)])
+def test_tiled_equals_direct_window_average(model: torch.nn.Module, height: int, width: int,
+                                            stride: int) -> None:
+    # sizes not multiples of the stride, exact multiples, a side smaller than the tile, and an
+    # overlap of more than half the tile (the band keeps more rows than it hands out)
     image = torch.randn(3, height, width)
-    tiled = tiled_probs(model, image, Tiling((65, 65), (43, 43), batch=2))
-    reference = reference_window_average(model, image, 65, 43)
+    tiled = tiled_probs(model, image, Tiling((65, 65), (stride, stride), batch=2))
+    reference = reference_window_average(model, image, 65, stride)
     assert tiled.shape == (runkit.NUM_CLASSES, height, width)
     assert torch.allclose(tiled, reference, atol=1e-6)
     assert torch.allclose(tiled.sum(0), torch.ones(height, width), atol=1e-5)
