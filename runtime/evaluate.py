@@ -6,14 +6,19 @@ each output's logits are resized bilinearly back to the original resolution, tur
 probabilities and averaged. The prediction is the arg-max of the average. ``scales=(1.0,)``
 without flip is plain single-scale inference.
 
-Images are evaluated one at a time at their own size (no padding, no resizing of the labels),
-so the score is exactly that of the full-resolution label maps. In a ``torchrun`` job each
-process evaluates every ``world_size``-th image and the confusion matrices are summed.
+Images are evaluated at their own size (no padding, no resizing of the labels), so the score is
+exactly that of the full-resolution label maps. Consecutive images of the same size go through
+the network together, up to ``batch_size`` at a time (:func:`same_size_batches`); an image of
+another size starts a new batch, so a data set of varying sizes runs one image at a time. In a
+``torchrun`` job each process evaluates every ``world_size``-th image and the confusion matrices
+are summed. ``specc eval`` runs the network after :func:`specc.passes.optimize_for_inference`
+(batch norm folded into the convolutions, dropout and the auxiliary head dropped, channels-last
+weights), which computes the same logits faster.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -25,11 +30,18 @@ from torch import nn
 from runtime import distributed
 from runtime.data import build_loader, eval_transform, open_split
 from runtime.devices import resolve_device
+from runtime.eval_outputs import DEFAULT_WORST, WorstImages, write_eval_outputs
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from runtime.report import SILENT, Reporter
+from runtime.tiling import Tiling, tiled_labels
 from specc.api import build
 from specc.artifacts import load_weights, read_weights
 from specc.errors import SpeccError
+from specc.passes import optimize_for_inference
+
+#: Images of one size per forward pass in ``specc eval``: enough to amortize the per-layer
+#: overhead of a small network, few enough for the activations of 513×513 inputs on a GPU.
+DEFAULT_EVAL_BATCH = 8
 
 
 def parse_scales(text: str | None) -> tuple[float, ...]:
@@ -100,6 +112,59 @@ def predict_probs(
     return total / count
 
 
+def segment(
+    model: nn.Module,
+    images: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    tiling: Tiling | None = None,
+) -> torch.Tensor:
+    """The predicted class of every pixel, ``(N, H, W)``: the arg-max of :func:`predict_probs`,
+    over the whole image or, with ``tiling``, over sliding windows (:mod:`runtime.tiling`).
+
+    ``model`` must be in eval mode; call under ``torch.inference_mode()``.
+    """
+    if tiling is None:
+        return predict_probs(model, images, scales, flip, amp_dtype).argmax(dim=1)
+    predict = window_predictor(model, scales, flip, amp_dtype)
+    return torch.stack([tiled_labels(predict, image, tiling).long() for image in images])
+
+
+def window_predictor(
+    model: nn.Module, scales: Sequence[float], flip: bool, amp_dtype: torch.dtype | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``predict`` of :func:`runtime.tiling.tiled_bands`: each batch of windows at every
+    scale and, with ``flip``, mirrored too."""
+
+    def predict(windows: torch.Tensor) -> torch.Tensor:
+        return predict_probs(model, windows, scales, flip, amp_dtype)
+
+    return predict
+
+
+def same_size_batches(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Regroup ``(images, labels)`` batches so that consecutive images of the same height and
+    width are stacked, at most ``batch_size`` images per batch (more only where one incoming
+    batch is larger). Order is kept: an image of another size closes the batch before it."""
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    count = 0
+    for batch_images, batch_labels in batches:
+        new = batch_images.shape[0]
+        if images and (batch_images.shape[-2:] != images[0].shape[-2:]
+                       or count + new > batch_size):
+            yield torch.cat(images), torch.cat(labels)
+            images, labels, count = [], [], 0
+        images.append(batch_images)
+        labels.append(batch_labels)
+        count += new
+    if images:
+        yield torch.cat(images), torch.cat(labels)
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -113,8 +178,16 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     total: int | None = None,
     reporter: Reporter | None = None,
+    tiling: Tiling | None = None,
+    batch_size: int = 1,
+    on_image: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> SegmentationScores:
     """Run ``model`` over ``batches`` of ``(images, labels)`` and score the predictions.
+
+    With ``tiling`` each image is predicted window by window (:mod:`runtime.tiling`). With
+    ``batch_size`` above 1, consecutive images of one size are stacked into batches of up to that
+    many (:func:`same_size_batches`); the scores do not depend on it. ``on_image``, when given,
+    is called with each image's position in ``batches``, its ``(H, W)`` prediction and labels.
 
     The model is put in eval mode and restored to its previous mode afterwards. With ``ctx`` of
     several processes the confusion matrices of all processes are summed before scoring.
@@ -127,10 +200,13 @@ def evaluate(
     done = 0
     try:
         with report.progress("eval", total) as progress, torch.inference_mode():
-            for images, labels in batches:
+            for images, labels in same_size_batches(batches, batch_size):
                 images, labels = images.to(device), labels.to(device)
-                probs = predict_probs(model, images, scales, flip, amp_dtype)
-                cm += confusion_matrix(probs.argmax(dim=1), labels, num_classes, ignore_index)
+                pred = segment(model, images, scales, flip, amp_dtype, tiling)
+                cm += confusion_matrix(pred, labels, num_classes, ignore_index)
+                if on_image is not None:
+                    for offset in range(images.shape[0]):
+                        on_image(done + offset, pred[offset], labels[offset])
                 done += images.shape[0]
                 progress.update(done)
     finally:
@@ -177,10 +253,18 @@ def evaluate_checkpoint(
     flip: bool = False,
     reporter: Reporter | None = None,
     device: str | None = None,
+    tiling: Tiling | None = None,
+    batch_size: int = DEFAULT_EVAL_BATCH,
+    out: Path | None = None,
+    worst: int = DEFAULT_WORST,
 ) -> dict[str, Any]:
     """Build the spec's model, load the weights at ``checkpoint`` and evaluate it.
 
-    ``device`` is ``cpu`` or ``cuda`` (default: CUDA when available).
+    ``device`` is ``cpu`` or ``cuda`` (default: CUDA when available). With ``tiling`` each image
+    is predicted by sliding windows (:mod:`runtime.tiling`). Images of one size are evaluated
+    ``batch_size`` at a time, on the network after the inference passes. With ``out``, the
+    confusion matrix, per-class IoU and the ``worst`` images are written there
+    (:mod:`runtime.eval_outputs`) and the report lists the files under ``outputs``.
 
     ``doc`` is a loaded spec (``specc.api.load_spec``), overrides already applied, so weights
     trained at output stride 16 can be evaluated at 8. Returns the JSON report of ``specc eval``.
@@ -195,13 +279,16 @@ def evaluate_checkpoint(
     model = build(doc).module
     weights = read_weights(checkpoint)
     load_weights(model, weights)
-    model.to(ctx.device).eval()
+    model = optimize_for_inference(model).to(ctx.device)
     dataset, loader = val_batches(spec, ctx, source)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.amp)
+    worst_images = WorstImages(worst if out is not None else 0, spec.num_classes,
+                               spec.train.ignore_index)
     result = evaluate(
         model, loader, spec.num_classes, device=ctx.device, scales=scales, flip=flip,
         ignore_index=spec.train.ignore_index, amp_dtype=amp if ctx.device.type == "cuda" else None,
-        total=len(dataset), reporter=reporter,
+        total=len(dataset), reporter=reporter, tiling=tiling, batch_size=batch_size,
+        on_image=worst_images.add if out is not None else None,
     )
     report = result.as_dict(dataset.class_names)
     report.update({
@@ -211,7 +298,14 @@ def evaluate_checkpoint(
         "images": len(dataset),
         "scales": list(scales),
         "flip": flip,
+        "batch_size": batch_size,
+        "tile": None if tiling is None else {"size": list(tiling.tile),
+                                             "stride": list(tiling.stride)},
         "output_stride": spec.backbone.output_stride,
         "spec_sha256": doc.sha256,
     })
+    if out is not None:
+        written = write_eval_outputs(out, report, result, dataset, worst_images,
+                                     spec.train.ignore_index)
+        report["outputs"] = [str(path) for path in written]
     return report

@@ -62,6 +62,7 @@ class SegmentationScores:
     pixel_accuracy: float
     mean_accuracy: float  # mean over classes present in the ground truth of TP / (TP + FN)
     pixels: int  # non-ignored pixels counted
+    confusion: tuple[tuple[int, ...], ...] = ()  # cm[truth][prediction], the matrix scored
 
     def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, object]:
         """A JSON-ready dict; ``classes`` lists the class names when given."""
@@ -99,4 +100,5 @@ def scores(cm: torch.Tensor) -> SegmentationScores:
         pixel_accuracy=float(tp.sum()) / total if total else math.nan,
         mean_accuracy=sum(accuracies) / len(accuracies) if accuracies else math.nan,
         pixels=int(total),
+        confusion=tuple(tuple(int(v) for v in row) for row in cm.long().tolist()),
     )

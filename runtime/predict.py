@@ -13,6 +13,7 @@ truncated PNG. The model is either a spec plus weights, or a TorchScript ``model
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from torch import nn
 
 from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
 from runtime.data.base import read_image
-from runtime.evaluate import predict_probs
+from runtime.evaluate import predict_probs, window_predictor
+from runtime.tiling import Tiling, tiled_labels
 from specc.artifacts import load_weights, read_torchscript, read_weights
 from specc.errors import SpeccError
 from specc.fsutil import atomic_write
@@ -40,6 +42,7 @@ class Predictor:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str  # where the weights came from, for messages
+    input_size: tuple[int, int] = (513, 513)  # the spec's input.size: the tile of --tile auto
 
 
 def load_predictor(
@@ -61,7 +64,8 @@ def load_predictor(
         resolved_input = (info or {}).get("resolved", {}).get("input", {})
         mean = tuple(resolved_input.get("mean", IMAGENET_MEAN))
         std = tuple(resolved_input.get("std", IMAGENET_STD))
-        return Predictor(module.eval(), mean, std, str(model))  # type: ignore[arg-type]
+        size = tuple(resolved_input.get("size", Predictor.input_size))
+        return Predictor(module.eval(), mean, std, str(model), size)  # type: ignore[arg-type]
     from specc.api import build, load_spec
 
     doc = load_spec(model, list(overrides))
@@ -69,7 +73,8 @@ def load_predictor(
     weights = read_weights(checkpoint or Path("runs") / doc.spec.name)
     load_weights(net, weights)
     spec_input = doc.spec.input
-    return Predictor(net.eval(), tuple(spec_input.mean), tuple(spec_input.std), str(weights.file))
+    return Predictor(net.eval(), tuple(spec_input.mean), tuple(spec_input.std), str(weights.file),
+                     (spec_input.size[0], spec_input.size[1]))
 
 
 def _output_names(images: Sequence[Path]) -> list[str]:
@@ -88,6 +93,38 @@ def write_png(image: Image.Image, path: Path) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def _segment_picture(
+    predictor: Predictor,
+    model: nn.Module,
+    picture: Image.Image,
+    scales: Sequence[float],
+    flip: bool,
+    device: torch.device,
+    tiling: Tiling | None,
+) -> np.ndarray:
+    """The predicted class ids of one RGB picture, ``(H, W)`` uint8.
+
+    Tiled, the picture stays uint8 and each batch of windows is normalized on its own, so no
+    float copy of the whole picture is made.
+    """
+    if tiling is None:
+        transform = eval_transform(mean=predictor.mean, std=predictor.std)
+        x, _ = transform((picture, np.zeros((picture.height, picture.width), np.uint8)))
+        probs = predict_probs(model, x.unsqueeze(0).to(device), scales, flip)
+        return probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    with warnings.catch_warnings():  # read-only pixels: the windows are copied, never written
+        warnings.simplefilter("ignore", UserWarning)
+        pixels = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1).to(device)  # (3, H, W)
+    mean = torch.tensor(predictor.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(predictor.std, device=device).view(1, 3, 1, 1)
+
+    def normalize(windows: torch.Tensor) -> torch.Tensor:  # as eval_transform, operation by operation
+        return windows.float().mul_(1.0 / 255).sub_(mean).div_(std)
+
+    labels = tiled_labels(window_predictor(model, scales, flip), pixels, tiling, normalize)
+    return labels.to(torch.uint8).cpu().numpy()
+
+
 def predict_files(
     predictor: Predictor,
     images: Sequence[Path],
@@ -96,10 +133,12 @@ def predict_files(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     device: torch.device | None = None,
+    tiling: Tiling | None = None,
 ) -> list[tuple[Path, Path, Path]]:
     """Predict every image and write its mask and overlay; returns ``(image, mask, overlay)``.
 
-    All images are read (and checked) before anything is written.
+    All images are read (and checked) before anything is written. With ``tiling`` each image is
+    predicted by sliding windows (:mod:`runtime.tiling`), normalized window by window.
 
     Raises:
         DataError: an image is missing or cannot be decoded (the message names it).
@@ -109,15 +148,12 @@ def predict_files(
         raise SpeccError("no images given")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pictures = [read_image(path) for path in images]  # DataError names a bad file
-    transform = eval_transform(mean=predictor.mean, std=predictor.std)
     model = predictor.model.to(device).eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, picture, stem in zip(images, pictures, _output_names(images), strict=True):
-        x, _ = transform((picture, np.zeros((picture.height, picture.width), np.uint8)))
         with torch.inference_mode():
-            probs = predict_probs(model, x.unsqueeze(0).to(device), scales, flip)
-        label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            label = _segment_picture(predictor, model, picture, scales, flip, device, tiling)
         mask = colorize(label)
         overlay = Image.blend(picture, mask.convert("RGB"), OVERLAY_ALPHA)
         mask_path = write_png(mask, out_dir / f"{stem}_mask.png")

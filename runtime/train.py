@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import json
 import math
 import random
@@ -55,6 +54,7 @@ from runtime.data import bootstrap_indices, open_split, train_stream, train_tran
 from runtime.data.loader import mix_seed
 from runtime.evaluate import autocast, evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
+from runtime.tensorboard import Board
 from specc import artifacts
 from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
@@ -149,15 +149,6 @@ def _trim_metrics(path: Path, last_iter: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-def _tensorboard(run_dir: Path) -> Any:
-    """A TensorBoard SummaryWriter when the ``tensorboard`` package is installed, else None."""
-    if importlib.util.find_spec("tensorboard") is None:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
 def train(
     doc: Any,
     run_dir: Path,
@@ -166,6 +157,7 @@ def train(
     init: Path | None = None,
     device: str | None = None,
     reporter: Reporter | None = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train the model of a loaded spec (``specc.api.load_spec``) into ``run_dir``.
 
@@ -173,7 +165,8 @@ def train(
     checkpoint yet it starts from iteration 0). ``init`` starts from the weights of another run or
     file (e.g. stage 1 of the paper, before fine-tuning at output stride 8 with frozen BN).
     Under ``torchrun`` every process calls this; rank 0 logs and writes files. Messages and
-    progress go to ``reporter`` (default: plain lines on standard error).
+    progress go to ``reporter`` (default: plain lines on standard error). ``tensorboard`` also
+    logs to ``RUN_DIR/tensorboard`` (:mod:`runtime.tensorboard`).
 
     Raises:
         TrainingError: a non-finite loss, a checkpoint of another architecture, a batch that does
@@ -185,7 +178,7 @@ def train(
     existed = run_dir.exists()
     try:
         try:
-            return _train(doc, run_dir, resume, init, ctx, reporter or LineReporter())
+            return _train(doc, run_dir, resume, init, ctx, reporter or LineReporter(), tensorboard)
         except OSError as err:  # a full disk, a read-only or vanished folder: not a bug
             raise TrainingError(os_error_message(err, run_dir)) from None
     except BaseException:
@@ -224,7 +217,7 @@ def _discard_unused(run_dir: Path) -> None:
 
 
 def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
-           ctx: distributed.Context, reporter: Reporter) -> TrainResult:
+           ctx: distributed.Context, reporter: Reporter, tensorboard: bool = False) -> TrainResult:
     spec, tr = doc.spec, doc.spec.train
     report = reporter if ctx.is_main else SILENT  # rank 0 speaks for the job
     saved = _check_run(run_dir, resume, tr.batch_size, ctx, report)
@@ -262,8 +255,12 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
     ddp = distributed.wrap(model, ctx)
     raw = distributed.unwrap(ddp)
-    log, board = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
+    log = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
     _write_run_record(run_dir, ctx, tr, per_rank, groups, started_from, start)
+    board = Board(run_dir, val_set.class_names, spec.input.mean, spec.input.std) if (
+        tensorboard and ctx.is_main) else None
+    if board is not None:
+        board.graph(raw, spec.data.crop or spec.input.size)
     if ctx.distributed and not cuda:
         report.message("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN "
                        "statistics")
@@ -295,6 +292,8 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                                       total=len(val_set), reporter=report)
                     set_train_mode(ddp, tr.freeze_bn)
                     scores = result.as_dict(val_set.class_names)
+                    if board is not None:
+                        board.overlays(raw, val_set, done)
                     record = {"miou": result.miou, "pixel_accuracy": result.pixel_accuracy,
                               "per_class_iou": result.per_class_iou}
 
@@ -459,17 +458,17 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
 
 
 def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],
-               ctx: distributed.Context) -> tuple[Any, Any]:
-    """metrics.jsonl (cut back to ``start`` on resume) and TensorBoard, on rank 0 only."""
+               ctx: distributed.Context) -> Any:
+    """metrics.jsonl (cut back to ``start`` on resume), on rank 0 only."""
     if not ctx.is_main:
-        return None, None
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / METRICS
     if start:
         _trim_metrics(metrics_path, start)
     log = open(metrics_path, "a" if start else "w", encoding="utf-8")  # noqa: SIM115
     atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
-    return log, _tensorboard(run_dir)
+    return log
 
 
 @dataclass(frozen=True)
@@ -578,9 +577,7 @@ def _write_record(record: dict[str, Any], log: Any, board: Any) -> None:
         log.write(json.dumps(record) + "\n")
         log.flush()
     if board is not None:
-        for key in ("loss", "lr", "miou", "pixel_accuracy"):
-            if key in record:
-                board.add_scalar(key, record[key], record["iter"])
+        board.record(record)
 
 
 def _save(doc: Any, run_dir: Path, raw: nn.Module, optimizer: torch.optim.Optimizer,

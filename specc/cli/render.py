@@ -397,12 +397,20 @@ class RichReporter:
             yield _Bar(bar, bar.add_task(task, total=total, completed=done, **stats))
 
 
+def _tile_caption(tile: dict[str, Any] | None) -> str:
+    """``, tiles 65×65 every 43×43`` for a tiled evaluation; empty otherwise."""
+    if not tile:
+        return ""
+    (th, tw), (sh, sw) = tile["size"], tile["stride"]
+    return f", tiles {th}×{tw} every {sh}×{sw}"
+
+
 def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], flip: bool) -> None:
     """The report of ``specc eval``: per-class IoU, mIoU and pixel accuracy as a table."""
     table = Table(title=f"{name}: mIoU {100 * report['miou']:.2f} %", caption=(
         f"{report['data']} {report['split']}, {report['images']} images, output stride "
         f"{report['output_stride']}, scales {','.join(str(s) for s in scales)}"
-        f"{', flip' if flip else ''}"))
+        f"{', flip' if flip else ''}{_tile_caption(report.get('tile'))}"))
     table.add_column("class")
     table.add_column("IoU %", justify="right")
     for cls, iou in zip(report["classes"], report["per_class_iou"], strict=True):

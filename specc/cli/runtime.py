@@ -32,6 +32,11 @@ ScalesOpt = Annotated[str | None, typer.Option(
     "--scales", help="Comma-separated inference scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75.")]
 FlipOpt = Annotated[bool, typer.Option(
     "--flip", help="Also average the left-right mirrored prediction.")]
+TileOpt = Annotated[str | None, typer.Option(
+    "--tile", help="Sliding-window inference for large images: window size auto (the spec's "
+                   "input.size), N or HxW; probabilities of overlapping windows are averaged.")]
+OverlapOpt = Annotated[float | None, typer.Option(
+    "--overlap", help="With --tile: fraction of the window that neighbours share (default 0.33).")]
 DeviceOpt = Annotated[str | None, typer.Option(
     help="cpu or cuda; default cuda when available. An unavailable device is an error.")]
 
@@ -87,6 +92,9 @@ def train(
              "start fresh.")] = None,
     device: DeviceOpt = None,
     set_: SetOpt = None,
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard", help="Also log loss, lr, mIoU, per-class IoU, prediction overlays and "
+                              "the model graph to RUN_DIR/tensorboard (needs tensorboard).")] = False,
 ) -> None:
     """Train a spec's model; checkpoints, metrics.jsonl and model.pt go to the run folder.
 
@@ -96,6 +104,10 @@ def train(
     from runtime.train import train as run_training
 
     resolve_device(device)  # a device that is not valid or not available: before any work
+    if tensorboard:
+        from runtime.tensorboard import require_tensorboard
+
+        require_tensorboard()
     doc = load_spec(spec, _overrides(
         set_, **{"data.source": data, "train.iters": iters, "train.batch_size": batch_size,
                  "data.crop": None if crop is None else [crop, crop], "train.save_every": save_every}))
@@ -103,7 +115,7 @@ def train(
     console = render.err
     with _worker_errors():
         result = run_training(doc, run_dir, resume=resume, init=init, device=device,
-                              reporter=render.RichReporter(console))
+                              reporter=render.RichReporter(console), tensorboard=tensorboard)
     if result.model_path is None:  # not rank 0
         return
     lines = [f"trained {doc.spec.name}: {result.iteration} iterations"
@@ -131,6 +143,16 @@ def eval_(
     set_: SetOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: DeviceOpt = None,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = None,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Images of one size per forward pass; images of other sizes go one at a "
+                    "time.")] = 8,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Also write the confusion matrix (JSON, heat map), the per-class IoU chart "
+                      "and the worst images' panels to this folder.")] = None,
+    worst: Annotated[int, typer.Option(
+        min=0, help="With --out: how many of the worst images to draw.")] = 8,
 ) -> None:
     """Evaluate weights on the validation split: mIoU, per-class IoU, pixel accuracy.
 
@@ -138,18 +160,25 @@ def eval_(
     """
     from runtime.devices import resolve_device  # torch: not at start-up
     from runtime.evaluate import evaluate_checkpoint, parse_scales
+    from runtime.tiling import tiling_from_options
 
     resolve_device(device)
     scale_list = parse_scales(scales)
     doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
+    tiling = tiling_from_options(tile, overlap, doc.spec.input.size)
+    if out is not None:
+        output_folder(out)
     with _worker_errors():
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
-                                     scales=scale_list, flip=flip, device=device,
+                                     scales=scale_list, flip=flip, device=device, tiling=tiling,
+                                     batch_size=batch_size, out=out, worst=worst,
                                      reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")
         return
     render.print_eval(report, doc.spec.name, scale_list, flip)
+    if out is not None:
+        typer.echo(f"confusion matrix, per-class IoU and worst images in {out}/")
 
 
 def predict(
@@ -162,17 +191,23 @@ def predict(
     flip: FlipOpt = False,
     set_: SetOpt = None,
     device: DeviceOpt = None,
+    tile: TileOpt = None,
+    overlap: OverlapOpt = None,
 ) -> None:
     """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
     from runtime.devices import resolve_device  # torch: not at start-up
     from runtime.evaluate import parse_scales
     from runtime.predict import load_predictor, predict_files
+    from runtime.tiling import tiling_from_options
 
     target = resolve_device(device)
     output_folder(out)
     scale_list = parse_scales(scales)
+    tiling_from_options(tile, overlap, (1, 1))  # a bad --tile/--overlap: before loading weights
     predictor = load_predictor(model, checkpoint, set_ or [])
-    written = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target)
+    tiling = tiling_from_options(tile, overlap, predictor.input_size)
+    written = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target,
+                            tiling=tiling)
     for image, mask, overlay in written:
         typer.echo(f"{image}: {mask}  {overlay}")
     typer.echo(f"{len(written)} image(s) segmented with {predictor.source}; results in {out}/")

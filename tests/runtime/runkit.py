@@ -75,6 +75,29 @@ def base_run(factory: pytest.TempPathFactory) -> Path:
     return _CACHE["base"]
 
 
+def random_network() -> torch.nn.Module:
+    """The tiny spec's network with random weights and non-trivial BN statistics, in eval mode.
+
+    Convolutions get He-initialized weights and no bias, so the logits keep a scale of about one
+    and vary over the image (with the default init they shrink layer by layer until the
+    classifier's bias alone picks one class everywhere, which would hide a misplaced window or a
+    wrong batch)."""
+    from specc.api import build, load_spec
+
+    torch.manual_seed(0)
+    net = build(load_spec(SPEC, TINY)).module
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    module.bias.zero_()
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     """A copy of a run folder (the checkpoint symlink stays a relative symlink)."""
     shutil.copytree(run, dest, symlinks=True)
