@@ -244,6 +244,34 @@ def val_batches(
     return dataset, loader
 
 
+def is_artifact(path: Path) -> bool:
+    """Whether ``path`` names a deployment artifact of ``specc build --target``."""
+    from specc.targets import DEPLOYED_SUFFIXES
+
+    return Path(path).suffix in DEPLOYED_SUFFIXES
+
+
+def artifact_device(path: Path, device: str | None) -> str:
+    """Artifacts run on the CPU they were built for; asking for another device is an error."""
+    if device not in (None, "cpu"):
+        raise SpeccError(f"{path}: deployment artifacts run on the CPU; --device {device} "
+                         "applies to a spec's weights or a model.pt")
+    return "cpu"
+
+
+def open_artifact(path: Path, doc: Any) -> Any:
+    """The artifact at ``path`` (:func:`specc.targets.load_artifact`), refused when it was built
+    from another network than ``doc``'s (data and training settings may differ)."""
+    from specc.targets import load_artifact
+
+    artifact = load_artifact(path)
+    built_from = artifact.info.get("spec", {}).get("architecture_sha256")
+    if built_from != doc.architecture_sha256:
+        raise SpeccError(f"{path}: built from another network than {doc.path} (architecture "
+                         f"sha256 {str(built_from)[:12]} vs {doc.architecture_sha256[:12]})")
+    return artifact
+
+
 def evaluate_checkpoint(
     doc: Any,
     checkpoint: Path,
@@ -275,11 +303,16 @@ def evaluate_checkpoint(
         SpeccError: a device that is not valid or not available.
     """
     spec = doc.spec
-    ctx = distributed.Context(device=resolve_device(device))
-    model = build(doc).module
-    weights = read_weights(checkpoint)
-    load_weights(model, weights)
-    model = optimize_for_inference(model).to(ctx.device)
+    if is_artifact(checkpoint):
+        ctx = distributed.Context(device=resolve_device(artifact_device(checkpoint, device)))
+        model, source_file = open_artifact(checkpoint, doc), checkpoint
+    else:
+        ctx = distributed.Context(device=resolve_device(device))
+        model = build(doc).module
+        weights = read_weights(checkpoint)
+        load_weights(model, weights)
+        model = optimize_for_inference(model).to(ctx.device)
+        source_file = weights.file
     dataset, loader = val_batches(spec, ctx, source)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.amp)
     worst_images = WorstImages(worst if out is not None else 0, spec.num_classes,
@@ -292,7 +325,7 @@ def evaluate_checkpoint(
     )
     report = result.as_dict(dataset.class_names)
     report.update({
-        "checkpoint": str(weights.file),
+        "checkpoint": str(source_file),
         "data": source or spec.data.source,
         "split": spec.data.val_split,
         "images": len(dataset),

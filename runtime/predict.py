@@ -25,7 +25,7 @@ from torch import nn
 
 from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
 from runtime.data.base import read_image
-from runtime.evaluate import predict_probs, window_predictor
+from runtime.evaluate import is_artifact, predict_probs, window_predictor
 from runtime.tiling import Tiling, tiled_labels
 from specc.artifacts import load_weights, read_torchscript, read_weights
 from specc.errors import SpeccError
@@ -48,7 +48,9 @@ class Predictor:
 def load_predictor(
     model: Path, checkpoint: Path | None = None, overrides: Sequence[str] = ()
 ) -> Predictor:
-    """A predictor from a TorchScript ``model.pt``, or from a spec and its weights.
+    """A predictor from a TorchScript ``model.pt``, a deployment artifact of ``specc build
+    --target`` (``.pt2``, ``.onnx``, OpenVINO ``.xml``, opened from its build folder), or from a
+    spec and its weights.
 
     For a spec, ``checkpoint`` is a run folder, a ``.safetensors`` file or a ``model.pt``;
     it defaults to ``runs/<spec name>``.
@@ -56,6 +58,17 @@ def load_predictor(
     Raises:
         SpeccError: a bad combination of arguments; SpecError / WeightsError from loading.
     """
+    if is_artifact(model):
+        if checkpoint is not None or overrides:
+            raise SpeccError(f"{model}: a deployment artifact carries its own weights and spec; "
+                             "--checkpoint and --set apply to a spec file")
+        from specc.targets import load_artifact
+
+        artifact = load_artifact(model)
+        spec_input = artifact.info.get("spec", {}).get("resolved", {}).get("input", {})
+        return Predictor(artifact, tuple(spec_input.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+                         tuple(spec_input.get("std", IMAGENET_STD)), str(model),
+                         tuple(spec_input.get("size", Predictor.input_size)))
     if model.suffix in (".pt", ".pth"):
         if checkpoint is not None or overrides:
             raise SpeccError(f"{model}: a TorchScript model carries its own weights and spec; "

@@ -391,6 +391,11 @@ class ArtifactModule:
     def eval(self) -> ArtifactModule:
         return self
 
+    def train(self, mode: bool = True) -> ArtifactModule:
+        if mode:
+            raise SpeccError(f"{self.path}: a deployment artifact cannot be trained")
+        return self
+
     def to(self, *args: Any, **kwargs: Any) -> ArtifactModule:
         return self  # artifacts run where they were compiled for: the CPU
 

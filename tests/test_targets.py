@@ -238,3 +238,37 @@ def test_bench_gives_torchvisions_twin_the_specs_weights() -> None:
         ours, theirs = module(x), twin(x)
     assert torch.equal(ours["out"], theirs["out"]) and torch.equal(ours["aux"], theirs["aux"])
     assert torchvision_twin(build(load_spec(DEMO, SMALL)), module) is None
+
+
+def test_eval_and_predict_run_an_artifact_like_the_model(built: tuple[Any, Path], cli: Any,
+                                                         tmp_path: Path) -> None:
+    """``specc eval --checkpoint model.onnx`` scores as ``model.pt`` does; predict writes the same
+    masks; another network's spec, or a GPU, is refused."""
+    from PIL import Image
+
+    _, folder = built
+    sets = [a for s in SMALL for a in ("--set", s)]
+    scores = {}
+    for name in ("model.pt", "model.onnx"):
+        result = cli("eval", DEMO, *sets, "--checkpoint", folder / name, "--json")
+        assert result.code == 0, result.err
+        scores[name] = json.loads(result.out)
+    assert scores["model.onnx"]["miou"] == pytest.approx(scores["model.pt"]["miou"], abs=1e-6)
+    assert scores["model.onnx"]["checkpoint"] == str(folder / "model.onnx")
+
+    image = tmp_path / "photo.png"
+    Image.fromarray((torch.rand(70, 90, 3) * 255).byte().numpy()).save(image)
+    masks = {}
+    for name in ("model.pt", "model-openvino-fp32.xml"):
+        out = tmp_path / name
+        result = cli("predict", folder / name, image, "--out", out)
+        assert result.code == 0, result.err
+        masks[name] = torch.from_numpy(__import__("numpy").array(
+            Image.open(out / "photo_mask.png")))
+    assert (masks["model.pt"] == masks["model-openvino-fp32.xml"]).float().mean() >= 0.999
+
+    other = cli("eval", REPO / "specs/deeplabv3plus_mobilenetv2.yaml", "--checkpoint",
+                folder / "model.onnx")
+    assert other.code == 2 and "built from another network" in other.err
+    gpu = cli("predict", folder / "model.onnx", image, "--out", tmp_path / "g", "--device", "cuda")
+    assert gpu.code == 2 and ("run on the CPU" in gpu.err or "CUDA" in gpu.err)

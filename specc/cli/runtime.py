@@ -135,7 +135,8 @@ def train(
 def eval_(
     spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
     checkpoint: Annotated[Path | None, typer.Option(
-        help="Run folder, .safetensors weights or TorchScript model.pt; default "
+        help="Run folder, .safetensors weights, TorchScript model.pt, or an artifact of specc "
+             "build --target (.pt2, .onnx, .xml; run on the CPU); default "
              "runs/<spec name>.")] = None,
     data: DataOpt = None,
     scales: ScalesOpt = None,
@@ -182,7 +183,9 @@ def eval_(
 
 
 def predict(
-    model: Annotated[Path, typer.Argument(help="A spec file, or a TorchScript model.pt.")],
+    model: Annotated[Path, typer.Argument(
+        help="A spec file, a TorchScript model.pt, or an artifact of specc build --target "
+             "(.pt2, .onnx, .xml in its build folder).")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     checkpoint: Annotated[Path | None, typer.Option(
         help="With a spec: run folder, .safetensors or model.pt; default runs/<spec name>.")] = None,
@@ -196,11 +199,11 @@ def predict(
 ) -> None:
     """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
     from runtime.devices import resolve_device  # torch: not at start-up
-    from runtime.evaluate import parse_scales
+    from runtime.evaluate import artifact_device, is_artifact, parse_scales
     from runtime.predict import load_predictor, predict_files
     from runtime.tiling import tiling_from_options
 
-    target = resolve_device(device)
+    target = resolve_device(artifact_device(model, device) if is_artifact(model) else device)
     output_folder(out)
     scale_list = parse_scales(scales)
     tiling_from_options(tile, overlap, (1, 1))  # a bad --tile/--overlap: before loading weights
