@@ -46,13 +46,18 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
     """One-line title and a short summary of the model, for docstrings and `specc info`."""
     bb = spec.backbone
     family = "DeepLabv3+" if spec.decoder is not None else "DeepLabv3"
+    if spec.fcn is not None:
+        family = "FCN"
     backbone = bb.preset or "custom backbone"
     title = f"{family} with {backbone} at output stride {schedule.output_stride}."
     mg = f"multi-grid {tuple(schedule.multi_grid)}" if schedule.multi_grid else "no multi-grid"
     parts = [f"Backbone: {backbone}, {len(schedule.units)} units in "
              f"{len(schedule.stages)} stages, strides placed '{schedule.stride_placement}', "
              f"{mg}" + (f", {bb.cascade} cascaded copies" if bb.cascade else "") + "."]
-    if spec.aspp is None:
+    if spec.fcn is not None:
+        parts.append(f"FCN head: a 3×3 conv of {spec.fcn.channels} and dropout "
+                     f"{spec.fcn.dropout} before the classifier, no ASPP.")
+    elif spec.aspp is None:
         parts.append("No ASPP: the classifier reads the backbone output.")
     else:
         pooling = " + image pooling" if spec.aspp.image_pooling.enabled else ""

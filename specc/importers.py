@@ -89,6 +89,15 @@ def _notes(plan: Plan, foreign: dict[str, list[str]]) -> None:
                           else note)
 
 
+def segmentation_kind(source: dict[str, Tensor]) -> str:
+    """Which torchvision segmentation model a state dict is, by its classifier's names."""
+    if "classifier.0.project.0.weight" in source:
+        return "torchvision DeepLabV3"
+    if "classifier.low_classifier.weight" in source:
+        return "torchvision LR-ASPP"
+    return "torchvision FCN"
+
+
 def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     """Map a torchvision ResNet: a DeepLabV3 segmentation model, or an ImageNet classifier.
 
@@ -100,7 +109,7 @@ def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     """
     keys = list(source)
     if any(k.startswith("backbone.") for k in keys):
-        plan = Plan("torchvision DeepLabV3", heads=("classifier.", "aux_classifier."))
+        plan = Plan(segmentation_kind(source), heads=("classifier.", "aux_classifier."))
         pre = "backbone."
     elif "conv1.weight" in source and any(k.startswith("layer1.") for k in keys):
         plan, pre = Plan("torchvision ResNet (ImageNet)", drop=("fc.",)), ""

@@ -1,4 +1,4 @@
-"""Stage 4b — head lowering: ASPP, the extra conv, the v3+ decoder, the classifier and the
+"""Stage 4b — head lowering: ASPP, the extra conv, the FCN head, the v3+ decoder, the classifier and the
 auxiliary head, each a registered :class:`specc.plan.Head` kind, lowered in registration order.
 
 A head's ``lower`` returns None when the spec has no such head. The decoder and auxiliary head
@@ -283,6 +283,49 @@ class ExtraConv(Head):
         out = hc.lg.conv("extra", y, ec.channels, kernel=ec.kernel, spec_key="aspp.extra_conv")
         return cls(spec_key="aspp.extra_conv", out=out, eps=hc.eps, in_channels=y.channels,
                    out_channels=ec.channels, kernel_size=ec.kernel), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class FCN(Head):
+    """An FCN head in place of ASPP: 3×3 conv → BN → ReLU → dropout on the backbone output,
+    before the classifier (torchvision's ``FCNHead``, whose last layer is our classifier)."""
+
+    kind = "fcn"
+    code = "fcn_head"
+    attr = "fcn"
+    reads_backbone = True
+
+    in_channels: int
+    channels: int
+    dropout: float
+
+    def init(self) -> list[Line]:
+        code = call("FCNHead", [self.in_channels, self.channels],
+                    [("dropout", self.dropout, ALWAYS), ("eps", self.eps, 1e-5)])
+        return [Line(f"self.fcn = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.fcn(features["out"])',
+                     shape_text(self.out.channels, self.out.reduction))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "torchvision":  # classifier = [3×3 conv, BN, ReLU, dropout, 1×1 conv]
+            return {"conv.conv": f"{at}classifier.0", "conv.bn": f"{at}classifier.1"}
+        return super().weight_map(library, at)
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[FCN | None, Feature]:
+        fcn = hc.spec.fcn
+        if fcn is None:
+            return None, y
+        if hc.spec.aspp is not None:
+            raise SpecError("expected aspp: null with an FCN head (it takes ASPP's place), "
+                            "found an aspp section", path="fcn")
+        out = hc.lg.conv("fcn.conv", y, fcn.channels, kernel=3, spec_key="fcn.channels")
+        hc.lg.g.nodes[out.node]["dropout"] = fcn.dropout
+        return cls(spec_key="fcn", out=out, eps=hc.eps, in_channels=y.channels,
+                   channels=fcn.channels, dropout=fcn.dropout), out
 
 
 @register

@@ -292,6 +292,15 @@ class AuxSpec(Base):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
 
 
+class FCNSpec(Base):
+    """An FCN head (torchvision's ``FCNHead``): a 3×3 conv → BN → ReLU → dropout between the
+    backbone output and the classifier, in place of ASPP."""
+
+    channels: Positive = Field(512, description="Channels of the 3×3 conv (torchvision: "
+                               "input channels / 4, 512 on a ResNet-50/101).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
+
+
 class InputSpec(Base):
     size: tuple[Positive, Positive] = Field(
         (513, 513), description="Input size (H, W) the network's shapes are derived for: the "
@@ -339,6 +348,9 @@ class Spec(Base):
         description="Atrous spatial pyramid pooling; null for none (the cascade models of "
         "DeepLabv3 §3.2 classify the backbone output directly).")
     decoder: DecoderSpec | None = Field(None, description="DeepLabv3+ decoder; null for v3.")
+    fcn: FCNSpec | None = Field(
+        None, description="FCN head before the classifier (torchvision's fcn_resnet50/101); "
+        "needs aspp: null. null for none.")
     aux: AuxSpec | None = Field(None, description="Auxiliary head; null for none.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Final upsampling.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training protocol.")
@@ -350,6 +362,21 @@ class Spec(Base):
         if keyword.iskeyword(v):
             raise ValueError(f"{v!r} is a Python keyword")
         return v
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_heads(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out heads added to the language later while they are null
+        (:data:`LATER_HEADS`), so specs, generated files and checkpoints made before they
+        existed keep their hashes (and resume)."""
+        data = handler(self)
+        for key in LATER_HEADS:
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+
+#: Optional top-level heads added after the first release; left out of resolved specs when null.
+LATER_HEADS = ("fcn",)
 
 
 def json_schema() -> dict[str, Any]:

@@ -160,6 +160,9 @@ CASES = [
                                                                      "backbone.entry2\n"},
          "spec.yaml:6:14: decoder.low_level: 'backbone.entry2' is at 1/8 of the input, but the "
          f"decoder expects 1/4 (decoder.low_level_reduction); nodes at 1/4: {STRIDE4}"),
+    Case("FCN head beside ASPP", {"spec.yaml": BASE + "fcn: {channels: 512}\n"},
+         "spec.yaml:5:6: fcn: expected aspp: null with an FCN head (it takes ASPP's place), "
+         "found an aspp section"),
     Case("multi-grid length mismatch", {"spec.yaml": BASE + "  multi_grid: [1, 2]\n"},
          "spec.yaml:5:15: backbone.multi_grid: expected 3 rates (the last stage 'block4' has 3 "
          "units), found 2: [1, 2]"),
