@@ -18,14 +18,17 @@ from specc.presets import default_stride_placement, expand
 from specc.spec import (
     BasicUnit,
     BottleneckUnit,
+    ConvUnit,
     InvertedResidualUnit,
+    MobileNetV3Unit,
     Spec,
     StageSpec,
     StemSpec,
     XceptionUnit,
 )
 
-UnitSpec = BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit
+UnitSpec = (BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit | MobileNetV3Unit
+            | ConvUnit)
 
 
 def atrous_convs(unit: UnitSpec) -> int:

@@ -28,7 +28,9 @@ def lower(spec: Spec, schedule: Schedule) -> Network:
     image = lg.input(h, w)
     ctx = Context(lg, activation(spec), spec.backbone.norm.eps)
     stem, stages, x = lower_backbone(ctx, schedule, image)
-    hc = HeadContext(lg=lg, spec=spec, schedule=schedule, eps=ctx.eps, image=image, backbone=x,
+    head_eps = spec.backbone.norm.head_eps
+    hc = HeadContext(lg=lg, spec=spec, schedule=schedule,
+                     eps=ctx.eps if head_eps is None else head_eps, image=image, backbone=x,
                      stem=stem, stages=stages)
     heads = lower_heads(hc)
     lint(lg.g)
@@ -48,6 +50,8 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
     family = "DeepLabv3+" if spec.decoder is not None else "DeepLabv3"
     if spec.fcn is not None:
         family = "FCN"
+    if spec.lraspp is not None:
+        family = "LR-ASPP"
     backbone = bb.preset or "custom backbone"
     title = f"{family} with {backbone} at output stride {schedule.output_stride}."
     mg = f"multi-grid {tuple(schedule.multi_grid)}" if schedule.multi_grid else "no multi-grid"
@@ -57,6 +61,9 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
     if spec.fcn is not None:
         parts.append(f"FCN head: a 3×3 conv of {spec.fcn.channels} and dropout "
                      f"{spec.fcn.dropout} before the classifier, no ASPP.")
+    elif spec.lraspp is not None:
+        parts.append(f"Lite R-ASPP: a gated 1×1 branch of {spec.lraspp.channels} on the backbone "
+                     f"output and a classifier on {spec.lraspp.low_level}, summed.")
     elif spec.aspp is None:
         parts.append("No ASPP: the classifier reads the backbone output.")
     else:

@@ -1,4 +1,4 @@
-"""Stage 4b — head lowering: ASPP, the extra conv, the FCN head, the v3+ decoder, the classifier and the
+"""Stage 4b — head lowering: ASPP, the extra conv, the FCN head, Lite R-ASPP, the v3+ decoder, the classifier and the
 auxiliary head, each a registered :class:`specc.plan.Head` kind, lowered in registration order.
 
 A head's ``lower`` returns None when the spec has no such head. The decoder and auxiliary head
@@ -9,7 +9,7 @@ layer) and, for the decoder, at the declared stride.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from specc.derive import Schedule
 from specc.errors import SpecError
@@ -53,6 +53,9 @@ class HeadContext:
     taps: dict[str, Tap] = field(default_factory=dict)
     #: Output key → the tensor it returns, in order.
     outputs: dict[str, Feature] = field(default_factory=dict)
+    #: Set by a head that makes the class logits itself (Lite R-ASPP): the classifier then
+    #: only resizes them.
+    logits: bool = False
 
     @property
     def upsample(self) -> Upsample:
@@ -330,6 +333,78 @@ class FCN(Head):
 
 @register
 @dataclass(frozen=True, kw_only=True)
+class LiteRASPP(Head):
+    """Lite R-ASPP in place of ASPP: it reads the backbone output and a low-level tap and makes
+    the class logits (the classifier then only resizes them; MobileNetV3 §6.4)."""
+
+    kind = "lraspp"
+    code = "lraspp"
+    attr = "lraspp"
+    reads_backbone = True
+
+    low_channels: int
+    high_channels: int
+    channels: int
+    num_classes: int
+    upsample: Upsample
+
+    def init(self) -> list[Line]:
+        code = call("LRASPP", [self.low_channels, self.high_channels, self.channels,
+                               Code("num_classes")],
+                    [("mode", self.upsample.mode, "bilinear"),
+                     ("align_corners", self.upsample.align_corners, False),
+                     ("eps", self.eps, 1e-5)])
+        return [Line(f"self.lraspp = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.lraspp(features["low_level"], features["out"])',
+                     shape_text("num_classes", self.out.reduction))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library != "torchvision":
+            return super().weight_map(library, at)
+        src = f"{at}classifier"
+        return {"cbr.conv": f"{src}.cbr.0", "cbr.bn": f"{src}.cbr.1", "scale": f"{src}.scale.1",
+                "low_classifier": f"{src}.low_classifier",
+                "high_classifier": f"{src}.high_classifier"}
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[LiteRASPP | None, Feature]:
+        spec = hc.spec.lraspp
+        if spec is None:
+            return None, y
+        others = [k for k in ("aspp", "fcn", "decoder") if getattr(hc.spec, k) is not None]
+        if others:
+            raise SpecError(f"expected aspp: null and no fcn or decoder with a Lite R-ASPP head "
+                            f"(it makes the logits itself), found {', '.join(others)}",
+                            path="lraspp")
+        lg, n = hc.lg, hc.spec.num_classes
+        tap = resolve_tap(hc, "low_level", spec.low_level, None, "lraspp.low_level")
+        hc.taps[tap.port] = tap
+        low = lg.feature(tap.node)
+        branch = lg.conv("lraspp.cbr", y, spec.channels, spec_key="lraspp.channels")
+        pooled = lg.global_pool("lraspp.pool", y, kernel=None, mode="adaptive",
+                                spec_key="lraspp")
+        gate = lg.conv("lraspp.scale", pooled, spec.channels, norm=False, act="sigmoid",
+                       spec_key="lraspp.channels")
+        gated = lg.add("lraspp.gate", "mul", [branch, gate],
+                       replace(branch, rf=None), spec_key="lraspp")
+        how = Upsample(spec.upsample.mode, spec.upsample.align_corners)
+        up = lg.upsample("lraspp.upsample", gated, low, how, spec_key="lraspp.upsample",
+                         rf_global=True)
+        low_logits = lg.conv("lraspp.low_classifier", low, n, act=None, norm=False, bias=True,
+                             spec_key="lraspp.low_level")
+        high_logits = lg.conv("lraspp.high_classifier", up, n, act=None, norm=False, bias=True,
+                              spec_key="lraspp")
+        out = lg.merge("lraspp.sum", "add", [low_logits, high_logits], spec_key="lraspp")
+        hc.logits = True
+        return cls(spec_key="lraspp", out=out, eps=hc.eps, low_channels=low.channels,
+                   high_channels=y.channels, channels=spec.channels, num_classes=n,
+                   upsample=how), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
 class Decoder(Head):
     """The DeepLabv3+ decoder: upsample the encoder output to the low-level feature, concat it
     with the projected low-level feature, refine with 3×3 convs (DeepLabv3+ §3.1)."""
@@ -400,35 +475,41 @@ class Classifier(Head):
     in_channels: int
     num_classes: int
     upsample: Upsample
+    #: False when a head before it made the logits (Lite R-ASPP): no conv, only the resizing.
+    conv: bool = True
 
     def shared(self) -> tuple[str, ...]:
         return ()
 
     def init(self) -> list[Line]:
+        if not self.conv:
+            return []
         return [Line(f"self.classifier = nn.Conv2d({self.in_channels}, num_classes, 1)",
                      self.spec_key)]
 
     def forward(self) -> list[Line]:
-        return [Line("y = self.classifier(y)",
-                     shape_text("num_classes", self.out.reduction)),
+        conv = [Line("y = self.classifier(y)", shape_text("num_classes", self.out.reduction))]
+        return [*(conv if self.conv else []),
                 Line("result: Dict[str, Tensor] = {}"),
                 Line('result["out"] = ' + interpolate("y", self.upsample),
                      shape_text("num_classes", 1))]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
-            return {"": f"{at}classifier.4"}
+            return {"": f"{at}classifier.4"} if self.conv else {}
         return super().weight_map(library, at)
 
     @classmethod
     def lower(cls, hc: HeadContext, y: Feature) -> tuple[Classifier, Feature]:
         n = hc.spec.num_classes
-        logits = hc.lg.conv("classifier", y, n, act=None, norm=False, bias=True,
-                            spec_key="num_classes")
+        logits = y
+        if not hc.logits:
+            logits = hc.lg.conv("classifier", y, n, act=None, norm=False, bias=True,
+                                spec_key="num_classes")
         hc.outputs["out"] = hc.lg.upsample("upsample", logits, hc.image, hc.upsample,
                                            spec_key="output.upsample")
         return cls(spec_key="num_classes", out=logits, in_channels=y.channels, num_classes=n,
-                   upsample=hc.upsample), logits
+                   upsample=hc.upsample, conv=not hc.logits), logits
 
 
 @register
