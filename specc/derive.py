@@ -24,11 +24,12 @@ from specc.spec import (
     Spec,
     StageSpec,
     StemSpec,
+    VGGUnit,
     XceptionUnit,
 )
 
 UnitSpec = (BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit | MobileNetV3Unit
-            | ConvUnit)
+            | ConvUnit | VGGUnit)
 
 
 def atrous_convs(unit: UnitSpec) -> int:
@@ -37,6 +38,8 @@ def atrous_convs(unit: UnitSpec) -> int:
         return 3
     if isinstance(unit, BasicUnit):
         return 2
+    if isinstance(unit, VGGUnit):
+        return unit.convs
     return 1
 
 

@@ -52,6 +52,8 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
         family = "FCN"
     if spec.lraspp is not None:
         family = "LR-ASPP"
+    if spec.fc_aspp is not None:
+        family = "DeepLab v1 (LargeFOV)" if len(spec.fc_aspp.rates) == 1 else "DeepLab v2 (ASPP-L)"
     backbone = bb.preset or "custom backbone"
     title = f"{family} with {backbone} at output stride {schedule.output_stride}."
     mg = f"multi-grid {tuple(schedule.multi_grid)}" if schedule.multi_grid else "no multi-grid"
@@ -64,6 +66,9 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
     elif spec.lraspp is not None:
         parts.append(f"Lite R-ASPP: a gated 1×1 branch of {spec.lraspp.channels} on the backbone "
                      f"output and a classifier on {spec.lraspp.low_level}, summed.")
+    elif spec.fc_aspp is not None:
+        parts.append(f"DeepLab v1/v2 head: fc6 at rates {tuple(spec.fc_aspp.rates)}, each "
+                     "branch classified and the logits summed.")
     elif spec.aspp is None:
         parts.append("No ASPP: the classifier reads the backbone output.")
     else:

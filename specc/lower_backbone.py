@@ -433,6 +433,46 @@ class ConvLayer(Unit):
                    out_channels=unit.channels, kernel=unit.kernel, act=unit.activation)
 
 
+@register
+@dataclass(frozen=True, kw_only=True)
+class VGG(Unit):
+    """A VGG stage: 3×3 convs with bias and ReLU, then a 3×3 max-pool with the stride."""
+
+    kind = "vgg"
+    code = "vgg"
+
+    out_channels: int
+    pool: bool
+
+    def shared(self) -> tuple[str, ...]:
+        return ()
+
+    def constructor(self, tap: int) -> str:
+        del tap  # not tappable inside
+        return call("VGGUnit", [self.in_channels, self.out_channels],
+                    [("rates", list(self.rates), ALWAYS), ("stride", self.stride, 1),
+                     ("pool", self.pool, True)])
+
+    @classmethod
+    def lower(cls, ctx: Context, u: ScheduledUnit, x: Feature, index: int) -> VGG:
+        p, unit = u.path, u.unit
+        y = x
+        atrous = []
+        for i, rate in enumerate(u.rates):
+            y = ctx.lg.conv(f"{p}.conv{i + 1}", y, unit.channels, kernel=3, dilation=rate,
+                            norm=False, bias=True, spec_key=u.spec_key)
+            atrous.append(_atrous(ctx.lg, y.node, rate, u.spec_key))
+        if unit.pool:
+            y = ctx.lg.pool(f"{p}.pool", y, "maxpool", kernel=3, stride=u.stride,
+                            spec_key=u.spec_key)
+        elif u.stride != 1:
+            raise SpecError(f"{p}: a VGG unit without its pool cannot stride (found stride "
+                            f"{u.stride}); set pool: true", path=u.spec_key)
+        ctx.lg.aliases[p] = y.node
+        return cls(**_unit_fields(u, x, ctx), index=index, out=y, atrous=tuple(atrous),
+                   out_channels=unit.channels, pool=unit.pool)
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole backbone
 

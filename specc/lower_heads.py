@@ -1,4 +1,4 @@
-"""Stage 4b — head lowering: ASPP, the extra conv, the FCN head, Lite R-ASPP, the v3+ decoder, the classifier and the
+"""Stage 4b — head lowering: ASPP, the extra conv, the FCN head, Lite R-ASPP, DeepLab v1/v2's heads, the v3+ decoder, the classifier and the
 auxiliary head, each a registered :class:`specc.plan.Head` kind, lowered in registration order.
 
 A head's ``lower`` returns None when the spec has no such head. The decoder and auxiliary head
@@ -401,6 +401,75 @@ class LiteRASPP(Head):
         return cls(spec_key="lraspp", out=out, eps=hc.eps, low_channels=low.channels,
                    high_channels=y.channels, channels=spec.channels, num_classes=n,
                    upsample=how), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class FCASPP(Head):
+    """DeepLab v1/v2's head in place of ASPP: per rate fc6 (3×3 atrous) → fc7 (1×1) → a 1×1
+    classifier, the logits summed (LargeFOV with one rate, ASPP-L with four); the classifier
+    then only resizes them."""
+
+    kind = "fc_aspp"
+    code = "fc_aspp"
+    attr = "fc_aspp"
+    reads_backbone = True
+
+    in_channels: int
+    #: Channels of fc6 and fc7; 0: each branch is one 3×3 conv to the classes.
+    channels: int
+    num_classes: int
+    rates: tuple[int, ...]
+    dropout: float
+
+    def shared(self) -> tuple[str, ...]:
+        return ()
+
+    def init(self) -> list[Line]:
+        code = call("FCASPP", [self.in_channels, self.channels, Code("num_classes")],
+                    [("rates", list(self.rates), ALWAYS), ("dropout", self.dropout, ALWAYS)])
+        return [Line(f"self.fc_aspp = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.fc_aspp(features["out"])',
+                     shape_text("num_classes", self.out.reduction))]
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[FCASPP | None, Feature]:
+        spec = hc.spec.fc_aspp
+        if spec is None:
+            return None, y
+        others = [k for k in ("aspp", "fcn", "lraspp", "decoder")
+                  if getattr(hc.spec, k) is not None]
+        if others:
+            raise SpecError("expected aspp: null and no fcn, lraspp or decoder with fc_aspp (it "
+                            f"makes the logits itself), found {', '.join(others)}",
+                            path="fc_aspp")
+        lg, n = hc.lg, hc.spec.num_classes
+        channels = spec.channels or 0
+        logits, atrous = [], []
+        for i, rate in enumerate(spec.rates):
+            key, b = f"fc_aspp.rates[{i}]", f"fc_aspp.branch{i}"
+            if channels:
+                z = lg.conv(f"{b}.fc6", y, channels, kernel=3, dilation=rate, norm=False,
+                            bias=True, spec_key=key)
+                lg.g.nodes[z.node]["dropout"] = spec.dropout
+                z = lg.conv(f"{b}.fc7", z, channels, norm=False, bias=True,
+                            spec_key="fc_aspp.channels")
+                lg.g.nodes[z.node]["dropout"] = spec.dropout
+                z = lg.conv(f"{b}.fc8", z, n, act=None, norm=False, bias=True, spec_key=key)
+                atrous.append(AtrousConv(f"{b}.fc6", rate, (y.h, y.w), key))
+            else:
+                z = lg.conv(f"{b}.fc8", y, n, kernel=3, dilation=rate, act=None, norm=False,
+                            bias=True, spec_key=key)
+                atrous.append(AtrousConv(f"{b}.fc8", rate, (y.h, y.w), key))
+            logits.append(z)
+        out = logits[0] if len(logits) == 1 else lg.merge("fc_aspp.sum", "add", logits,
+                                                          spec_key="fc_aspp")
+        hc.logits = True
+        return cls(spec_key="fc_aspp", out=out, atrous=tuple(atrous), in_channels=y.channels,
+                   channels=channels, num_classes=n, rates=tuple(spec.rates),
+                   dropout=spec.dropout), out
 
 
 @register

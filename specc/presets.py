@@ -17,6 +17,7 @@ from specc.spec import (
     StageSpec,
     StemConv,
     StemSpec,
+    VGGUnit,
     XceptionUnit,
 )
 
@@ -145,6 +146,20 @@ def mobilenetv3_large(width: float) -> tuple[StemSpec, list[StageSpec]]:
     return stem, stages
 
 
+# VGG-16 (Simonyan & Zisserman 2015, configuration D): (channels, convs) per stage.
+VGG16_TABLE = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def vgg16() -> tuple[StemSpec, list[StageSpec]]:
+    """DeepLab v1/v2's VGG-16: no stem, five stages of 3×3 convs each ending in a 3×3 max-pool
+    of stride 2 (the output-stride rule removes the last two and dilates what follows)."""
+    stem = StemSpec.model_construct(convs=[], pool="none")  # VGG has no stem: conv1 is a stage
+    stages = [StageSpec(name=f"conv{i + 1}", units=[VGGUnit(type="vgg", channels=c, convs=n,
+                                                             stride=2)])
+              for i, (c, n) in enumerate(VGG16_TABLE)]
+    return stem, stages
+
+
 def expand(backbone: BackboneSpec) -> tuple[StemSpec, list[StageSpec]]:
     """The explicit stem and stages of a backbone (a preset's expansion, or the spec's own)."""
     preset = backbone.preset
@@ -158,6 +173,9 @@ def expand(backbone: BackboneSpec) -> tuple[StemSpec, list[StageSpec]]:
     if preset.startswith("xception"):
         stem_x, stages = xception(int(preset[8:]))
         return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_x), stages
+    if preset == "vgg16":
+        stem_v, stages = vgg16()
+        return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_v), stages
     if preset == "mobilenetv3_large":
         stem_3, stages = mobilenetv3_large(backbone.width_multiplier)
         return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_3), stages

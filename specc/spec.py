@@ -64,7 +64,7 @@ KeyPath = Annotated[
 
 BACKBONE_PRESETS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "xception41", "xception65", "xception71", "mobilenetv2", "mobilenetv3_large",
+    "xception41", "xception65", "xception71", "mobilenetv2", "mobilenetv3_large", "vgg16",
 )
 
 
@@ -168,8 +168,20 @@ class ConvUnit(_UnitBase):
         "relu", description="Activation after the batch norm.")
 
 
+class VGGUnit(_UnitBase):
+    """A VGG stage as DeepLab v1/v2 use it: 3×3 convs with bias and ReLU (no norm), then a 3×3
+    max-pool padded by 1 carrying the stride."""
+
+    type: Literal["vgg"] = Field(description="Unit type: VGG convs and a max-pool.")
+    channels: Positive = Field(description="Output channels of every conv.")
+    convs: int = Field(2, ge=1, le=8, description="Number of 3×3 convs (VGG-16: 2, 2, 3, 3, 3).")
+    pool: bool = Field(True, description="The 3×3 max-pool (padding 1, the unit's stride) after "
+                       "the convs.")
+
+
 Unit = Annotated[
-    BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit | MobileNetV3Unit | ConvUnit,
+    BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit | MobileNetV3Unit | ConvUnit
+    | VGGUnit,
     Field(discriminator="type"),
 ]
 
@@ -359,6 +371,21 @@ class LRASPPSpec(Base):
         "(torchvision: bilinear, align_corners false).")
 
 
+class FCASPPSpec(Base):
+    """DeepLab v1/v2's heads: one branch per rate — fc6 (3×3 atrous conv) → ReLU → dropout →
+    fc7 (1×1) → ReLU → dropout → a 1×1 classifier — and the branches' logits summed. One rate
+    is v1's LargeFOV, rates (6, 12, 18, 24) v2's ASPP-L."""
+
+    rates: list[Positive] = Field(
+        default_factory=lambda: [12], min_length=1,
+        description="Rate of each branch's fc6 (LargeFOV: [12]; ASPP-L: [6, 12, 18, 24]); "
+        "absolute, not scaled with the output stride.")
+    channels: Positive | None = Field(
+        1024, description="Channels of fc6 and fc7; null: each branch is one 3×3 atrous conv "
+        "to the classes (DeepLab v2 on ResNet-101).")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout after fc6 and after fc7.")
+
+
 class InputSpec(Base):
     size: tuple[Positive, Positive] = Field(
         (513, 513), description="Input size (H, W) the network's shapes are derived for: the "
@@ -412,6 +439,9 @@ class Spec(Base):
     lraspp: LRASPPSpec | None = Field(
         None, description="Lite R-ASPP head (torchvision's lraspp_mobilenet_v3_large); needs "
         "aspp: null. null for none.")
+    fc_aspp: FCASPPSpec | None = Field(
+        None, description="DeepLab v1/v2 head (LargeFOV or ASPP-L); needs aspp: null. null for "
+        "none.")
     aux: AuxSpec | None = Field(None, description="Auxiliary head; null for none.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Final upsampling.")
     accepted_warnings: list[KeyPath] = Field(
@@ -443,7 +473,7 @@ class Spec(Base):
 
 
 #: Optional top-level heads added after the first release; left out of resolved specs when null.
-LATER_HEADS = ("fcn", "lraspp")
+LATER_HEADS = ("fcn", "lraspp", "fc_aspp")
 
 
 def json_schema() -> dict[str, Any]:
