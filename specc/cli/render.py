@@ -414,3 +414,20 @@ def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], fli
     print_table(console, table)
     console.print(f"weights: {report['checkpoint']}   (— : class absent from labels and "
                   "predictions, left out of the mean)", markup=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# specc zoo
+
+
+def print_zoo(entries: list[Any]) -> None:
+    """The ``specc zoo`` table: one row per spec (:class:`specc.zoo.ZooEntry`)."""
+    table = Table(title="Model zoo (multiply-adds at 513×513)")
+    for col in ("spec", "source", "model", "params", "multiply-adds", "weights (--from)"):
+        table.add_column(col, justify="right" if col in ("params", "multiply-adds") else "left")
+    for e in entries:
+        weights = ", ".join(lib if kind == "model" else f"{lib} (backbone)"
+                            for lib, kind in e.weights.items()) or "—"
+        table.add_row(e.path, e.source, e.title, f"{e.params / 1e6:.1f} M",
+                      f"{e.macs / 1e9:.1f} G", weights)
+    print_table(out, table)
