@@ -148,9 +148,22 @@ def advise(comp: Compilation) -> list[str]:
     notes += _rates_for_another_output_stride(comp.doc, comp.schedule)
     notes += _degenerate_branches(comp)
     notes += _misaligned_input_size(comp)
+    notes = _without_accepted(notes, comp.doc.spec.accepted_warnings)
     src = comp.doc.raw.sources
     return [str(d) for d in comp.doc.raw.deprecations] + [
         f"{src.locate(key)}: warning: {key}: {message}" for key, message in notes]
+
+
+def _without_accepted(notes: list[tuple[str, str]], accepted: list[str]) -> list[tuple[str, str]]:
+    """The notes whose key the spec does not list in ``accepted_warnings``, and one note for
+    each listed key that drew no warning (an acceptance that no longer applies)."""
+    keys = {key for key, _ in notes}
+    kept = [(key, message) for key, message in notes if key not in accepted]
+    for i, key in enumerate(accepted):
+        if key not in keys:
+            kept.append((f"accepted_warnings[{i}]",
+                         f"{key!r} draws no warning; remove it from accepted_warnings"))
+    return kept
 
 
 def _fmt(rates: tuple[int, ...] | list[int]) -> str:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 MAX_PARAMETERS = 2_000_000_000
 
 #: Sections of a spec that do not change the network (training protocol and data).
-NON_ARCHITECTURE_KEYS = ("train", "data")
+NON_ARCHITECTURE_KEYS = ("train", "data", "accepted_warnings")
 
 
 @dataclass(frozen=True)

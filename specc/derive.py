@@ -18,14 +18,18 @@ from specc.presets import default_stride_placement, expand
 from specc.spec import (
     BasicUnit,
     BottleneckUnit,
+    ConvUnit,
     InvertedResidualUnit,
+    MobileNetV3Unit,
     Spec,
     StageSpec,
     StemSpec,
+    VGGUnit,
     XceptionUnit,
 )
 
-UnitSpec = BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit
+UnitSpec = (BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit | MobileNetV3Unit
+            | ConvUnit | VGGUnit)
 
 
 def atrous_convs(unit: UnitSpec) -> int:
@@ -34,6 +38,8 @@ def atrous_convs(unit: UnitSpec) -> int:
         return 3
     if isinstance(unit, BasicUnit):
         return 2
+    if isinstance(unit, VGGUnit):
+        return unit.convs
     return 1
 
 

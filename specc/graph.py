@@ -28,7 +28,9 @@ def lower(spec: Spec, schedule: Schedule) -> Network:
     image = lg.input(h, w)
     ctx = Context(lg, activation(spec), spec.backbone.norm.eps)
     stem, stages, x = lower_backbone(ctx, schedule, image)
-    hc = HeadContext(lg=lg, spec=spec, schedule=schedule, eps=ctx.eps, image=image, backbone=x,
+    head_eps = spec.backbone.norm.head_eps
+    hc = HeadContext(lg=lg, spec=spec, schedule=schedule,
+                     eps=ctx.eps if head_eps is None else head_eps, image=image, backbone=x,
                      stem=stem, stages=stages)
     heads = lower_heads(hc)
     lint(lg.g)
@@ -46,13 +48,28 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
     """One-line title and a short summary of the model, for docstrings and `specc info`."""
     bb = spec.backbone
     family = "DeepLabv3+" if spec.decoder is not None else "DeepLabv3"
+    if spec.fcn is not None:
+        family = "FCN"
+    if spec.lraspp is not None:
+        family = "LR-ASPP"
+    if spec.fc_aspp is not None:
+        family = "DeepLab v1 (LargeFOV)" if len(spec.fc_aspp.rates) == 1 else "DeepLab v2 (ASPP-L)"
     backbone = bb.preset or "custom backbone"
     title = f"{family} with {backbone} at output stride {schedule.output_stride}."
     mg = f"multi-grid {tuple(schedule.multi_grid)}" if schedule.multi_grid else "no multi-grid"
     parts = [f"Backbone: {backbone}, {len(schedule.units)} units in "
              f"{len(schedule.stages)} stages, strides placed '{schedule.stride_placement}', "
              f"{mg}" + (f", {bb.cascade} cascaded copies" if bb.cascade else "") + "."]
-    if spec.aspp is None:
+    if spec.fcn is not None:
+        parts.append(f"FCN head: a 3×3 conv of {spec.fcn.channels} and dropout "
+                     f"{spec.fcn.dropout} before the classifier, no ASPP.")
+    elif spec.lraspp is not None:
+        parts.append(f"Lite R-ASPP: a gated 1×1 branch of {spec.lraspp.channels} on the backbone "
+                     f"output and a classifier on {spec.lraspp.low_level}, summed.")
+    elif spec.fc_aspp is not None:
+        parts.append(f"DeepLab v1/v2 head: fc6 at rates {tuple(spec.fc_aspp.rates)}, each "
+                     "branch classified and the logits summed.")
+    elif spec.aspp is None:
         parts.append("No ASPP: the classifier reads the backbone output.")
     else:
         pooling = " + image pooling" if spec.aspp.image_pooling.enabled else ""

@@ -89,27 +89,56 @@ def _notes(plan: Plan, foreign: dict[str, list[str]]) -> None:
                           else note)
 
 
-def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
-    """Map a torchvision ResNet: a DeepLabV3 segmentation model, or an ImageNet classifier.
+def segmentation_kind(source: dict[str, Tensor]) -> str:
+    """Which torchvision segmentation model a state dict is, by its classifier's names."""
+    if "classifier.0.project.0.weight" in source:
+        return "torchvision DeepLabV3"
+    if "classifier.low_classifier.weight" in source:
+        return "torchvision LR-ASPP"
+    return "torchvision FCN"
 
-    Stage k of the spec is torchvision's ``layer{k}``, unit j of it ``layer{k}.{j}``; the heads
-    of a DeepLabV3 sit under ``classifier`` and ``aux_classifier``.
+
+def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map a torchvision segmentation model (DeepLabV3, FCN, LR-ASPP) or an ImageNet ResNet or
+    MobileNetV3 classifier.
+
+    Stage k of a ResNet spec is torchvision's ``layer{k}``, unit j of it ``layer{k}.{j}``; the
+    n-th unit of a MobileNetV3 spec is ``features.{n}`` (the stem is ``features.0``); a
+    segmentation model keeps either under ``backbone`` and its heads under ``classifier`` and
+    ``aux_classifier``.
 
     Raises:
         WeightsError: the source is neither.
     """
     keys = list(source)
     if any(k.startswith("backbone.") for k in keys):
-        plan = Plan("torchvision DeepLabV3", heads=("classifier.", "aux_classifier."))
+        plan = Plan(segmentation_kind(source), heads=("classifier.", "aux_classifier."))
         pre = "backbone."
     elif "conv1.weight" in source and any(k.startswith("layer1.") for k in keys):
         plan, pre = Plan("torchvision ResNet (ImageNet)", drop=("fc.",)), ""
+    elif "features.0.0.weight" in source and any(k.startswith("classifier.") for k in keys):
+        plan, pre = Plan("torchvision MobileNetV3 (ImageNet)", drop=("classifier.",)), "features."
     else:
-        raise WeightsError("not a torchvision ResNet or DeepLabV3 state dict (expected "
-                           "'conv1.weight' and 'layer1.*', or 'backbone.*'); its first names: "
+        raise WeightsError("not a torchvision ResNet, MobileNetV3 or segmentation model's state "
+                           "dict (expected 'conv1.weight' and 'layer1.*', 'features.*', or "
+                           "'backbone.*'); its first names: "
                            + ", ".join(keys[:5]))
     foreign: dict[str, list[str]] = {}
     _add(plan, "backbone.stem", net.stem.weight_map("torchvision", pre), foreign)
+    if f"{pre}0.0.weight" in source:  # MobileNetV3's features: [stem, unit, unit, ..., conv]
+        for n, u in enumerate(net.units()):
+            _add(plan, u.module, u.weight_map("torchvision", f"{pre}{n + 1}"), foreign)
+    else:
+        _resnet_layers(plan, net, pre, foreign)
+    if pre:  # a segmentation model's heads: classifier and aux_classifier
+        for head in net.heads:
+            _add(plan, head.attr, head.weight_map("torchvision", ""), foreign)
+    _notes(plan, foreign)
+    return plan
+
+
+def _resnet_layers(plan: Plan, net: Network, pre: str, foreign: dict[str, list[str]]) -> None:
+    """Stage k of the spec is a torchvision ResNet's ``layer{k}``, unit j ``layer{k}.{j}``."""
     if len(net.stages) > 4:
         plan.notes.append("torchvision ResNets have 4 stages; the spec's "
                           f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
@@ -117,11 +146,6 @@ def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
         for u in stage.units:
             _add(plan, u.module, u.weight_map("torchvision", f"{pre}layer{k + 1}.{u.index}"),
                  foreign)
-    if pre:  # a DeepLabV3: classifier = [ASPP, 3×3 conv, BN, ReLU, 1×1 conv]; FCNHead aux
-        for head in net.heads:
-            _add(plan, head.attr, head.weight_map("torchvision", ""), foreign)
-    _notes(plan, foreign)
-    return plan
 
 
 def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:

@@ -15,6 +15,7 @@ from typing import ClassVar
 from specc.derive import Schedule, ScheduledUnit
 from specc.errors import SpecError
 from specc.plan import (
+    ALWAYS,
     BLOCKS,
     AtrousConv,
     Block,
@@ -28,6 +29,7 @@ from specc.plan import (
     register,
     shape_text,
 )
+from specc.presets import make_divisible
 from specc.spec import Spec
 
 
@@ -82,6 +84,8 @@ class Stem(Block):
             if len(self.convs) != 1:
                 return (f"torchvision ResNets have one 7×7 stem conv; the spec's stem has "
                         f"{len(self.convs)}")
+            if self.act == "hardswish":  # MobileNetV3: features[0] = conv, BN, hard-swish
+                return {"0.conv": f"{at}0.0", "0.bn": f"{at}0.1"}
             return {"0.conv": f"{at}conv1", "0.bn": f"{at}bn1"}
         if library == "timm":
             return {f"{i}.{part}": f"{at}stem.{i}.{part}"
@@ -318,6 +322,157 @@ class InvertedResidual(Unit):
                    act=ctx.act)
 
 
+def _torchvision_conv_norm(at: str) -> dict[str, str]:
+    """torchvision's ``Conv2dNormActivation`` at ``at``: conv ``.0``, batch norm ``.1``."""
+    return {"conv": f"{at}.0", "bn": f"{at}.1"}
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class MobileNetV3(Unit):
+    """MobileNetV3 inverted residual: 1×1 expansion → k×k depthwise → squeeze-excitation →
+    1×1 projection."""
+
+    kind = "mobilenetv3"
+    code = "mobilenetv3"
+
+    out_channels: int
+    expanded: int
+    kernel: int
+    #: Squeeze channels of the squeeze-excitation; 0 for none.
+    se: int
+    residual: bool
+    act: str
+
+    def constructor(self, tap: int) -> str:
+        del tap  # not tappable inside
+        return call("MobileNetV3Unit", [self.in_channels, self.out_channels],
+                    [("expanded", self.expanded, ALWAYS), ("kernel", self.kernel, 3),
+                     ("se", self.se, 0), ("act", self.act, "relu"),
+                     ("stride", self.stride, 1), ("dilation", self.rates[0], 1),
+                     ("eps", self.eps, 1e-5)])
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library != "torchvision":
+            return super().weight_map(library, at)
+        # torchvision's block: [expand], depthwise, [SqueezeExcitation], project
+        parts = ["expand"] if self.expanded != self.in_channels else []
+        parts += ["depthwise", *(["se"] if self.se else []), "project"]
+        out: dict[str, str] = {}
+        for i, part in enumerate(parts):
+            where = f"{at}.block.{i}"
+            if part == "se":
+                out.update({"se.fc1": f"{where}.fc1", "se.fc2": f"{where}.fc2"})
+            else:
+                out.update({f"{part}.{k}": v for k, v in _torchvision_conv_norm(where).items()})
+        return out
+
+    @classmethod
+    def lower(cls, ctx: Context, u: ScheduledUnit, x: Feature, index: int) -> MobileNetV3:
+        p, unit = u.path, u.unit
+        act = unit.activation
+        y = x
+        if unit.expanded != x.channels:
+            y = ctx.lg.conv(f"{p}.expand", y, unit.expanded, act=act, spec_key=u.spec_key)
+        y = ctx.lg.conv(f"{p}.depthwise", y, unit.expanded, kernel=unit.kernel, stride=u.stride,
+                        dilation=u.rates[0], groups=unit.expanded, act=act, spec_key=u.spec_key)
+        atrous = (_atrous(ctx.lg, y.node, u.rates[0], u.spec_key),)
+        squeeze = make_divisible(unit.expanded // 4) if unit.se else 0
+        if squeeze:
+            e = unit.expanded
+            y = ctx.lg.add(f"{p}.se", "se", [y], y, squeeze=squeeze,
+                           params=2 * e * squeeze + e + squeeze, macs=2 * e * squeeze,
+                           spec_key=u.spec_key)
+        y = ctx.lg.conv(f"{p}.project", y, unit.channels, act=None, spec_key=u.spec_key)
+        residual = u.stride == 1 and x.channels == unit.channels
+        if residual:
+            out = ctx.lg.merge(p, "add", [y, x], spec_key=u.spec_key)
+        else:
+            out = y
+            ctx.lg.aliases[p] = y.node
+        return cls(**_unit_fields(u, x, ctx), index=index, out=out, atrous=atrous,
+                   out_channels=unit.channels, expanded=unit.expanded, kernel=unit.kernel,
+                   se=squeeze, residual=residual, act=act)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ConvLayer(Unit):
+    """A single conv → BN → activation (MobileNetV3's last 1×1 conv)."""
+
+    kind = "conv_layer"
+
+    out_channels: int
+    kernel: int
+    act: str
+
+    def constructor(self, tap: int) -> str:
+        del tap  # not tappable inside
+        dilation = self.rates[0] if self.kernel > 1 else 1
+        return call("ConvBNAct", [self.in_channels, self.out_channels],
+                    [("kernel_size", self.kernel, 1), ("stride", self.stride, 1),
+                     ("dilation", dilation, 1), ("act", self.act, "relu"),
+                     ("eps", self.eps, 1e-5)])
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "torchvision":
+            return _torchvision_conv_norm(at)
+        return super().weight_map(library, at)
+
+    @classmethod
+    def lower(cls, ctx: Context, u: ScheduledUnit, x: Feature, index: int) -> ConvLayer:
+        unit = u.unit
+        dilation = u.rates[0] if unit.kernel > 1 else 1
+        out = ctx.lg.conv(f"{u.path}.conv", x, unit.channels, kernel=unit.kernel,
+                          stride=u.stride, dilation=dilation,
+                          act=None if unit.activation == "none" else unit.activation,
+                          spec_key=u.spec_key)
+        ctx.lg.aliases[u.path] = out.node
+        atrous = (_atrous(ctx.lg, out.node, dilation, u.spec_key),) if unit.kernel > 1 else ()
+        return cls(**_unit_fields(u, x, ctx), index=index, out=out, atrous=atrous,
+                   out_channels=unit.channels, kernel=unit.kernel, act=unit.activation)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class VGG(Unit):
+    """A VGG stage: 3×3 convs with bias and ReLU, then a 3×3 max-pool with the stride."""
+
+    kind = "vgg"
+    code = "vgg"
+
+    out_channels: int
+    pool: bool
+
+    def shared(self) -> tuple[str, ...]:
+        return ()
+
+    def constructor(self, tap: int) -> str:
+        del tap  # not tappable inside
+        return call("VGGUnit", [self.in_channels, self.out_channels],
+                    [("rates", list(self.rates), ALWAYS), ("stride", self.stride, 1),
+                     ("pool", self.pool, True)])
+
+    @classmethod
+    def lower(cls, ctx: Context, u: ScheduledUnit, x: Feature, index: int) -> VGG:
+        p, unit = u.path, u.unit
+        y = x
+        atrous = []
+        for i, rate in enumerate(u.rates):
+            y = ctx.lg.conv(f"{p}.conv{i + 1}", y, unit.channels, kernel=3, dilation=rate,
+                            norm=False, bias=True, spec_key=u.spec_key)
+            atrous.append(_atrous(ctx.lg, y.node, rate, u.spec_key))
+        if unit.pool:
+            y = ctx.lg.pool(f"{p}.pool", y, "maxpool", kernel=3, stride=u.stride,
+                            spec_key=u.spec_key)
+        elif u.stride != 1:
+            raise SpecError(f"{p}: a VGG unit without its pool cannot stride (found stride "
+                            f"{u.stride}); set pool: true", path=u.spec_key)
+        ctx.lg.aliases[p] = y.node
+        return cls(**_unit_fields(u, x, ctx), index=index, out=y, atrous=tuple(atrous),
+                   out_channels=unit.channels, pool=unit.pool)
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole backbone
 
@@ -353,8 +508,10 @@ def check_stage_names(schedule: Schedule) -> None:
 
 
 def activation(spec: Spec) -> str:
-    """The backbone's activation: the spec's, else ReLU6 for MobileNetV2 and ReLU otherwise."""
-    return spec.backbone.activation or ("relu6" if spec.backbone.preset == "mobilenetv2" else "relu")
+    """The backbone's activation: the spec's, else ReLU6 for MobileNetV2, hard-swish for
+    MobileNetV3 and ReLU otherwise."""
+    own = {"mobilenetv2": "relu6", "mobilenetv3_large": "hardswish"}
+    return spec.backbone.activation or own.get(spec.backbone.preset or "", "relu")
 
 
 def unit_kind(unit_type: str) -> type[Unit]:

@@ -1,4 +1,4 @@
-"""Stage 4b — head lowering: ASPP, the extra conv, the v3+ decoder, the classifier and the
+"""Stage 4b — head lowering: ASPP, the extra conv, the FCN head, Lite R-ASPP, DeepLab v1/v2's heads, the v3+ decoder, the classifier and the
 auxiliary head, each a registered :class:`specc.plan.Head` kind, lowered in registration order.
 
 A head's ``lower`` returns None when the spec has no such head. The decoder and auxiliary head
@@ -9,7 +9,7 @@ layer) and, for the decoder, at the declared stride.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from specc.derive import Schedule
 from specc.errors import SpecError
@@ -53,6 +53,9 @@ class HeadContext:
     taps: dict[str, Tap] = field(default_factory=dict)
     #: Output key → the tensor it returns, in order.
     outputs: dict[str, Feature] = field(default_factory=dict)
+    #: Set by a head that makes the class logits itself (Lite R-ASPP): the classifier then
+    #: only resizes them.
+    logits: bool = False
 
     @property
     def upsample(self) -> Upsample:
@@ -287,6 +290,190 @@ class ExtraConv(Head):
 
 @register
 @dataclass(frozen=True, kw_only=True)
+class FCN(Head):
+    """An FCN head in place of ASPP: 3×3 conv → BN → ReLU → dropout on the backbone output,
+    before the classifier (torchvision's ``FCNHead``, whose last layer is our classifier)."""
+
+    kind = "fcn"
+    code = "fcn_head"
+    attr = "fcn"
+    reads_backbone = True
+
+    in_channels: int
+    channels: int
+    dropout: float
+
+    def init(self) -> list[Line]:
+        code = call("FCNHead", [self.in_channels, self.channels],
+                    [("dropout", self.dropout, ALWAYS), ("eps", self.eps, 1e-5)])
+        return [Line(f"self.fcn = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.fcn(features["out"])',
+                     shape_text(self.out.channels, self.out.reduction))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "torchvision":  # classifier = [3×3 conv, BN, ReLU, dropout, 1×1 conv]
+            return {"conv.conv": f"{at}classifier.0", "conv.bn": f"{at}classifier.1"}
+        return super().weight_map(library, at)
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[FCN | None, Feature]:
+        fcn = hc.spec.fcn
+        if fcn is None:
+            return None, y
+        if hc.spec.aspp is not None:
+            raise SpecError("expected aspp: null with an FCN head (it takes ASPP's place), "
+                            "found an aspp section", path="fcn")
+        out = hc.lg.conv("fcn.conv", y, fcn.channels, kernel=3, spec_key="fcn.channels")
+        hc.lg.g.nodes[out.node]["dropout"] = fcn.dropout
+        return cls(spec_key="fcn", out=out, eps=hc.eps, in_channels=y.channels,
+                   channels=fcn.channels, dropout=fcn.dropout), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class LiteRASPP(Head):
+    """Lite R-ASPP in place of ASPP: it reads the backbone output and a low-level tap and makes
+    the class logits (the classifier then only resizes them; MobileNetV3 §6.4)."""
+
+    kind = "lraspp"
+    code = "lraspp"
+    attr = "lraspp"
+    reads_backbone = True
+
+    low_channels: int
+    high_channels: int
+    channels: int
+    num_classes: int
+    upsample: Upsample
+
+    def init(self) -> list[Line]:
+        code = call("LRASPP", [self.low_channels, self.high_channels, self.channels,
+                               Code("num_classes")],
+                    [("mode", self.upsample.mode, "bilinear"),
+                     ("align_corners", self.upsample.align_corners, False),
+                     ("eps", self.eps, 1e-5)])
+        return [Line(f"self.lraspp = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.lraspp(features["low_level"], features["out"])',
+                     shape_text("num_classes", self.out.reduction))]
+
+    def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library != "torchvision":
+            return super().weight_map(library, at)
+        src = f"{at}classifier"
+        return {"cbr.conv": f"{src}.cbr.0", "cbr.bn": f"{src}.cbr.1", "scale": f"{src}.scale.1",
+                "low_classifier": f"{src}.low_classifier",
+                "high_classifier": f"{src}.high_classifier"}
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[LiteRASPP | None, Feature]:
+        spec = hc.spec.lraspp
+        if spec is None:
+            return None, y
+        others = [k for k in ("aspp", "fcn", "decoder") if getattr(hc.spec, k) is not None]
+        if others:
+            raise SpecError(f"expected aspp: null and no fcn or decoder with a Lite R-ASPP head "
+                            f"(it makes the logits itself), found {', '.join(others)}",
+                            path="lraspp")
+        lg, n = hc.lg, hc.spec.num_classes
+        tap = resolve_tap(hc, "low_level", spec.low_level, None, "lraspp.low_level")
+        hc.taps[tap.port] = tap
+        low = lg.feature(tap.node)
+        branch = lg.conv("lraspp.cbr", y, spec.channels, spec_key="lraspp.channels")
+        pooled = lg.global_pool("lraspp.pool", y, kernel=None, mode="adaptive",
+                                spec_key="lraspp")
+        gate = lg.conv("lraspp.scale", pooled, spec.channels, norm=False, act="sigmoid",
+                       spec_key="lraspp.channels")
+        gated = lg.add("lraspp.gate", "mul", [branch, gate],
+                       replace(branch, rf=None), spec_key="lraspp")
+        how = Upsample(spec.upsample.mode, spec.upsample.align_corners)
+        up = lg.upsample("lraspp.upsample", gated, low, how, spec_key="lraspp.upsample",
+                         rf_global=True)
+        low_logits = lg.conv("lraspp.low_classifier", low, n, act=None, norm=False, bias=True,
+                             spec_key="lraspp.low_level")
+        high_logits = lg.conv("lraspp.high_classifier", up, n, act=None, norm=False, bias=True,
+                              spec_key="lraspp")
+        out = lg.merge("lraspp.sum", "add", [low_logits, high_logits], spec_key="lraspp")
+        hc.logits = True
+        return cls(spec_key="lraspp", out=out, eps=hc.eps, low_channels=low.channels,
+                   high_channels=y.channels, channels=spec.channels, num_classes=n,
+                   upsample=how), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class FCASPP(Head):
+    """DeepLab v1/v2's head in place of ASPP: per rate fc6 (3×3 atrous) → fc7 (1×1) → a 1×1
+    classifier, the logits summed (LargeFOV with one rate, ASPP-L with four); the classifier
+    then only resizes them."""
+
+    kind = "fc_aspp"
+    code = "fc_aspp"
+    attr = "fc_aspp"
+    reads_backbone = True
+
+    in_channels: int
+    #: Channels of fc6 and fc7; 0: each branch is one 3×3 conv to the classes.
+    channels: int
+    num_classes: int
+    rates: tuple[int, ...]
+    dropout: float
+
+    def shared(self) -> tuple[str, ...]:
+        return ()
+
+    def init(self) -> list[Line]:
+        code = call("FCASPP", [self.in_channels, self.channels, Code("num_classes")],
+                    [("rates", list(self.rates), ALWAYS), ("dropout", self.dropout, ALWAYS)])
+        return [Line(f"self.fc_aspp = {code}", self.spec_key)]
+
+    def forward(self) -> list[Line]:
+        return [Line('y = self.fc_aspp(features["out"])',
+                     shape_text("num_classes", self.out.reduction))]
+
+    @classmethod
+    def lower(cls, hc: HeadContext, y: Feature) -> tuple[FCASPP | None, Feature]:
+        spec = hc.spec.fc_aspp
+        if spec is None:
+            return None, y
+        others = [k for k in ("aspp", "fcn", "lraspp", "decoder")
+                  if getattr(hc.spec, k) is not None]
+        if others:
+            raise SpecError("expected aspp: null and no fcn, lraspp or decoder with fc_aspp (it "
+                            f"makes the logits itself), found {', '.join(others)}",
+                            path="fc_aspp")
+        lg, n = hc.lg, hc.spec.num_classes
+        channels = spec.channels or 0
+        logits, atrous = [], []
+        for i, rate in enumerate(spec.rates):
+            key, b = f"fc_aspp.rates[{i}]", f"fc_aspp.branch{i}"
+            if channels:
+                z = lg.conv(f"{b}.fc6", y, channels, kernel=3, dilation=rate, norm=False,
+                            bias=True, spec_key=key)
+                lg.g.nodes[z.node]["dropout"] = spec.dropout
+                z = lg.conv(f"{b}.fc7", z, channels, norm=False, bias=True,
+                            spec_key="fc_aspp.channels")
+                lg.g.nodes[z.node]["dropout"] = spec.dropout
+                z = lg.conv(f"{b}.fc8", z, n, act=None, norm=False, bias=True, spec_key=key)
+                atrous.append(AtrousConv(f"{b}.fc6", rate, (y.h, y.w), key))
+            else:
+                z = lg.conv(f"{b}.fc8", y, n, kernel=3, dilation=rate, act=None, norm=False,
+                            bias=True, spec_key=key)
+                atrous.append(AtrousConv(f"{b}.fc8", rate, (y.h, y.w), key))
+            logits.append(z)
+        out = logits[0] if len(logits) == 1 else lg.merge("fc_aspp.sum", "add", logits,
+                                                          spec_key="fc_aspp")
+        hc.logits = True
+        return cls(spec_key="fc_aspp", out=out, atrous=tuple(atrous), in_channels=y.channels,
+                   channels=channels, num_classes=n, rates=tuple(spec.rates),
+                   dropout=spec.dropout), out
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
 class Decoder(Head):
     """The DeepLabv3+ decoder: upsample the encoder output to the low-level feature, concat it
     with the projected low-level feature, refine with 3×3 convs (DeepLabv3+ §3.1)."""
@@ -357,35 +544,41 @@ class Classifier(Head):
     in_channels: int
     num_classes: int
     upsample: Upsample
+    #: False when a head before it made the logits (Lite R-ASPP): no conv, only the resizing.
+    conv: bool = True
 
     def shared(self) -> tuple[str, ...]:
         return ()
 
     def init(self) -> list[Line]:
+        if not self.conv:
+            return []
         return [Line(f"self.classifier = nn.Conv2d({self.in_channels}, num_classes, 1)",
                      self.spec_key)]
 
     def forward(self) -> list[Line]:
-        return [Line("y = self.classifier(y)",
-                     shape_text("num_classes", self.out.reduction)),
+        conv = [Line("y = self.classifier(y)", shape_text("num_classes", self.out.reduction))]
+        return [*(conv if self.conv else []),
                 Line("result: Dict[str, Tensor] = {}"),
                 Line('result["out"] = ' + interpolate("y", self.upsample),
                      shape_text("num_classes", 1))]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
-            return {"": f"{at}classifier.4"}
+            return {"": f"{at}classifier.4"} if self.conv else {}
         return super().weight_map(library, at)
 
     @classmethod
     def lower(cls, hc: HeadContext, y: Feature) -> tuple[Classifier, Feature]:
         n = hc.spec.num_classes
-        logits = hc.lg.conv("classifier", y, n, act=None, norm=False, bias=True,
-                            spec_key="num_classes")
+        logits = y
+        if not hc.logits:
+            logits = hc.lg.conv("classifier", y, n, act=None, norm=False, bias=True,
+                                spec_key="num_classes")
         hc.outputs["out"] = hc.lg.upsample("upsample", logits, hc.image, hc.upsample,
                                            spec_key="output.upsample")
         return cls(spec_key="num_classes", out=logits, in_channels=y.channels, num_classes=n,
-                   upsample=hc.upsample), logits
+                   upsample=hc.upsample, conv=not hc.logits), logits
 
 
 @register

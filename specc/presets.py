@@ -11,10 +11,13 @@ from specc.spec import (
     BackboneSpec,
     BasicUnit,
     BottleneckUnit,
+    ConvUnit,
     InvertedResidualUnit,
+    MobileNetV3Unit,
     StageSpec,
     StemConv,
     StemSpec,
+    VGGUnit,
     XceptionUnit,
 )
 
@@ -42,6 +45,23 @@ XCEPTION_MIDDLE_UNITS = {41: 8, 65: 16, 71: 16}
 # DeepLab drops the final 1×1 conv to 1280 and uses the 320-channel features.
 MOBILENETV2_TABLE = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
                      (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+# MobileNetV3-Large (Howard et al. 2019, Table 1) as torchvision builds it: per stage, units of
+# (kernel, expanded channels, output channels, squeeze-excitation, activation, stride). The
+# stages end where torchvision's segmentation models cut (a stride follows), and a last 1×1 conv
+# to 6× the channels closes the backbone (features[16]).
+MOBILENETV3_LARGE_TABLE = (
+    ((3, 16, 16, False, "relu", 1),),
+    ((3, 64, 24, False, "relu", 2), (3, 72, 24, False, "relu", 1)),
+    ((5, 72, 40, True, "relu", 2), (5, 120, 40, True, "relu", 1),
+     (5, 120, 40, True, "relu", 1)),
+    ((3, 240, 80, False, "hardswish", 2), (3, 200, 80, False, "hardswish", 1),
+     (3, 184, 80, False, "hardswish", 1), (3, 184, 80, False, "hardswish", 1),
+     (3, 480, 112, True, "hardswish", 1), (3, 672, 112, True, "hardswish", 1)),
+    ((5, 672, 160, True, "hardswish", 2), (5, 960, 160, True, "hardswish", 1),
+     (5, 960, 160, True, "hardswish", 1)),
+)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -111,6 +131,35 @@ def mobilenetv2(width: float) -> tuple[StemSpec, list[StageSpec]]:
     return stem, stages
 
 
+def mobilenetv3_large(width: float) -> tuple[StemSpec, list[StageSpec]]:
+    """MobileNetV3-Large's features: stem conv 16, five stages of units, the last 1×1 conv."""
+    stem = StemSpec(convs=[StemConv(channels=make_divisible(16 * width), stride=2)])
+    stages = []
+    for i, units in enumerate(MOBILENETV3_LARGE_TABLE):
+        stages.append(StageSpec(name=f"layer{i + 1}", units=[MobileNetV3Unit(
+            type="mobilenetv3", kernel=k, expanded=make_divisible(e * width),
+            channels=make_divisible(c * width), se=se, activation=act, stride=s)
+            for k, e, c, se, act, s in units]))
+    last = make_divisible(MOBILENETV3_LARGE_TABLE[-1][-1][2] * width)
+    stages.append(StageSpec(name="last", units=[ConvUnit(
+        type="conv_layer", channels=6 * last, kernel=1, activation="hardswish")]))
+    return stem, stages
+
+
+# VGG-16 (Simonyan & Zisserman 2015, configuration D): (channels, convs) per stage.
+VGG16_TABLE = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def vgg16() -> tuple[StemSpec, list[StageSpec]]:
+    """DeepLab v1/v2's VGG-16: no stem, five stages of 3×3 convs each ending in a 3×3 max-pool
+    of stride 2 (the output-stride rule removes the last two and dilates what follows)."""
+    stem = StemSpec.model_construct(convs=[], pool="none")  # VGG has no stem: conv1 is a stage
+    stages = [StageSpec(name=f"conv{i + 1}", units=[VGGUnit(type="vgg", channels=c, convs=n,
+                                                             stride=2)])
+              for i, (c, n) in enumerate(VGG16_TABLE)]
+    return stem, stages
+
+
 def expand(backbone: BackboneSpec) -> tuple[StemSpec, list[StageSpec]]:
     """The explicit stem and stages of a backbone (a preset's expansion, or the spec's own)."""
     preset = backbone.preset
@@ -124,5 +173,11 @@ def expand(backbone: BackboneSpec) -> tuple[StemSpec, list[StageSpec]]:
     if preset.startswith("xception"):
         stem_x, stages = xception(int(preset[8:]))
         return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_x), stages
+    if preset == "vgg16":
+        stem_v, stages = vgg16()
+        return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_v), stages
+    if preset == "mobilenetv3_large":
+        stem_3, stages = mobilenetv3_large(backbone.width_multiplier)
+        return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_3), stages
     stem_m, stages = mobilenetv2(backbone.width_multiplier)
     return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_m), stages

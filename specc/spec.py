@@ -56,9 +56,15 @@ NodeName = Annotated[
     Field(description="A graph node name, e.g. 'backbone.entry2.unit1.sep2' (see `specc info`)."),
 ]
 
+KeyPath = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\[[0-9]+\])*(\.[a-z][a-z0-9_]*(\[[0-9]+\])*)*$"),
+    Field(description="A spec key path as warnings name it, e.g. 'aspp.rates[2]'."),
+]
+
 BACKBONE_PRESETS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "xception41", "xception65", "xception71", "mobilenetv2",
+    "xception41", "xception65", "xception71", "mobilenetv2", "mobilenetv3_large", "vgg16",
 )
 
 
@@ -136,8 +142,46 @@ class InvertedResidualUnit(_UnitBase):
     expansion: Positive = Field(6, description="Expansion ratio t of the MobileNetV2 table.")
 
 
+class MobileNetV3Unit(_UnitBase):
+    """MobileNetV3 inverted residual: 1×1 expand → k×k depthwise (stride, dilation) →
+    [squeeze-excitation] → 1×1 linear projection; residual when the shape is kept."""
+
+    type: Literal["mobilenetv3"] = Field(description="Unit type: a MobileNetV3 inverted residual.")
+    channels: Positive = Field(description="Output channels.")
+    expanded: Positive = Field(description="Channels of the expansion (the tables' 'exp size'); "
+                               "equal to the input channels: no expansion conv.")
+    kernel: OddKernel = Field(3, description="Kernel of the depthwise conv (3 or 5).")
+    se: bool = Field(False, description="Squeeze-excitation after the depthwise conv (ReLU, "
+                     "hard sigmoid; squeeze to expanded/4 rounded to a multiple of 8).")
+    activation: Literal["relu", "hardswish"] = Field(
+        "relu", description="Activation of the expansion and depthwise convs.")
+
+
+class ConvUnit(_UnitBase):
+    """One conv → BN → activation (MobileNetV3's last 1×1 conv to 960 channels)."""
+
+    type: Literal["conv_layer"] = Field(
+        description="Unit type: a single convolution (conv → BN → activation).")
+    channels: Positive = Field(description="Output channels.")
+    kernel: OddKernel = Field(1, description="Kernel size (odd).")
+    activation: Literal["relu", "relu6", "hardswish", "none"] = Field(
+        "relu", description="Activation after the batch norm.")
+
+
+class VGGUnit(_UnitBase):
+    """A VGG stage as DeepLab v1/v2 use it: 3×3 convs with bias and ReLU (no norm), then a 3×3
+    max-pool padded by 1 carrying the stride."""
+
+    type: Literal["vgg"] = Field(description="Unit type: VGG convs and a max-pool.")
+    channels: Positive = Field(description="Output channels of every conv.")
+    convs: int = Field(2, ge=1, le=8, description="Number of 3×3 convs (VGG-16: 2, 2, 3, 3, 3).")
+    pool: bool = Field(True, description="The 3×3 max-pool (padding 1, the unit's stride) after "
+                       "the convs.")
+
+
 Unit = Annotated[
-    BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit,
+    BasicUnit | BottleneckUnit | XceptionUnit | InvertedResidualUnit | MobileNetV3Unit | ConvUnit
+    | VGGUnit,
     Field(discriminator="type"),
 ]
 
@@ -150,6 +194,17 @@ class StageSpec(Base):
 
 class NormSpec(Base):
     eps: float = Field(1e-5, gt=0, description="Batch-norm epsilon (timm's Xception uses 1e-3).")
+    head_eps: float | None = Field(
+        None, gt=0, description="Batch-norm epsilon of the heads; null: the backbone's "
+        "(torchvision's MobileNetV3 models: 1e-3 in the backbone, 1e-5 in the heads).")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_head_eps(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out ``head_eps: null``, so older specs keep their hashes."""
+        data = handler(self)
+        if data.get("head_eps", 0) is None:
+            del data["head_eps"]
+        return data
 
 
 class BackboneSpec(Base):
@@ -162,9 +217,11 @@ class BackboneSpec(Base):
         "(three 3×3 convs 64, 64, 128 + max-pool, the TF 'beta' ResNets). Or an explicit stem.")
     stages: list[StageSpec] | None = Field(
         None, description="Explicit stages (instead of a preset).")
-    width_multiplier: float = Field(1.0, gt=0, le=16, description="MobileNetV2 width multiplier.")
-    activation: Literal["relu", "relu6"] | None = Field(
-        None, description="Activation; defaults to relu6 for MobileNetV2, relu otherwise.")
+    width_multiplier: float = Field(1.0, gt=0, le=16, description="MobileNetV2/V3 width "
+                                    "multiplier.")
+    activation: Literal["relu", "relu6", "hardswish"] | None = Field(
+        None, description="Activation; defaults to relu6 for MobileNetV2, hardswish for "
+        "MobileNetV3 (its stem; each unit names its own), relu otherwise.")
     norm: NormSpec = Field(default_factory=NormSpec, description="Batch norm settings.")
     output_stride: Positive = Field(
         16, description="Input size / final feature size (8, 16 or 32). Strides past it become "
@@ -292,6 +349,43 @@ class AuxSpec(Base):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
 
 
+class FCNSpec(Base):
+    """An FCN head (torchvision's ``FCNHead``): a 3×3 conv → BN → ReLU → dropout between the
+    backbone output and the classifier, in place of ASPP."""
+
+    channels: Positive = Field(512, description="Channels of the 3×3 conv (torchvision: "
+                               "input channels / 4, 512 on a ResNet-50/101).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the classifier.")
+
+
+class LRASPPSpec(Base):
+    """The Lite R-ASPP head (MobileNetV3 §6.4, torchvision's ``LRASPPHead``): it makes the
+    class logits itself, from the backbone output and a low-level feature."""
+
+    low_level: NodeName = Field(description="Graph node whose output is the low-level feature "
+                                "(torchvision: features[4], 1/8 of the input).")
+    channels: Positive = Field(128, description="Channels of the high-level branch.")
+    upsample: UpsampleSpec = Field(
+        default_factory=UpsampleSpec,
+        description="Resizing of the high-level branch to the low-level feature "
+        "(torchvision: bilinear, align_corners false).")
+
+
+class FCASPPSpec(Base):
+    """DeepLab v1/v2's heads: one branch per rate — fc6 (3×3 atrous conv) → ReLU → dropout →
+    fc7 (1×1) → ReLU → dropout → a 1×1 classifier — and the branches' logits summed. One rate
+    is v1's LargeFOV, rates (6, 12, 18, 24) v2's ASPP-L."""
+
+    rates: list[Positive] = Field(
+        default_factory=lambda: [12], min_length=1,
+        description="Rate of each branch's fc6 (LargeFOV: [12]; ASPP-L: [6, 12, 18, 24]); "
+        "absolute, not scaled with the output stride.")
+    channels: Positive | None = Field(
+        1024, description="Channels of fc6 and fc7; null: each branch is one 3×3 atrous conv "
+        "to the classes (DeepLab v2 on ResNet-101).")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout after fc6 and after fc7.")
+
+
 class InputSpec(Base):
     size: tuple[Positive, Positive] = Field(
         (513, 513), description="Input size (H, W) the network's shapes are derived for: the "
@@ -339,8 +433,21 @@ class Spec(Base):
         description="Atrous spatial pyramid pooling; null for none (the cascade models of "
         "DeepLabv3 §3.2 classify the backbone output directly).")
     decoder: DecoderSpec | None = Field(None, description="DeepLabv3+ decoder; null for v3.")
+    fcn: FCNSpec | None = Field(
+        None, description="FCN head before the classifier (torchvision's fcn_resnet50/101); "
+        "needs aspp: null. null for none.")
+    lraspp: LRASPPSpec | None = Field(
+        None, description="Lite R-ASPP head (torchvision's lraspp_mobilenet_v3_large); needs "
+        "aspp: null. null for none.")
+    fc_aspp: FCASPPSpec | None = Field(
+        None, description="DeepLab v1/v2 head (LargeFOV or ASPP-L); needs aspp: null. null for "
+        "none.")
     aux: AuxSpec | None = Field(None, description="Auxiliary head; null for none.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Final upsampling.")
+    accepted_warnings: list[KeyPath] = Field(
+        default_factory=list, description="Spec keys whose warnings are intended and not shown "
+        "(a zoo spec reproducing another library's choice, e.g. torchvision's ASPP rates "
+        "12, 24, 36 at output stride 16). A key that draws no warning is itself warned about.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training protocol.")
     data: DataSpec = Field(default_factory=DataSpec, description="Data set and augmentation.")
 
@@ -350,6 +457,23 @@ class Spec(Base):
         if keyword.iskeyword(v):
             raise ValueError(f"{v!r} is a Python keyword")
         return v
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_heads(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out heads added to the language later while they are null
+        (:data:`LATER_HEADS`), and an empty ``accepted_warnings``, so specs, generated files and checkpoints made before they
+        existed keep their hashes (and resume)."""
+        data = handler(self)
+        for key in LATER_HEADS:
+            if data.get(key, 0) is None:
+                del data[key]
+        if data.get("accepted_warnings") == []:
+            del data["accepted_warnings"]
+        return data
+
+
+#: Optional top-level heads added after the first release; left out of resolved specs when null.
+LATER_HEADS = ("fcn", "lraspp", "fc_aspp")
 
 
 def json_schema() -> dict[str, Any]:

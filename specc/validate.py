@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from specc.errors import SpecError, SpecErrors
 from specc.load import Key, RawSpec, format_path
-from specc.spec import BasicUnit, BottleneckUnit, InvertedResidualUnit, Spec, XceptionUnit
+from specc.spec import Spec, Unit
 
 #: Error types whose last location part is a key that is not (or may not be) in the document.
 _KEY_ERRORS = ("missing", "extra_forbidden")
@@ -249,8 +249,9 @@ def _message(p: _Problem, data: Any) -> str:
 
 
 def _unit_types() -> list[str]:
-    return [get_args(m.model_fields["type"].annotation)[0]
-            for m in (BasicUnit, BottleneckUnit, XceptionUnit, InvertedResidualUnit)]
+    """The spec's unit types, in the order of the ``Unit`` union."""
+    members = get_args(get_args(Unit)[0])
+    return [get_args(m.model_fields["type"].annotation)[0] for m in members]
 
 
 def _resolve_unions(problems: list[_Problem], data: Any) -> list[_Problem | tuple[Key, str]]:

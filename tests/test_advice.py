@@ -209,6 +209,18 @@ def test_rates_for_output_stride_8_used_at_16_as_absolute_rates():
     assert "aspp.rates[2]" in notes and "aspp.rates[1]" not in notes
 
 
+def test_accepted_warnings_hide_exactly_the_keys_they_name():
+    """torchvision's MobileNetV3 DeepLabV3 runs (12, 24, 36) at output stride 16 on purpose;
+    its zoo spec accepts those two warnings, and an acceptance with nothing to accept is told."""
+    mobilenet = ROOT / "specs" / "zoo" / "torchvision_deeplabv3_mobilenet_v3_large.yaml"
+    assert warnings_for(mobilenet) == {}
+    notes = warnings_for(mobilenet, "accepted_warnings=[]")
+    assert set(notes) == {"aspp.rates", "aspp.rates[2]"}
+    notes = warnings_for(mobilenet, "accepted_warnings=[aspp.rates, decoder]")
+    assert set(notes) == {"aspp.rates[2]", "accepted_warnings[1]"}
+    assert "'decoder' draws no warning" in notes["accepted_warnings[1]"]
+
+
 def test_rates_for_output_stride_8_declared_for_16():
     notes = warnings_for(V3, "aspp.rates=[12, 24, 36]")
     assert "aspp.rates_output_stride declares them for output stride 16" in notes["aspp.rates"]

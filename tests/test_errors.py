@@ -124,7 +124,8 @@ CASES = [
          "found unit1 more than once"),
     Case("unknown preset", {"spec.yaml": BASE.replace("resnet50", "resnet51")},
          "spec.yaml:4:11: backbone.preset: expected 'resnet18', 'resnet34', 'resnet50', "
-         "'resnet101', 'resnet152', 'xception41', 'xception65', 'xception71' or 'mobilenetv2', "
+         "'resnet101', 'resnet152', 'xception41', 'xception65', 'xception71', 'mobilenetv2', "
+         "'mobilenetv3_large' or 'vgg16', "
          "found 'resnet51'"),
     Case("unknown stem (a union)", {"spec.yaml": BASE + "  stem: conv9\n"},
          "spec.yaml:5:9: backbone.stem: expected 'conv7', 'deep' or a mapping, found 'conv9'"),
@@ -133,11 +134,12 @@ CASES = [
          "spec.yaml:5:40: backbone.stem.convs[0].kernel: expected an odd kernel size, found 4"),
     Case("unknown unit type", {"spec.yaml": STAGES.format(stage="s1").replace("basic", "dense")},
          "spec.yaml:8:22: backbone.stages[0].units[0].type: expected 'basic', 'bottleneck', "
-         "'xception' or 'inverted_residual', found 'dense'"),
+         "'xception', 'inverted_residual', 'mobilenetv3', 'conv_layer' or 'vgg', found 'dense'"),
     Case("unit without a type", {"spec.yaml": STAGES.format(stage="s1").replace("type: basic, ",
                                                                                 "")},
          "spec.yaml:8:15: backbone.stages[0].units[0]: expected a 'type' key ('basic', "
-         "'bottleneck', 'xception' or 'inverted_residual'), found a mapping without one"),
+         "'bottleneck', 'xception', 'inverted_residual', 'mobilenetv3', 'conv_layer' or 'vgg'), "
+         "found a mapping without one"),
     Case("missing name", {"spec.yaml": "num_classes: 21\nbackbone:\n  preset: resnet50\n"},
          "spec.yaml:1:1: name: required key is missing (model name; also the output folder and "
          "class prefix)"),
@@ -150,7 +152,8 @@ CASES = [
     Case("neither preset nor stages", {"spec.yaml": "name: m\nnum_classes: 21\nbackbone:\n  "
                                                     "output_stride: 16\n"},
          "spec.yaml:4:3: backbone: expected a preset (one of resnet18, resnet34, resnet50, "
-         "resnet101, resnet152, xception41, xception65, xception71, mobilenetv2) or explicit "
+         "resnet101, resnet152, xception41, xception65, xception71, mobilenetv2, "
+         "mobilenetv3_large, vgg16) or explicit "
          "stages"),
     Case("decoder tap that does not exist", {"spec.yaml": XCEPTION + "decoder:\n  low_level: "
                                                                      "backbone.entry9\n"},
@@ -160,6 +163,15 @@ CASES = [
                                                                      "backbone.entry2\n"},
          "spec.yaml:6:14: decoder.low_level: 'backbone.entry2' is at 1/8 of the input, but the "
          f"decoder expects 1/4 (decoder.low_level_reduction); nodes at 1/4: {STRIDE4}"),
+    Case("FCN head beside ASPP", {"spec.yaml": BASE + "fcn: {channels: 512}\n"},
+         "spec.yaml:5:6: fcn: expected aspp: null with an FCN head (it takes ASPP's place), "
+         "found an aspp section"),
+    Case("Lite R-ASPP beside ASPP", {"spec.yaml": BASE + "lraspp: {low_level: backbone.block1}\n"},
+         "spec.yaml:5:9: lraspp: expected aspp: null and no fcn or decoder with a Lite R-ASPP "
+         "head (it makes the logits itself), found aspp"),
+    Case("DeepLab v1/v2 head beside ASPP", {"spec.yaml": BASE + "fc_aspp: {rates: [12]}\n"},
+         "spec.yaml:5:10: fc_aspp: expected aspp: null and no fcn, lraspp or decoder with fc_aspp "
+         "(it makes the logits itself), found aspp"),
     Case("multi-grid length mismatch", {"spec.yaml": BASE + "  multi_grid: [1, 2]\n"},
          "spec.yaml:5:15: backbone.multi_grid: expected 3 rates (the last stage 'block4' has 3 "
          "units), found 2: [1, 2]"),

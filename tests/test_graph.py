@@ -113,10 +113,13 @@ def test_taps_are_at_their_reductions(networks):
         g = net.graph
         for port, tap in net.taps.items():
             node = g.nodes[tap.node]
-            if port == "low_level":
+            if port == "low_level" and net.head("decoder") is not None:
                 assert node["reduction"] == 4, path
-        assert g.nodes["classifier"]["reduction"] == (4 if "low_level" in net.taps
-                                                          else net.output_stride), path
+        # Heads that make the logits themselves (lraspp, fc_aspp) leave no classifier node.
+        logits = next(iter(g.predecessors("upsample")))
+        if logits == "classifier":
+            assert g.nodes[logits]["reduction"] == (4 if net.head("decoder") is not None
+                                                    else net.output_stride), path
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,16 +225,25 @@ def module_of(node: str, net: Network) -> str | None:
         return f"backbone.stem.{sum(1 for n in g if n.startswith('backbone.stem.conv'))}"
     parts = node.split(".")
     if parts[0] == "backbone":
-        base = net.unit(".".join(parts[:3])).module
+        unit = net.unit(".".join(parts[:3]))
+        base = unit.module
         if len(parts) == 3:
             return base
+        if unit.kind == "vgg" and (m := re.fullmatch(r"conv(\d+)", parts[3])):
+            return f"{base}.convs.{2 * (int(m.group(1)) - 1)}"  # Conv2d, ReLU, Conv2d, ...
         return f"{base}.{'shortcut' if parts[3] == 'subsample' else parts[3]}"
+    if m := re.fullmatch(r"fc_aspp\.branch(\d+)\.(fc\d)", node):
+        return f"fc_aspp.branches.{m.group(1)}.{m.group(2)}"
     pool_branch = len([n for n in g if re.fullmatch(r"aspp\.branch\d+", n)])
     table = {"aspp.pool_conv": f"aspp.convs.{pool_branch}.conv",
              "aspp.pool_upsample": f"aspp.convs.{pool_branch}",
              "aspp.project": "aspp.project", "extra": "extra", "classifier": "classifier",
              "decoder.project": "decoder.project", "aux.conv": "aux.conv",
-             "aux.classifier": "aux.classifier"}
+             "aux.classifier": "aux.classifier", "fcn.conv": "fcn.conv",
+             "lraspp.cbr": "lraspp.cbr", "lraspp.scale": "lraspp.scale",
+             "lraspp.low_classifier": "lraspp.low_classifier",
+             "lraspp.high_classifier": "lraspp.high_classifier", "lraspp.sum": "lraspp",
+             "fc_aspp.sum": "fc_aspp"}
     if node in table:
         return table[node]
     if m := re.fullmatch(r"aspp\.branch(\d+)", node):
@@ -249,12 +261,15 @@ def observed_shape(node: str, g: nx.DiGraph, small: Any) -> tuple[int, ...] | No
         return shape[1:] if shape else None  # a unit run through forward_tap has no hook
     pool_branch = len([n for n in g if re.fullmatch(r"aspp\.branch\d+", n)])
     inputs = {"aspp.pool": f"aspp.convs.{pool_branch}.conv", "aspp.concat": "aspp.project",
-              "decoder.concat": "decoder.fuse.0"}
+              "decoder.concat": "decoder.fuse.0", "lraspp.pool": "lraspp.scale",
+              "lraspp.upsample": "lraspp.high_classifier"}
     if node in inputs and inputs[node] in small.input_shapes:
         return small.input_shapes[inputs[node]][1:]
     if node == "decoder.upsample":
         encoder = small.shapes["extra" if "extra" in small.shapes else "aspp"]
         return (encoder[1], *small.shapes["decoder.project"][2:])
+    if node == "lraspp.gate":  # the gated branch: the 1×1 branch's shape
+        return small.shapes["lraspp.cbr"][1:]
     if node == "input":
         return tuple(small.x.shape[1:])
     if node == "upsample":

@@ -84,7 +84,7 @@ def test_every_spec_unit_type_has_a_registered_kind():
     types = {c.model_fields["type"].annotation.__args__[0] for c in models}
     unit_kinds = {k.kind for k in kinds(Unit)}
     assert types == unit_kinds
-    assert [k.kind for k in kinds(Head)] == ["aspp", "extra", "decoder", "classifier", "aux"]
+    assert [k.kind for k in kinds(Head)] == ["aspp", "extra", "fcn", "lraspp", "fc_aspp", "decoder", "classifier", "aux"]
 
 
 @pytest.mark.parametrize("module", ["emit", "importers", "graphviz", "diff", "build", "api"])

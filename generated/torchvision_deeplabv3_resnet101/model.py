@@ -21,11 +21,13 @@ from torch import Tensor, nn
 
 
 def activation(name: str) -> nn.Module:
-    """The activation layer called ``name``: "relu", "relu6" or "none"."""
+    """The activation layer called ``name``: "relu", "relu6", "hardswish" or "none"."""
     if name == "relu":
         return nn.ReLU(inplace=True)
     if name == "relu6":
         return nn.ReLU6(inplace=True)
+    if name == "hardswish":
+        return nn.Hardswish()
     return nn.Identity()
 
 

@@ -16,6 +16,7 @@ import typer
 
 from specc.cli import bench, compiler, runtime
 from specc.cli.render import err, error_text, os_error_text
+from specc.cli.zoo import zoo
 from specc.errors import SpeccError
 
 app = typer.Typer(
@@ -30,7 +31,7 @@ app = typer.Typer(
 for _name, _command in (
     ("validate", compiler.validate), ("build", compiler.build), ("info", compiler.info),
     ("schema", compiler.schema), ("import-weights", compiler.import_weights_command),
-    ("diff", compiler.diff), ("graph", compiler.graph),
+    ("diff", compiler.diff), ("graph", compiler.graph), ("zoo", zoo),
     ("train", runtime.train), ("eval", runtime.eval_), ("predict", runtime.predict),
     ("plot", runtime.plot), ("samples", runtime.samples),
     ("class-weights", runtime.class_weights), ("bench", bench.bench),

@@ -448,3 +448,20 @@ def print_bench(result: dict[str, Any]) -> None:
                       f"{row['argmax_agreement'] * 100:.2f} %",
                       f"{row['peak_rss_growth_mib']:.0f}")
     print_table(out, table)
+
+
+# ------------------------------------------------------------------------------------------------
+# specc zoo
+
+
+def print_zoo(entries: list[Any]) -> None:
+    """The ``specc zoo`` table: one row per spec (:class:`specc.zoo.ZooEntry`)."""
+    table = Table(title="Model zoo (multiply-adds at 513×513)")
+    for col in ("spec", "source", "model", "params", "multiply-adds", "weights (--from)"):
+        table.add_column(col, justify="right" if col in ("params", "multiply-adds") else "left")
+    for e in entries:
+        weights = ", ".join(lib if kind == "model" else f"{lib} (backbone)"
+                            for lib, kind in e.weights.items()) or "—"
+        table.add_row(e.path, e.source, e.title, f"{e.params / 1e6:.1f} M",
+                      f"{e.macs / 1e9:.1f} G", weights)
+    print_table(out, table)

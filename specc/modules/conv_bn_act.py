@@ -9,11 +9,13 @@ from torch import Tensor, nn
 # ---- EMITTED: everything below goes into model.py verbatim ----
 
 def activation(name: str) -> nn.Module:
-    """The activation layer called ``name``: "relu", "relu6" or "none"."""
+    """The activation layer called ``name``: "relu", "relu6", "hardswish" or "none"."""
     if name == "relu":
         return nn.ReLU(inplace=True)
     if name == "relu6":
         return nn.ReLU6(inplace=True)
+    if name == "hardswish":
+        return nn.Hardswish()
     return nn.Identity()
 
 
