@@ -78,7 +78,7 @@ class Stem(Block):
         return out
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library == "torchvision":
+        if library in ("torchvision", "smp"):  # smp's ResNet encoders are torchvision's
             if len(self.convs) != 1:
                 return (f"torchvision ResNets have one 7×7 stem conv; the spec's stem has "
                         f"{len(self.convs)}")
@@ -153,7 +153,7 @@ class Basic(Unit):
                      ("shortcut", self.shortcut, "identity"), ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library == "torchvision":
+        if library in ("torchvision", "smp"):
             return _torchvision_resnet(2, self.shortcut, at)
         return super().weight_map(library, at)
 
@@ -184,15 +184,17 @@ class Bottleneck(Unit):
     mid_channels: int
     out_channels: int
     shortcut: str
+    groups: int = 1
 
     def constructor(self, tap: int) -> str:
         return call("Bottleneck", [self.in_channels, self.mid_channels, self.out_channels],
                     [("stride", self.stride, 1), ("dilation", self.rates[0], 1),
+                     ("groups", self.groups, 1),
                      ("shortcut", self.shortcut, "identity"), ("tap", tap, 3),
                      ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library == "torchvision":
+        if library in ("torchvision", "smp"):
             return _torchvision_resnet(3, self.shortcut, at)
         return super().weight_map(library, at)
 
@@ -201,14 +203,14 @@ class Bottleneck(Unit):
         p, unit = u.path, u.unit
         y = ctx.lg.conv(f"{p}.conv1", x, unit.mid_channels, spec_key=u.spec_key)
         y = ctx.lg.conv(f"{p}.conv2", y, unit.mid_channels, kernel=3, stride=u.stride,
-                        dilation=u.rates[0], spec_key=u.spec_key)
+                        dilation=u.rates[0], groups=unit.groups, spec_key=u.spec_key)
         y = ctx.lg.conv(f"{p}.conv3", y, unit.channels, act=None, spec_key=u.spec_key)
         skip, shortcut = _shortcut(ctx, u, x, unit.channels)
         out = ctx.lg.merge(p, "add", [y, skip], act="relu", spec_key=u.spec_key)
         return cls(**_unit_fields(u, x, ctx), index=index, out=out,
                    atrous=(_atrous(ctx.lg, f"{p}.conv2", u.rates[0], u.spec_key),),
                    mid_channels=unit.mid_channels, out_channels=unit.channels,
-                   shortcut=shortcut)
+                   shortcut=shortcut, groups=unit.groups)
 
 
 @register

@@ -182,6 +182,8 @@ class ASPP(Head):
                      shape_text(self.out.channels, self.out.reduction))]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "smp":
+            return self._smp_map(at)
         if library != "torchvision":
             return super().weight_map(library, at)
         if self.style.separable:
@@ -199,6 +201,30 @@ class ASPP(Head):
             out[f"convs.{n + 1}.conv.conv"] = f"{src}.convs.{n + 1}.1"
             out[f"convs.{n + 1}.conv.bn"] = f"{src}.convs.{n + 1}.2"
         out.update({"project.conv": f"{src}.project.0", "project.bn": f"{src}.project.1"})
+        return out
+
+    def _smp_map(self, at: str) -> dict[str, str] | str:
+        """smp's ASPP at ``at`` (``decoder.aspp`` in DeepLabV3, ``decoder.aspp.0`` in
+        DeepLabV3Plus): ``convs.{i}`` are Sequentials of conv (or a depthwise + pointwise
+        Sequential), BN, ReLU; the pooling branch is pool, conv, BN, ReLU."""
+        if self.pooling == "none" or self.pool_norm != "batch":
+            return "smp's ASPP has an image-pooling branch with a BatchNorm; the spec's does not"
+        if self.style.separable and self.style.depthwise_norm:
+            return ("smp's separable convs have nothing between depthwise and pointwise, the "
+                    "spec's aspp.style.depthwise_norm is true")
+        n = len(self.rates)
+        out = {"convs.0.conv": f"{at}.convs.0.0", "convs.0.bn": f"{at}.convs.0.1"}
+        for i in range(1, n + 1):
+            if self.style.separable:
+                out.update({f"convs.{i}.depthwise": f"{at}.convs.{i}.0.0",
+                            f"convs.{i}.pointwise": f"{at}.convs.{i}.0.1",
+                            f"convs.{i}.bn_pointwise": f"{at}.convs.{i}.1"})
+            else:
+                out.update({f"convs.{i}.conv": f"{at}.convs.{i}.0",
+                            f"convs.{i}.bn": f"{at}.convs.{i}.1"})
+        out.update({f"convs.{n + 1}.conv.conv": f"{at}.convs.{n + 1}.1",
+                    f"convs.{n + 1}.conv.bn": f"{at}.convs.{n + 1}.2",
+                    "project.conv": f"{at}.project.0", "project.bn": f"{at}.project.1"})
         return out
 
     @classmethod
@@ -250,10 +276,15 @@ def group_count(channels: int, most: int = 32, least_per_group: int = 8) -> int:
     return 1
 
 
+#: A plain 3×3 conv (the extra conv's default style).
+PLAIN = Separable(separable=False, depthwise_norm=True)
+
+
 @register
 @dataclass(frozen=True, kw_only=True)
 class ExtraConv(Head):
-    """A conv → BN → ReLU between the ASPP and the classifier (torchvision's DeepLabHead)."""
+    """A conv → BN → ReLU between the ASPP and the classifier (torchvision's DeepLabHead), or a
+    separable 3×3 conv there (smp's DeepLabV3Plus: depthwise, pointwise, then BN + ReLU)."""
 
     kind = "extra"
     attr = "extra"
@@ -261,10 +292,19 @@ class ExtraConv(Head):
     in_channels: int
     out_channels: int
     kernel_size: int
+    style: Separable = PLAIN
+
+    def shared(self) -> tuple[str, ...]:
+        return ("conv_bn_act", "separable_conv") if self.style.separable else ("conv_bn_act",)
 
     def init(self) -> list[Line]:
-        code = call("ConvBNAct", [self.in_channels, self.out_channels],
-                    [("kernel_size", self.kernel_size, 1), ("eps", self.eps, 1e-5)])
+        if self.style.separable:
+            code = call("SeparableConv", [self.in_channels, self.out_channels],
+                        [("depthwise_norm", self.style.depthwise_norm, ALWAYS),
+                         ("eps", self.eps, 1e-5)])
+        else:
+            code = call("ConvBNAct", [self.in_channels, self.out_channels],
+                        [("kernel_size", self.kernel_size, 1), ("eps", self.eps, 1e-5)])
         return [Line(f"self.extra = {code}", self.spec_key)]
 
     def forward(self) -> list[Line]:
@@ -272,17 +312,43 @@ class ExtraConv(Head):
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
+            if self.style.separable:
+                return "torchvision's extra conv is a plain 3×3 conv, the spec's is separable"
             return {"conv": f"{at}classifier.1", "bn": f"{at}classifier.2"}
+        if library == "smp":
+            return self._smp_map(at)
         return super().weight_map(library, at)
+
+    def _smp_map(self, at: str) -> dict[str, str] | str:
+        """``at`` is where smp keeps its ASPP. DeepLabV3's ``decoder.aspp`` is followed by a
+        plain conv ``decoder.conv`` and ``decoder.bn``; DeepLabV3Plus's ``decoder.aspp.0`` by
+        a separable conv ``decoder.aspp.1`` (depthwise, pointwise) and ``decoder.aspp.2`` (BN)."""
+        if at.endswith(".0"):
+            seq = at[:-2]
+            if not self.style.separable or self.style.depthwise_norm:
+                return ("smp's DeepLabV3Plus has a separable extra conv with nothing between "
+                        "depthwise and pointwise (aspp.extra_conv.style: {conv: separable, "
+                        "depthwise_norm: false})")
+            return {"depthwise": f"{seq}.1.0", "pointwise": f"{seq}.1.1",
+                    "bn_pointwise": f"{seq}.2"}
+        if self.style.separable or self.kernel_size != 3:
+            return "smp's DeepLabV3 has a plain 3×3 extra conv"
+        decoder = at.rpartition(".")[0]
+        return {"conv": f"{decoder}.conv", "bn": f"{decoder}.bn"}
 
     @classmethod
     def lower(cls, hc: HeadContext, y: Feature) -> tuple[ExtraConv | None, Feature]:
         if hc.spec.aspp is None or hc.spec.aspp.extra_conv is None:
             return None, y
         ec = hc.spec.aspp.extra_conv
-        out = hc.lg.conv("extra", y, ec.channels, kernel=ec.kernel, spec_key="aspp.extra_conv")
+        style = separable(ec.style)
+        if style.separable:
+            out = hc.lg.conv3x3("extra", y, ec.channels, 1, style, spec_key="aspp.extra_conv")
+        else:
+            out = hc.lg.conv("extra", y, ec.channels, kernel=ec.kernel,
+                             spec_key="aspp.extra_conv")
         return cls(spec_key="aspp.extra_conv", out=out, eps=hc.eps, in_channels=y.channels,
-                   out_channels=ec.channels, kernel_size=ec.kernel), out
+                   out_channels=ec.channels, kernel_size=ec.kernel, style=style), out
 
 
 @register
@@ -322,7 +388,21 @@ class Decoder(Head):
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
             return "torchvision's DeepLabV3 has no decoder (DeepLabv3+)"
+        if library == "smp":
+            return self._smp_map(at)
         return super().weight_map(library, at)
+
+    def _smp_map(self, at: str) -> dict[str, str] | str:
+        """smp's DeepLabV3Plus decoder (``at``: its ASPP, ``decoder.aspp.0``): ``block1`` (1×1 conv, BN, ReLU) projects the
+        low-level feature, ``block2`` is one separable conv (depthwise, pointwise), BN, ReLU."""
+        if self.convs != 1 or not self.style.separable or self.style.depthwise_norm:
+            return ("smp's decoder has one separable 3×3 conv with nothing between depthwise "
+                    "and pointwise (decoder.convs: 1, decoder.style: {conv: separable, "
+                    "depthwise_norm: false})")
+        dec = at.rpartition(".aspp")[0]
+        return {"project.conv": f"{dec}.block1.0", "project.bn": f"{dec}.block1.1",
+                "fuse.0.depthwise": f"{dec}.block2.0.0", "fuse.0.pointwise": f"{dec}.block2.0.1",
+                "fuse.0.bn_pointwise": f"{dec}.block2.1"}
 
     @classmethod
     def lower(cls, hc: HeadContext, y: Feature) -> tuple[Decoder | None, Feature]:
@@ -375,6 +455,8 @@ class Classifier(Head):
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
             return {"": f"{at}classifier.4"}
+        if library == "smp":  # ``at``: smp's ASPP; the classifier sits at the model's top
+            return {"": "segmentation_head.0"}
         return super().weight_map(library, at)
 
     @classmethod

@@ -59,6 +59,7 @@ NodeName = Annotated[
 BACKBONE_PRESETS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "xception41", "xception65", "xception71", "mobilenetv2",
+    "resnext50_32x4d", "resnext101_32x8d",
 )
 
 
@@ -111,6 +112,24 @@ class BottleneckUnit(_UnitBase):
     type: Literal["bottleneck"] = Field(description="Unit type: a ResNet bottleneck.")
     channels: Positive = Field(description="Output channels (4 × mid_channels in ResNet).")
     mid_channels: Positive = Field(description="Channels of the 1×1 reduction and the 3×3 conv.")
+    groups: Positive = Field(1, description="Groups of the 3×3 conv (ResNeXt's cardinality: 32); "
+                             "must divide mid_channels.")
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> BottleneckUnit:
+        if self.mid_channels % self.groups != 0:
+            raise ValueError(f"groups must divide mid_channels: found groups {self.groups}, "
+                             f"mid_channels {self.mid_channels}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out ``groups: 1``, so specs and checkpoints made before the
+        key existed keep their hashes."""
+        data = handler(self)
+        if data.get("groups") == 1:
+            del data["groups"]
+        return data
 
 
 class XceptionUnit(_UnitBase):
@@ -195,7 +214,8 @@ class BackboneSpec(Base):
             raise ValueError("give either a preset or explicit stages, not both")
         if self.stages is not None and not isinstance(self.stem, StemSpec):
             raise ValueError("explicit stages need an explicit stem (convs, pool)")
-        if isinstance(self.stem, str) and not (self.preset or "").startswith("resnet"):
+        if isinstance(self.stem, str) and not (self.preset or "").startswith(("resnet",
+                                                                              "resnext")):
             raise ValueError(f"stem '{self.stem}' applies to ResNet presets only")
         return self
 
@@ -244,6 +264,26 @@ class ProjectionSpec(Base):
 class ExtraConvSpec(Base):
     channels: Positive = Field(256, description="Channels of the extra conv before the classifier.")
     kernel: OddKernel = Field(3, description="Kernel size of the extra conv (odd; torchvision: 3).")
+    style: SeparableStyle = Field(
+        default_factory=SeparableStyle,
+        description="Plain (torchvision) or separable 3×3 conv; smp's DeepLabV3Plus: "
+        "{conv: separable, depthwise_norm: false} (depthwise, pointwise, then BN + ReLU).")
+
+    @model_validator(mode="after")
+    def _separable_is_3x3(self) -> ExtraConvSpec:
+        if self.style.conv == "separable" and self.kernel != 3:
+            raise ValueError(f"a separable extra conv is 3×3: expected kernel 3, found "
+                             f"{self.kernel}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_style(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out the default plain style, so specs, generated files and
+        checkpoints made before the key existed keep their hashes."""
+        data = handler(self)
+        if data.get("style") == SeparableStyle().model_dump():
+            del data["style"]
+        return data
 
 
 class ASPPSpec(Base):
