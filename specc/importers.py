@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from specc.derive import Schedule
 
 #: Values of ``--from``.
-SOURCES = ("torchvision", "timm", "smp")
+SOURCES = ("torchvision", "timm", "smp", "mmseg")
 
 
 
@@ -189,7 +189,41 @@ def smp_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     return plan
 
 
-_PLANS = {"torchvision": torchvision_plan, "timm": timm_plan, "smp": smp_plan}
+def mmseg_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map an MMSegmentation ``EncoderDecoder`` with a ResNet backbone (``ResNetV1c``,
+    ``ResNetV1d``, ``ResNet``): its checkpoint's ``state_dict`` (read from a checkpoint file by
+    :func:`specc.artifacts.read_weights`). Stage k is ``backbone.layer{k}``; the heads sit under
+    ``decode_head`` (``ASPPHead`` or ``DepthwiseSeparableASPPHead``) and ``auxiliary_head``
+    (``FCNHead``).
+
+    Raises:
+        WeightsError: the source is not such a state dict.
+    """
+    keys = list(source)
+    if not any(k.startswith("backbone.layer1.") for k in keys) or not any(
+            k.startswith("decode_head.") for k in keys):
+        raise WeightsError("not an MMSegmentation ResNet segmentor's state dict (expected "
+                           "'backbone.layer1.*' and 'decode_head.*'); its first names: "
+                           + ", ".join(keys[:5]))
+    plan = Plan("MMSegmentation EncoderDecoder", heads=("decode_head.", "auxiliary_head."))
+    foreign: dict[str, list[str]] = {}
+    _add(plan, "backbone.stem", net.stem.weight_map("mmseg", "backbone."), foreign)
+    if len(net.stages) > 4:
+        plan.notes.append("MMSegmentation's ResNets have 4 stages; the spec's "
+                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
+    for k, stage in enumerate(net.stages):
+        for u in stage.units:
+            _add(plan, u.module, u.weight_map("mmseg", f"backbone.layer{k + 1}.{u.index}"),
+                 foreign)
+    for head in net.heads:
+        at = "auxiliary_head" if head.attr == "aux" else "decode_head"
+        _add(plan, head.attr, head.weight_map("mmseg", at), foreign)
+    _notes(plan, foreign)
+    return plan
+
+
+_PLANS = {"torchvision": torchvision_plan, "timm": timm_plan, "smp": smp_plan,
+          "mmseg": mmseg_plan}
 
 
 # -- converting -----------------------------------------------------------------------------------

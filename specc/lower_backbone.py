@@ -86,6 +86,13 @@ class Stem(Block):
         if library == "timm":
             return {f"{i}.{part}": f"{at}stem.{i}.{part}"
                     for i in range(len(self.convs)) for part in ("conv", "bn")}
+        if library == "mmseg":  # deep stem: Sequential(conv, BN, ReLU) × 3; else conv1/bn1
+            if len(self.convs) == 1:
+                return {"0.conv": f"{at}conv1", "0.bn": f"{at}bn1"}
+            out = {}
+            for i in range(len(self.convs)):
+                out.update({f"{i}.conv": f"{at}stem.{3 * i}", f"{i}.bn": f"{at}stem.{3 * i + 1}"})
+            return out
         return super().weight_map(library, at)
 
     @classmethod
@@ -107,8 +114,18 @@ class Stem(Block):
 # Units
 
 
-def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int) -> tuple[Feature, str]:
-    """A ResNet shortcut: a 1×1 conv when channels change, a subsampling when only the size does."""
+def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int,
+              downsample: str = "conv") -> tuple[Feature, str]:
+    """A ResNet shortcut: a 1×1 conv when channels change (after an average pool by the stride
+    with ``downsample="avgpool"``, ResNet-D), a subsampling when only the size does."""
+    if x.channels != channels and downsample == "avgpool":
+        pooled = x
+        if u.stride != 1:  # ceil mode: the size of the strided 3×3 conv beside it
+            pooled = ctx.lg.pool(f"{u.path}.shortcut_pool", x, "avgpool", kernel=1,
+                                 stride=u.stride, spec_key=u.spec_key)
+            ctx.lg.g.nodes[pooled.node]["kernel"] = u.stride
+        return ctx.lg.conv(f"{u.path}.shortcut", pooled, channels, act=None,
+                           spec_key=u.spec_key), "avgpool_conv"
     if x.channels != channels:
         return ctx.lg.conv(f"{u.path}.shortcut", x, channels, stride=u.stride, act=None,
                            spec_key=u.spec_key), "conv"
@@ -119,7 +136,9 @@ def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int) -> tupl
 
 
 def _torchvision_resnet(convs: int, shortcut: str, at: str) -> dict[str, str]:
-    """torchvision's names for a ResNet unit at ``at``: conv{k}/bn{k}, downsample.0/1."""
+    """torchvision's names for a ResNet unit at ``at``: conv{k}/bn{k}, downsample.0/1 (smp's
+    and MMSegmentation's ResNets use them too; the latter's ResNet-D shortcut is
+    downsample.1/2, after its pool)."""
     out = {}
     for k in range(1, convs + 1):
         out[f"conv{k}.conv"] = f"{at}.conv{k}"
@@ -127,6 +146,9 @@ def _torchvision_resnet(convs: int, shortcut: str, at: str) -> dict[str, str]:
     if shortcut == "conv":
         out["shortcut.conv"] = f"{at}.downsample.0"
         out["shortcut.bn"] = f"{at}.downsample.1"
+    if shortcut == "avgpool_conv":
+        out["shortcut.1.conv"] = f"{at}.downsample.1"
+        out["shortcut.1.bn"] = f"{at}.downsample.2"
     return out
 
 
@@ -153,7 +175,7 @@ class Basic(Unit):
                      ("shortcut", self.shortcut, "identity"), ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library in ("torchvision", "smp"):
+        if library in ("torchvision", "smp", "mmseg"):
             return _torchvision_resnet(2, self.shortcut, at)
         return super().weight_map(library, at)
 
@@ -194,7 +216,7 @@ class Bottleneck(Unit):
                      ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library in ("torchvision", "smp"):
+        if library in ("torchvision", "smp", "mmseg"):
             return _torchvision_resnet(3, self.shortcut, at)
         return super().weight_map(library, at)
 
@@ -205,7 +227,7 @@ class Bottleneck(Unit):
         y = ctx.lg.conv(f"{p}.conv2", y, unit.mid_channels, kernel=3, stride=u.stride,
                         dilation=u.rates[0], groups=unit.groups, spec_key=u.spec_key)
         y = ctx.lg.conv(f"{p}.conv3", y, unit.channels, act=None, spec_key=u.spec_key)
-        skip, shortcut = _shortcut(ctx, u, x, unit.channels)
+        skip, shortcut = _shortcut(ctx, u, x, unit.channels, unit.downsample)
         out = ctx.lg.merge(p, "add", [y, skip], act="relu", spec_key=u.spec_key)
         return cls(**_unit_fields(u, x, ctx), index=index, out=out,
                    atrous=(_atrous(ctx.lg, f"{p}.conv2", u.rates[0], u.spec_key),),

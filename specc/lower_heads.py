@@ -158,6 +158,8 @@ class ASPP(Head):
     pool_norm: str = "batch"
     #: GroupNorm groups of the image-pooling conv (``pool_norm == "group"``).
     pool_groups: int = 1
+    #: The pooled branch comes first in the concat (MMSegmentation).
+    pool_first: bool = False
 
     def shared(self) -> tuple[str, ...]:
         # conv_norm_act is always copied: ImagePooling's constructor names ConvNormAct.
@@ -174,7 +176,8 @@ class ASPP(Head):
             ("projection_channels", self.projection_channels, ALWAYS),
             ("projection_kernel", self.projection_kernel, ALWAYS),
             ("dropout", self.dropout, ALWAYS), ("pool_norm", self.pool_norm, "batch"),
-            ("pool_groups", self.pool_groups, 1), ("eps", self.eps, 1e-5)])
+            ("pool_groups", self.pool_groups, 1), ("pool_first", self.pool_first, False),
+            ("eps", self.eps, 1e-5)])
         return [Line(f"self.aspp = {code}", self.spec_key)]
 
     def forward(self) -> list[Line]:
@@ -184,8 +187,12 @@ class ASPP(Head):
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "smp":
             return self._smp_map(at)
+        if library == "mmseg":
+            return self._mmseg_map(at)
         if library != "torchvision":
             return super().weight_map(library, at)
+        if self.pool_first:
+            return "torchvision's ASPP concatenates the pooled branch last, the spec's first"
         if self.style.separable:
             return "torchvision's ASPP has plain 3×3 convs, the spec's are separable"
         if self.pooling != "none" and self.pool_norm != "batch":
@@ -203,12 +210,41 @@ class ASPP(Head):
         out.update({"project.conv": f"{src}.project.0", "project.bn": f"{src}.project.1"})
         return out
 
+    def _mmseg_map(self, at: str) -> dict[str, str] | str:
+        """MMSegmentation's ``ASPPHead`` / ``DepthwiseSeparableASPPHead`` at ``at``
+        (``decode_head``): ``image_pool.1`` (conv, bn), ``aspp_modules.{i}`` (the 1×1 branch and
+        the rates: conv, bn or depthwise_conv / pointwise_conv), ``bottleneck`` (the 3×3
+        projection); the pooled branch is concatenated first."""
+        if self.pooling == "none" or self.pool_norm != "batch" or not self.pool_first:
+            return ("MMSegmentation's ASPP has an image-pooling branch with a BatchNorm, "
+                    "concatenated first (aspp.image_pooling.position: first)")
+        if self.style.separable and not self.style.depthwise_norm:
+            return ("MMSegmentation's separable convs have BN + ReLU between depthwise and "
+                    "pointwise, the spec's aspp.style.depthwise_norm is false")
+        n = len(self.rates)
+        out = {"convs.0.conv": f"{at}.aspp_modules.0.conv",
+               "convs.0.bn": f"{at}.aspp_modules.0.bn"}
+        for i in range(1, n + 1):
+            m = f"{at}.aspp_modules.{i}"
+            if self.style.separable:
+                out.update({f"convs.{i}.depthwise": f"{m}.depthwise_conv.conv",
+                            f"convs.{i}.bn_depthwise": f"{m}.depthwise_conv.bn",
+                            f"convs.{i}.pointwise": f"{m}.pointwise_conv.conv",
+                            f"convs.{i}.bn_pointwise": f"{m}.pointwise_conv.bn"})
+            else:
+                out.update({f"convs.{i}.conv": f"{m}.conv", f"convs.{i}.bn": f"{m}.bn"})
+        out.update({f"convs.{n + 1}.conv.conv": f"{at}.image_pool.1.conv",
+                    f"convs.{n + 1}.conv.bn": f"{at}.image_pool.1.bn",
+                    "project.conv": f"{at}.bottleneck.conv", "project.bn": f"{at}.bottleneck.bn"})
+        return out
+
     def _smp_map(self, at: str) -> dict[str, str] | str:
         """smp's ASPP at ``at`` (``decoder.aspp`` in DeepLabV3, ``decoder.aspp.0`` in
         DeepLabV3Plus): ``convs.{i}`` are Sequentials of conv (or a depthwise + pointwise
         Sequential), BN, ReLU; the pooling branch is pool, conv, BN, ReLU."""
-        if self.pooling == "none" or self.pool_norm != "batch":
-            return "smp's ASPP has an image-pooling branch with a BatchNorm; the spec's does not"
+        if self.pooling == "none" or self.pool_norm != "batch" or self.pool_first:
+            return ("smp's ASPP has an image-pooling branch with a BatchNorm, concatenated "
+                    "last; the spec's does not")
         if self.style.separable and self.style.depthwise_norm:
             return ("smp's separable convs have nothing between depthwise and pointwise, the "
                     "spec's aspp.style.depthwise_norm is true")
@@ -252,6 +288,8 @@ class ASPP(Head):
             branches.append(lg.upsample("aspp.pool_upsample", pooled, feats,
                                         Upsample("bilinear", ip.align_corners),
                                         spec_key="aspp.image_pooling", rf_global=True))
+            if ip.position == "first":
+                branches = branches[-1:] + branches[:-1]
         y = lg.merge("aspp.concat", "concat", branches, spec_key="aspp")
         pr = aspp.projection
         y = lg.conv("aspp.project", y, pr.channels, kernel=pr.kernel, spec_key="aspp.projection")
@@ -262,7 +300,8 @@ class ASPP(Head):
                     pooling=ip.kernel if ip.enabled else "none", pool_kernel=pool_kernel,
                     align_corners=ip.align_corners, projection_channels=pr.channels,
                     projection_kernel=pr.kernel, dropout=pr.dropout, pool_norm=ip.norm,
-                    pool_groups=group_count(aspp.channels) if ip.norm == "group" else 1)
+                    pool_groups=group_count(aspp.channels) if ip.norm == "group" else 1,
+                    pool_first=ip.enabled and ip.position == "first")
         return block, y
 
 
@@ -390,7 +429,25 @@ class Decoder(Head):
             return "torchvision's DeepLabV3 has no decoder (DeepLabv3+)"
         if library == "smp":
             return self._smp_map(at)
+        if library == "mmseg":
+            return self._mmseg_map(at)
         return super().weight_map(library, at)
+
+    def _mmseg_map(self, at: str) -> dict[str, str] | str:
+        """MMSegmentation's ``DepthwiseSeparableASPPHead`` at ``at``: ``c1_bottleneck`` (the
+        low-level projection) and ``sep_bottleneck.{i}``, separable convs with BN + ReLU after
+        the depthwise and the pointwise conv."""
+        if not self.style.separable or not self.style.depthwise_norm:
+            return ("MMSegmentation's decoder convs are separable with BN + ReLU after the "
+                    "depthwise conv (decoder.style: {conv: separable, depthwise_norm: true})")
+        out = {"project.conv": f"{at}.c1_bottleneck.conv", "project.bn": f"{at}.c1_bottleneck.bn"}
+        for i in range(self.convs):
+            m = f"{at}.sep_bottleneck.{i}"
+            out.update({f"fuse.{i}.depthwise": f"{m}.depthwise_conv.conv",
+                        f"fuse.{i}.bn_depthwise": f"{m}.depthwise_conv.bn",
+                        f"fuse.{i}.pointwise": f"{m}.pointwise_conv.conv",
+                        f"fuse.{i}.bn_pointwise": f"{m}.pointwise_conv.bn"})
+        return out
 
     def _smp_map(self, at: str) -> dict[str, str] | str:
         """smp's DeepLabV3Plus decoder (``at``: its ASPP, ``decoder.aspp.0``): ``block1`` (1×1 conv, BN, ReLU) projects the
@@ -457,6 +514,8 @@ class Classifier(Head):
             return {"": f"{at}classifier.4"}
         if library == "smp":  # ``at``: smp's ASPP; the classifier sits at the model's top
             return {"": "segmentation_head.0"}
+        if library == "mmseg":
+            return {"": f"{at}.conv_seg"}
         return super().weight_map(library, at)
 
     @classmethod
@@ -499,6 +558,9 @@ class AuxHead(Head):
         if library == "torchvision":
             return {"conv.conv": f"{at}aux_classifier.0", "conv.bn": f"{at}aux_classifier.1",
                     "classifier": f"{at}aux_classifier.4"}
+        if library == "mmseg":  # FCNHead with num_convs=1, concat_input=False
+            return {"conv.conv": f"{at}.convs.0.conv", "conv.bn": f"{at}.convs.0.bn",
+                    "classifier": f"{at}.conv_seg"}
         return super().weight_map(library, at)
 
     @classmethod

@@ -62,7 +62,7 @@ def default_stride_placement(backbone: BackboneSpec) -> str:
 
 
 def resnet(depth: int, placement: str, stem: str, *, groups: int = 1,
-           width_per_group: int = 64) -> tuple[StemSpec, list[StageSpec]]:
+           width_per_group: int = 64, downsample: str = "conv") -> tuple[StemSpec, list[StageSpec]]:
     """ResNet stages; with ``groups`` > 1 a ResNeXt, whose 3×3 convs are grouped and whose
     bottleneck width is ``groups × width_per_group`` at the first stage (torchvision's rule)."""
     kind, counts = RESNET_DEPTHS[depth]
@@ -73,7 +73,7 @@ def resnet(depth: int, placement: str, stem: str, *, groups: int = 1,
         mid = 64 * 2**i
         width = mid * width_per_group * groups // 64
         unit = (BottleneckUnit(type="bottleneck", channels=4 * mid, mid_channels=width,
-                               groups=groups, stride=s, repeat=n)
+                               groups=groups, downsample=downsample, stride=s, repeat=n)
                 if kind == "bottleneck" else
                 BasicUnit(type="basic", channels=mid, stride=s, repeat=n))
         stages.append(StageSpec(name=f"block{i + 1}", units=[unit]))
@@ -135,7 +135,7 @@ def expand(backbone: BackboneSpec) -> tuple[StemSpec, list[StageSpec]]:
         named = backbone.stem if isinstance(backbone.stem, str) else "conv7"
         depth, groups, width = resnet_name(preset)
         stem_r, stages = resnet(depth, default_stride_placement(backbone), named, groups=groups,
-                                width_per_group=width)
+                                width_per_group=width, downsample=backbone.downsample)
         return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_r), stages
     if preset.startswith("xception"):
         stem_x, stages = xception(int(preset[8:]))

@@ -61,6 +61,7 @@ BACKBONE_PRESETS = (
     "xception41", "xception65", "xception71", "mobilenetv2",
     "resnext50_32x4d", "resnext101_32x8d",
 )
+BOTTLENECK_PRESETS = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
 
 
 class Base(BaseModel):
@@ -114,6 +115,10 @@ class BottleneckUnit(_UnitBase):
     mid_channels: Positive = Field(description="Channels of the 1×1 reduction and the 3×3 conv.")
     groups: Positive = Field(1, description="Groups of the 3×3 conv (ResNeXt's cardinality: 32); "
                              "must divide mid_channels.")
+    downsample: Literal["conv", "avgpool"] = Field(
+        "conv", description="A conv shortcut: 'conv', a strided 1×1 conv + BN; 'avgpool', an "
+        "average pool by the stride (ceil mode), then a 1×1 conv + BN (ResNet-D, "
+        "MMSegmentation's ResNetV1d).")
 
     @model_validator(mode="after")
     def _groups_divide(self) -> BottleneckUnit:
@@ -124,11 +129,13 @@ class BottleneckUnit(_UnitBase):
 
     @model_serializer(mode="wrap")
     def _omit_default_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """The resolved spec leaves out ``groups: 1``, so specs and checkpoints made before the
-        key existed keep their hashes."""
+        """The resolved spec leaves out ``groups: 1`` and ``downsample: conv``, so specs and
+        checkpoints made before the keys existed keep their hashes."""
         data = handler(self)
         if data.get("groups") == 1:
             del data["groups"]
+        if data.get("downsample") == "conv":
+            del data["downsample"]
         return data
 
 
@@ -204,6 +211,19 @@ class BackboneSpec(Base):
     cascade: int = Field(
         0, ge=0, le=8, description="Copies of the last stage appended after it, each with stride "
         "2 (DeepLabv3 §3.2 block5–block7).")
+    downsample: Literal["conv", "avgpool"] = Field(
+        "conv", description="Bottleneck ResNet presets: a conv shortcut is a strided 1×1 conv "
+        "('conv') or an average pool then a 1×1 conv ('avgpool': ResNet-D, MMSegmentation's "
+        "ResNetV1d).")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_downsample(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out ``downsample: conv``, so specs and checkpoints made
+        before the key existed keep their hashes."""
+        data = handler(self)
+        if data.get("downsample") == "conv":
+            del data["downsample"]
+        return data
 
     @model_validator(mode="after")
     def _preset_or_stages(self) -> BackboneSpec:
@@ -217,6 +237,9 @@ class BackboneSpec(Base):
         if isinstance(self.stem, str) and not (self.preset or "").startswith(("resnet",
                                                                               "resnext")):
             raise ValueError(f"stem '{self.stem}' applies to ResNet presets only")
+        if self.downsample != "conv" and self.preset not in BOTTLENECK_PRESETS:
+            raise ValueError("downsample: avgpool applies to bottleneck ResNet presets only ("
+                             + ", ".join(BOTTLENECK_PRESETS) + ")")
         return self
 
 
@@ -244,14 +267,20 @@ class ImagePoolingSpec(Base):
         "batch", description="Norm after the branch's 1×1 conv: 'batch' (the papers, torchvision; "
         "needs at least 2 images per process to train), 'group' (GroupNorm) or 'none' (a conv "
         "with bias); both train at any batch size.")
+    position: Literal["last", "first"] = Field(
+        "last", description="Where the pooled branch sits in the concat before the projection: "
+        "'last' (TF code, torchvision, smp) or 'first' (MMSegmentation's ASPPHead).")
 
     @model_serializer(mode="wrap")
     def _omit_default_norm(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """The resolved spec leaves out ``norm: batch``, so specs, generated files and
-        checkpoints made before the key existed keep their hashes (and resume)."""
+        """The resolved spec leaves out ``norm: batch`` and ``position: last``, so specs,
+        generated files and checkpoints made before the keys existed keep their hashes (and
+        resume)."""
         data = handler(self)
         if data.get("norm") == "batch":
             del data["norm"]
+        if data.get("position") == "last":
+            del data["position"]
         return data
 
 

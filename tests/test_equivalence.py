@@ -294,7 +294,7 @@ def test_not_a_state_dict(payload: object, message: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--from", "caffe"], "--from: expected one of torchvision, timm, found 'caffe'"),
+    (["--from", "caffe"], "--from: expected one of torchvision, timm, smp, mmseg, found 'caffe'"),
     (["--from", "timm"], "not a timm aligned-Xception state dict"),
     (["--from", "torchvision", "--out", "w.pth"], "--out: expected a .safetensors file"),
 ])
