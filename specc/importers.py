@@ -124,17 +124,38 @@ def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     return plan
 
 
-def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:
-    """Map timm's aligned Xception (``xception41/65/71``); its classifier ``head.*`` is dropped.
+def timm_resnet_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map a timm ResNet or ResNeXt (``resnet50``, ``resnet50d``, ``resnext50_32x4d``, …): stage
+    k is ``layer{k}`` as in torchvision; the classifier ``fc.*`` is dropped."""
+    plan = Plan("timm ResNet", drop=("fc.",))
+    foreign: dict[str, list[str]] = {}
+    _add(plan, "backbone.stem", net.stem.weight_map("timm", ""), foreign)
+    if len(net.stages) > 4:
+        plan.notes.append("timm's ResNets have 4 stages; the spec's "
+                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
+    for k, stage in enumerate(net.stages):
+        for u in stage.units:
+            _add(plan, u.module, u.weight_map("timm", f"layer{k + 1}.{u.index}"), foreign)
+    _notes(plan, foreign)
+    return plan
 
-    timm numbers the units through the whole network: the n-th unit is ``blocks.{n}``.
+
+def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map timm's aligned Xception (``xception41/65/71``; its classifier ``head.*`` is dropped)
+    or a timm ResNet (:func:`timm_resnet_plan`).
+
+    timm numbers the Xception units through the whole network: the n-th is ``blocks.{n}``.
 
     Raises:
-        WeightsError: the source is not one (a pre-activation ``xception*p`` included).
+        WeightsError: the source is neither (a pre-activation ``xception*p`` included).
     """
+    if any(k.startswith("layer1.") for k in source) and any(k.startswith("conv1.")
+                                                            for k in source):
+        return timm_resnet_plan(net, source)
     if "stem.0.conv.weight" not in source or not any(k.startswith("blocks.") for k in source):
-        raise WeightsError("not a timm aligned-Xception state dict (expected 'stem.0.conv.weight' "
-                           "and 'blocks.*'); its first names: " + ", ".join(list(source)[:5]))
+        raise WeightsError("not a timm aligned-Xception or ResNet state dict (expected "
+                           "'stem.0.conv.weight' and 'blocks.*', or 'conv1.*' and 'layer1.*'); its "
+                           "first names: " + ", ".join(list(source)[:5]))
     if any(".norm." in k for k in source):
         raise WeightsError("a pre-activation Xception (timm's xception41p/65p): its units "
                            "normalize before each conv, which specc's Xception units do not")

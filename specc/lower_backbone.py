@@ -83,6 +83,8 @@ class Stem(Block):
                 return (f"torchvision ResNets have one 7×7 stem conv; the spec's stem has "
                         f"{len(self.convs)}")
             return {"0.conv": f"{at}conv1", "0.bn": f"{at}bn1"}
+        if library == "timm" and self.pool == "max":
+            return self._timm_resnet_map(at)
         if library == "timm":
             return {f"{i}.{part}": f"{at}stem.{i}.{part}"
                     for i in range(len(self.convs)) for part in ("conv", "bn")}
@@ -94,6 +96,17 @@ class Stem(Block):
                 out.update({f"{i}.conv": f"{at}stem.{3 * i}", f"{i}.bn": f"{at}stem.{3 * i + 1}"})
             return out
         return super().weight_map(library, at)
+
+    def _timm_resnet_map(self, at: str) -> dict[str, str]:
+        """timm's ResNet stems: ``conv1``/``bn1``, or a deep stem ``conv1`` = Sequential(conv,
+        BN, ReLU, conv, BN, ReLU, conv) whose last conv's norm is ``bn1`` (resnet50d, …)."""
+        if len(self.convs) == 1:
+            return {"0.conv": f"{at}conv1", "0.bn": f"{at}bn1"}
+        last = len(self.convs) - 1
+        out = {f"{last}.conv": f"{at}conv1.{3 * last}", f"{last}.bn": f"{at}bn1"}
+        for i in range(last):
+            out.update({f"{i}.conv": f"{at}conv1.{3 * i}", f"{i}.bn": f"{at}conv1.{3 * i + 1}"})
+        return out
 
     @classmethod
     def lower(cls, ctx: Context, schedule: Schedule, x: Feature) -> Stem:
@@ -136,8 +149,8 @@ def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int,
 
 
 def _torchvision_resnet(convs: int, shortcut: str, at: str) -> dict[str, str]:
-    """torchvision's names for a ResNet unit at ``at``: conv{k}/bn{k}, downsample.0/1 (smp's
-    and MMSegmentation's ResNets use them too; the latter's ResNet-D shortcut is
+    """torchvision's names for a ResNet unit at ``at``: conv{k}/bn{k}, downsample.0/1 (smp's,
+    MMSegmentation's and timm's ResNets use them too; their ResNet-D shortcut is
     downsample.1/2, after its pool)."""
     out = {}
     for k in range(1, convs + 1):
@@ -175,7 +188,7 @@ class Basic(Unit):
                      ("shortcut", self.shortcut, "identity"), ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library in ("torchvision", "smp", "mmseg"):
+        if library in ("torchvision", "smp", "mmseg", "timm"):
             return _torchvision_resnet(2, self.shortcut, at)
         return super().weight_map(library, at)
 
@@ -216,7 +229,7 @@ class Bottleneck(Unit):
                      ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library in ("torchvision", "smp", "mmseg"):
+        if library in ("torchvision", "smp", "mmseg", "timm"):
             return _torchvision_resnet(3, self.shortcut, at)
         return super().weight_map(library, at)
 

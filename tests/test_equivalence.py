@@ -295,7 +295,7 @@ def test_not_a_state_dict(payload: object, message: str, tmp_path: Path,
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--from", "caffe"], "--from: expected one of torchvision, timm, smp, mmseg, found 'caffe'"),
-    (["--from", "timm"], "not a timm aligned-Xception state dict"),
+    (["--from", "timm"], "not a timm aligned-Xception or ResNet state dict"),
     (["--from", "torchvision", "--out", "w.pth"], "--out: expected a .safetensors file"),
 ])
 def test_bad_options(args: list[str], message: str, tv50: tuple[nn.Module, Path], tmp_path: Path,
