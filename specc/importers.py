@@ -192,7 +192,7 @@ def smp_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     # An encoder_depth below 5 leaves smp's later ResNet stages in the state dict, unused.
     unused = tuple(f"encoder.layer{k}." for k in range(len(net.stages) + 1, 5))
     plan = Plan("smp DeepLabV3Plus" if plus else "smp DeepLabV3", drop=unused,
-                heads=("decoder.", "segmentation_head."))
+                heads=("decoder.", "segmentation_head.", "classification_head."))
     foreign: dict[str, list[str]] = {}
     _add(plan, "backbone.stem", net.stem.weight_map("smp", "encoder."), foreign)
     if len(net.stages) > 4:
@@ -205,7 +205,8 @@ def smp_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     for head in net.heads:
         _add(plan, head.attr, head.weight_map("smp", where_aspp), foreign)
     if any(k.startswith("classification_head.") for k in keys):
-        plan.notes.append("smp's classification head (aux_params) has no counterpart in a spec")
+        plan.notes.append("smp's classification head (aux_params) has no counterpart in a spec: "
+                          "pass --backbone-only to import the encoder alone")
     _notes(plan, foreign)
     return plan
 

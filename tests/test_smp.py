@@ -128,3 +128,21 @@ def test_diff_torchvision_and_smp_deeplabv3_shows_exactly_what_differs(
                        "backbone.block4.unit1.conv2": {"a": 2, "b": 4}}
     upsample = next(c for c in graph["changed"] if c["node"] == "upsample")
     assert upsample["changes"] == {"align_corners": {"a": False, "b": True}}
+
+
+def test_smp_classification_head_is_reported(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """smp's optional classification head (aux_params) has no counterpart: the import names it
+    and suggests --backbone-only, which then succeeds."""
+    from test_equivalence import specc_cli
+
+    ref = smp.DeepLabV3(encoder_name="resnet34", encoder_weights=None, classes=CLASSES,
+                        aux_params={"classes": 3})
+    src = tmp_path / "smp.pth"
+    torch.save(ref.state_dict(), src)
+    args = ["import-weights", V3, src, "--from", "smp", "--set", f"num_classes={CLASSES}"]
+    assert specc_cli(*args, "--out", tmp_path / "w.safetensors") == 2
+    err = capsys.readouterr().err
+    assert "2 unexpected" in err and "classification_head.3.weight" in err
+    assert "smp's classification head (aux_params) has no counterpart" in err
+    assert specc_cli(*args, "--backbone-only", "--out", tmp_path / "b.safetensors") == 0

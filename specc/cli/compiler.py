@@ -137,8 +137,9 @@ def import_weights_command(
         help="The foreign state dict: a torch.save'd .pth/.pt or a .safetensors file.")],
     from_: Annotated[str, typer.Option(
         "--from", help="Where it comes from: torchvision (DeepLabV3 or ImageNet ResNet), timm "
-                       "(aligned Xception, ResNet) or smp (segmentation_models_pytorch DeepLabV3 or "
-                       "DeepLabV3Plus, ResNet/ResNeXt encoder).")],
+                       "(aligned Xception, ResNet), smp (segmentation_models_pytorch DeepLabV3 or "
+                       "DeepLabV3Plus, ResNet/ResNeXt encoder) or mmseg (an MMSegmentation "
+                       "checkpoint of a ResNet segmentor).")],
     out: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
     set_: SetOpt = None,
     backbone_only: Annotated[bool, typer.Option(
