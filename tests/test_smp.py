@@ -26,7 +26,7 @@ smp = pytest.importorskip("segmentation_models_pytorch")
 
 ROOT = Path(__file__).resolve().parents[1]
 V3 = ROOT / "specs/zoo/smp_deeplabv3_resnet34.yaml"
-V3PLUS = ROOT / "specs/zoo/smp_deeplabv3plus_resnet50.yaml"
+V3PLUS = ROOT / "specs/zoo/smp_deeplabv3plus_resnet50_os8.yaml"
 SIZES = {8: (40, 56), 16: (48, 80)}
 CLASSES = 5
 
@@ -62,16 +62,19 @@ CASES: dict[str, tuple[str, dict[str, Any], Path | None, list[str]]] = {
              "aspp.channels=64", "aspp.projection={channels: 64, dropout: 0.2}",
              "aspp.extra_conv.channels=64", "aspp.rates=[6, 12, 18]"]),
     "v3-encoder-depth-4": ("DeepLabV3", {"encoder_depth": 4}, None, []),
-    "v3plus-defaults": ("DeepLabV3Plus", {"encoder_name": "resnet50"}, V3PLUS, []),
+    "v3plus-defaults": ("DeepLabV3Plus", {"encoder_name": "resnet50"}, V3PLUS,
+                        ["backbone.output_stride=16"]),
+    "v3plus-os8": ("DeepLabV3Plus", {"encoder_name": "resnet50", "encoder_output_stride": 8},
+                   V3PLUS, []),
     "v3plus-resnext-os8-plain-aspp": (
         "DeepLabV3Plus", {"encoder_name": "resnext50_32x4d", "encoder_output_stride": 8,
                           "decoder_aspp_separable": False, "decoder_channels": 64},
-        V3PLUS, ["backbone.preset=resnext50_32x4d", "backbone.output_stride=8",
+        V3PLUS, ["backbone.preset=resnext50_32x4d",
                  "aspp.style.conv=plain", "aspp.channels=64", "aspp.projection.channels=64",
                  "aspp.extra_conv.channels=64", "decoder.channels=64"]),
     "v3plus-resnet34-upsampling-4": (
         "DeepLabV3Plus", {"encoder_name": "resnet34", "upsampling": 4}, V3PLUS,
-        ["backbone.preset=resnet34"]),
+        ["backbone.preset=resnet34", "backbone.output_stride=16"]),
 }
 
 
@@ -109,7 +112,7 @@ def test_diff_torchvision_and_smp_deeplabv3_shows_exactly_what_differs(
 
     tv = ROOT / "specs/zoo/torchvision_deeplabv3_resnet50.yaml"
     code = specc_cli("diff", tv, V3, "--set-b", "backbone.preset=resnet50", "--set-b",
-                     "input.size=[520,520]", "--format", "json")
+                     "input.size=[520,520]", "--format", "json")  # the same input size
     assert code == 1
     report = json.loads(capsys.readouterr().out)
     changes = {c["path"]: (c["a"], c["b"]) for c in report["spec_changes"]}
