@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from specc.derive import Schedule
 
 #: Values of ``--from``.
-SOURCES = ("torchvision", "timm")
+SOURCES = ("torchvision", "timm", "smp", "mmseg")
 
 
 
@@ -148,17 +148,38 @@ def _resnet_layers(plan: Plan, net: Network, pre: str, foreign: dict[str, list[s
                  foreign)
 
 
-def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:
-    """Map timm's aligned Xception (``xception41/65/71``); its classifier ``head.*`` is dropped.
+def timm_resnet_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map a timm ResNet or ResNeXt (``resnet50``, ``resnet50d``, ``resnext50_32x4d``, …): stage
+    k is ``layer{k}`` as in torchvision; the classifier ``fc.*`` is dropped."""
+    plan = Plan("timm ResNet", drop=("fc.",))
+    foreign: dict[str, list[str]] = {}
+    _add(plan, "backbone.stem", net.stem.weight_map("timm", ""), foreign)
+    if len(net.stages) > 4:
+        plan.notes.append("timm's ResNets have 4 stages; the spec's "
+                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
+    for k, stage in enumerate(net.stages):
+        for u in stage.units:
+            _add(plan, u.module, u.weight_map("timm", f"layer{k + 1}.{u.index}"), foreign)
+    _notes(plan, foreign)
+    return plan
 
-    timm numbers the units through the whole network: the n-th unit is ``blocks.{n}``.
+
+def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map timm's aligned Xception (``xception41/65/71``; its classifier ``head.*`` is dropped)
+    or a timm ResNet (:func:`timm_resnet_plan`).
+
+    timm numbers the Xception units through the whole network: the n-th is ``blocks.{n}``.
 
     Raises:
-        WeightsError: the source is not one (a pre-activation ``xception*p`` included).
+        WeightsError: the source is neither (a pre-activation ``xception*p`` included).
     """
+    if any(k.startswith("layer1.") for k in source) and any(k.startswith("conv1.")
+                                                            for k in source):
+        return timm_resnet_plan(net, source)
     if "stem.0.conv.weight" not in source or not any(k.startswith("blocks.") for k in source):
-        raise WeightsError("not a timm aligned-Xception state dict (expected 'stem.0.conv.weight' "
-                           "and 'blocks.*'); its first names: " + ", ".join(list(source)[:5]))
+        raise WeightsError("not a timm aligned-Xception or ResNet state dict (expected "
+                           "'stem.0.conv.weight' and 'blocks.*', or 'conv1.*' and 'layer1.*'); its "
+                           "first names: " + ", ".join(list(source)[:5]))
     if any(".norm." in k for k in source):
         raise WeightsError("a pre-activation Xception (timm's xception41p/65p): its units "
                            "normalize before each conv, which specc's Xception units do not")
@@ -171,7 +192,84 @@ def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     return plan
 
 
-_PLANS = {"torchvision": torchvision_plan, "timm": timm_plan}
+def smp_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map segmentation_models_pytorch's ``DeepLabV3`` or ``DeepLabV3Plus`` on a ResNet or
+    ResNeXt encoder (smp's ``encoder.*`` is torchvision's ResNet: stage k is
+    ``encoder.layer{k}``).
+
+    The heads' maps are given where smp keeps its ASPP (``decoder.aspp`` in DeepLabV3,
+    ``decoder.aspp.0`` in DeepLabV3Plus, whose decoder adds ``block1`` and ``block2``); smp's
+    optional classification head (``aux_params``) has no counterpart in a spec. A spec with
+    fewer than 4 stages is smp's ``encoder_depth`` 3 or 4, whose model keeps the later stages'
+    unused tensors: they are left out.
+
+    Raises:
+        WeightsError: the source is not such a state dict.
+    """
+    keys = list(source)
+    if "encoder.conv1.weight" not in source or not any(k.startswith("decoder.aspp.")
+                                                       for k in keys):
+        raise WeightsError("not a segmentation_models_pytorch DeepLabV3 or DeepLabV3Plus state "
+                           "dict with a ResNet encoder (expected 'encoder.conv1.weight' and "
+                           "'decoder.aspp.*'); its first names: " + ", ".join(keys[:5]))
+    plus = any(k.startswith("decoder.block1.") for k in keys)
+    # An encoder_depth below 5 leaves smp's later ResNet stages in the state dict, unused.
+    unused = tuple(f"encoder.layer{k}." for k in range(len(net.stages) + 1, 5))
+    plan = Plan("smp DeepLabV3Plus" if plus else "smp DeepLabV3", drop=unused,
+                heads=("decoder.", "segmentation_head.", "classification_head."))
+    foreign: dict[str, list[str]] = {}
+    _add(plan, "backbone.stem", net.stem.weight_map("smp", "encoder."), foreign)
+    if len(net.stages) > 4:
+        plan.notes.append("smp's ResNet encoders have 4 stages; the spec's "
+                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
+    for k, stage in enumerate(net.stages):
+        for u in stage.units:
+            _add(plan, u.module, u.weight_map("smp", f"encoder.layer{k + 1}.{u.index}"), foreign)
+    where_aspp = "decoder.aspp.0" if plus else "decoder.aspp"
+    for head in net.heads:
+        _add(plan, head.attr, head.weight_map("smp", where_aspp), foreign)
+    if any(k.startswith("classification_head.") for k in keys):
+        plan.notes.append("smp's classification head (aux_params) has no counterpart in a spec: "
+                          "pass --backbone-only to import the encoder alone")
+    _notes(plan, foreign)
+    return plan
+
+
+def mmseg_plan(net: Network, source: dict[str, Tensor]) -> Plan:
+    """Map an MMSegmentation ``EncoderDecoder`` with a ResNet backbone (``ResNetV1c``,
+    ``ResNetV1d``, ``ResNet``): its checkpoint's ``state_dict`` (read from a checkpoint file by
+    :func:`specc.artifacts.read_weights`). Stage k is ``backbone.layer{k}``; the heads sit under
+    ``decode_head`` (``ASPPHead`` or ``DepthwiseSeparableASPPHead``) and ``auxiliary_head``
+    (``FCNHead``).
+
+    Raises:
+        WeightsError: the source is not such a state dict.
+    """
+    keys = list(source)
+    if not any(k.startswith("backbone.layer1.") for k in keys) or not any(
+            k.startswith("decode_head.") for k in keys):
+        raise WeightsError("not an MMSegmentation ResNet segmentor's state dict (expected "
+                           "'backbone.layer1.*' and 'decode_head.*'); its first names: "
+                           + ", ".join(keys[:5]))
+    plan = Plan("MMSegmentation EncoderDecoder", heads=("decode_head.", "auxiliary_head."))
+    foreign: dict[str, list[str]] = {}
+    _add(plan, "backbone.stem", net.stem.weight_map("mmseg", "backbone."), foreign)
+    if len(net.stages) > 4:
+        plan.notes.append("MMSegmentation's ResNets have 4 stages; the spec's "
+                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
+    for k, stage in enumerate(net.stages):
+        for u in stage.units:
+            _add(plan, u.module, u.weight_map("mmseg", f"backbone.layer{k + 1}.{u.index}"),
+                 foreign)
+    for head in net.heads:
+        at = "auxiliary_head" if head.attr == "aux" else "decode_head"
+        _add(plan, head.attr, head.weight_map("mmseg", at), foreign)
+    _notes(plan, foreign)
+    return plan
+
+
+_PLANS = {"torchvision": torchvision_plan, "timm": timm_plan, "smp": smp_plan,
+          "mmseg": mmseg_plan}
 
 
 # -- converting -----------------------------------------------------------------------------------
@@ -259,6 +357,13 @@ def differences(schedule: Schedule, from_: str) -> list[str]:
             notes.append(f"the spec strides the last unit of a stage ({', '.join(late)}), "
                          "torchvision the first: the weights fit, the network is not "
                          "torchvision's")
+    if from_ == "smp":
+        kept = [u.path for u in schedule.units if u.nominal_stride != 1 and u.stride == 1
+                and schedule.stage_units(u.stage)[-1].rates != u.rates]
+        if kept:
+            notes.append("smp dilates every conv of a de-strided stage at the stage's rate "
+                         f"(backbone.destrided_rate: new); the spec's {', '.join(kept)} keep "
+                         "the previous rate: the weights fit, the network is not smp's")
     if from_ == "timm" and schedule.multi_grid and any(r != 1 for r in schedule.multi_grid):
         notes.append(f"the spec's multi-grid {tuple(schedule.multi_grid)} is not in timm's "
                      "Xception (one rate per block): the weights fit, the features differ "

@@ -80,17 +80,37 @@ class Stem(Block):
         return out
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library == "torchvision":
+        if library in ("torchvision", "smp"):  # smp's ResNet encoders are torchvision's
             if len(self.convs) != 1:
                 return (f"torchvision ResNets have one 7×7 stem conv; the spec's stem has "
                         f"{len(self.convs)}")
             if self.act == "hardswish":  # MobileNetV3: features[0] = conv, BN, hard-swish
                 return {"0.conv": f"{at}0.0", "0.bn": f"{at}0.1"}
             return {"0.conv": f"{at}conv1", "0.bn": f"{at}bn1"}
+        if library == "timm" and self.pool == "max":
+            return self._timm_resnet_map(at)
         if library == "timm":
             return {f"{i}.{part}": f"{at}stem.{i}.{part}"
                     for i in range(len(self.convs)) for part in ("conv", "bn")}
+        if library == "mmseg":  # deep stem: Sequential(conv, BN, ReLU) × 3; else conv1/bn1
+            if len(self.convs) == 1:
+                return {"0.conv": f"{at}conv1", "0.bn": f"{at}bn1"}
+            out = {}
+            for i in range(len(self.convs)):
+                out.update({f"{i}.conv": f"{at}stem.{3 * i}", f"{i}.bn": f"{at}stem.{3 * i + 1}"})
+            return out
         return super().weight_map(library, at)
+
+    def _timm_resnet_map(self, at: str) -> dict[str, str]:
+        """timm's ResNet stems: ``conv1``/``bn1``, or a deep stem ``conv1`` = Sequential(conv,
+        BN, ReLU, conv, BN, ReLU, conv) whose last conv's norm is ``bn1`` (resnet50d, …)."""
+        if len(self.convs) == 1:
+            return {"0.conv": f"{at}conv1", "0.bn": f"{at}bn1"}
+        last = len(self.convs) - 1
+        out = {f"{last}.conv": f"{at}conv1.{3 * last}", f"{last}.bn": f"{at}bn1"}
+        for i in range(last):
+            out.update({f"{i}.conv": f"{at}conv1.{3 * i}", f"{i}.bn": f"{at}conv1.{3 * i + 1}"})
+        return out
 
     @classmethod
     def lower(cls, ctx: Context, schedule: Schedule, x: Feature) -> Stem:
@@ -111,8 +131,18 @@ class Stem(Block):
 # Units
 
 
-def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int) -> tuple[Feature, str]:
-    """A ResNet shortcut: a 1×1 conv when channels change, a subsampling when only the size does."""
+def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int,
+              downsample: str = "conv") -> tuple[Feature, str]:
+    """A ResNet shortcut: a 1×1 conv when channels change (after an average pool by the stride
+    with ``downsample="avgpool"``, ResNet-D), a subsampling when only the size does."""
+    if x.channels != channels and downsample == "avgpool":
+        pooled = x
+        if u.stride != 1:  # ceil mode: the size of the strided 3×3 conv beside it
+            pooled = ctx.lg.pool(f"{u.path}.shortcut_pool", x, "avgpool", kernel=1,
+                                 stride=u.stride, spec_key=u.spec_key)
+            ctx.lg.g.nodes[pooled.node]["kernel"] = u.stride
+        return ctx.lg.conv(f"{u.path}.shortcut", pooled, channels, act=None,
+                           spec_key=u.spec_key), "avgpool_conv"
     if x.channels != channels:
         return ctx.lg.conv(f"{u.path}.shortcut", x, channels, stride=u.stride, act=None,
                            spec_key=u.spec_key), "conv"
@@ -123,7 +153,9 @@ def _shortcut(ctx: Context, u: ScheduledUnit, x: Feature, channels: int) -> tupl
 
 
 def _torchvision_resnet(convs: int, shortcut: str, at: str) -> dict[str, str]:
-    """torchvision's names for a ResNet unit at ``at``: conv{k}/bn{k}, downsample.0/1."""
+    """torchvision's names for a ResNet unit at ``at``: conv{k}/bn{k}, downsample.0/1 (smp's,
+    MMSegmentation's and timm's ResNets use them too; their ResNet-D shortcut is
+    downsample.1/2, after its pool)."""
     out = {}
     for k in range(1, convs + 1):
         out[f"conv{k}.conv"] = f"{at}.conv{k}"
@@ -131,6 +163,9 @@ def _torchvision_resnet(convs: int, shortcut: str, at: str) -> dict[str, str]:
     if shortcut == "conv":
         out["shortcut.conv"] = f"{at}.downsample.0"
         out["shortcut.bn"] = f"{at}.downsample.1"
+    if shortcut == "avgpool_conv":
+        out["shortcut.1.conv"] = f"{at}.downsample.1"
+        out["shortcut.1.bn"] = f"{at}.downsample.2"
     return out
 
 
@@ -157,7 +192,7 @@ class Basic(Unit):
                      ("shortcut", self.shortcut, "identity"), ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library == "torchvision":
+        if library in ("torchvision", "smp", "mmseg", "timm"):
             return _torchvision_resnet(2, self.shortcut, at)
         return super().weight_map(library, at)
 
@@ -188,15 +223,17 @@ class Bottleneck(Unit):
     mid_channels: int
     out_channels: int
     shortcut: str
+    groups: int = 1
 
     def constructor(self, tap: int) -> str:
         return call("Bottleneck", [self.in_channels, self.mid_channels, self.out_channels],
                     [("stride", self.stride, 1), ("dilation", self.rates[0], 1),
+                     ("groups", self.groups, 1),
                      ("shortcut", self.shortcut, "identity"), ("tap", tap, 3),
                      ("eps", self.eps, 1e-5)])
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
-        if library == "torchvision":
+        if library in ("torchvision", "smp", "mmseg", "timm"):
             return _torchvision_resnet(3, self.shortcut, at)
         return super().weight_map(library, at)
 
@@ -205,14 +242,14 @@ class Bottleneck(Unit):
         p, unit = u.path, u.unit
         y = ctx.lg.conv(f"{p}.conv1", x, unit.mid_channels, spec_key=u.spec_key)
         y = ctx.lg.conv(f"{p}.conv2", y, unit.mid_channels, kernel=3, stride=u.stride,
-                        dilation=u.rates[0], spec_key=u.spec_key)
+                        dilation=u.rates[0], groups=unit.groups, spec_key=u.spec_key)
         y = ctx.lg.conv(f"{p}.conv3", y, unit.channels, act=None, spec_key=u.spec_key)
-        skip, shortcut = _shortcut(ctx, u, x, unit.channels)
+        skip, shortcut = _shortcut(ctx, u, x, unit.channels, unit.downsample)
         out = ctx.lg.merge(p, "add", [y, skip], act="relu", spec_key=u.spec_key)
         return cls(**_unit_fields(u, x, ctx), index=index, out=out,
                    atrous=(_atrous(ctx.lg, f"{p}.conv2", u.rates[0], u.spec_key),),
                    mid_channels=unit.mid_channels, out_channels=unit.channels,
-                   shortcut=shortcut)
+                   shortcut=shortcut, groups=unit.groups)
 
 
 @register

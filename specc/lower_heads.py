@@ -161,6 +161,8 @@ class ASPP(Head):
     pool_norm: str = "batch"
     #: GroupNorm groups of the image-pooling conv (``pool_norm == "group"``).
     pool_groups: int = 1
+    #: The pooled branch comes first in the concat (MMSegmentation).
+    pool_first: bool = False
 
     def shared(self) -> tuple[str, ...]:
         # conv_norm_act is always copied: ImagePooling's constructor names ConvNormAct.
@@ -177,7 +179,8 @@ class ASPP(Head):
             ("projection_channels", self.projection_channels, ALWAYS),
             ("projection_kernel", self.projection_kernel, ALWAYS),
             ("dropout", self.dropout, ALWAYS), ("pool_norm", self.pool_norm, "batch"),
-            ("pool_groups", self.pool_groups, 1), ("eps", self.eps, 1e-5)])
+            ("pool_groups", self.pool_groups, 1), ("pool_first", self.pool_first, False),
+            ("eps", self.eps, 1e-5)])
         return [Line(f"self.aspp = {code}", self.spec_key)]
 
     def forward(self) -> list[Line]:
@@ -185,8 +188,14 @@ class ASPP(Head):
                      shape_text(self.out.channels, self.out.reduction))]
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
+        if library == "smp":
+            return self._smp_map(at)
+        if library == "mmseg":
+            return self._mmseg_map(at)
         if library != "torchvision":
             return super().weight_map(library, at)
+        if self.pool_first:
+            return "torchvision's ASPP concatenates the pooled branch last, the spec's first"
         if self.style.separable:
             return "torchvision's ASPP has plain 3×3 convs, the spec's are separable"
         if self.pooling != "none" and self.pool_norm != "batch":
@@ -202,6 +211,59 @@ class ASPP(Head):
             out[f"convs.{n + 1}.conv.conv"] = f"{src}.convs.{n + 1}.1"
             out[f"convs.{n + 1}.conv.bn"] = f"{src}.convs.{n + 1}.2"
         out.update({"project.conv": f"{src}.project.0", "project.bn": f"{src}.project.1"})
+        return out
+
+    def _mmseg_map(self, at: str) -> dict[str, str] | str:
+        """MMSegmentation's ``ASPPHead`` / ``DepthwiseSeparableASPPHead`` at ``at``
+        (``decode_head``): ``image_pool.1`` (conv, bn), ``aspp_modules.{i}`` (the 1×1 branch and
+        the rates: conv, bn or depthwise_conv / pointwise_conv), ``bottleneck`` (the 3×3
+        projection); the pooled branch is concatenated first."""
+        if self.pooling == "none" or self.pool_norm != "batch" or not self.pool_first:
+            return ("MMSegmentation's ASPP has an image-pooling branch with a BatchNorm, "
+                    "concatenated first (aspp.image_pooling.position: first)")
+        if self.style.separable and not self.style.depthwise_norm:
+            return ("MMSegmentation's separable convs have BN + ReLU between depthwise and "
+                    "pointwise, the spec's aspp.style.depthwise_norm is false")
+        n = len(self.rates)
+        out = {"convs.0.conv": f"{at}.aspp_modules.0.conv",
+               "convs.0.bn": f"{at}.aspp_modules.0.bn"}
+        for i in range(1, n + 1):
+            m = f"{at}.aspp_modules.{i}"
+            if self.style.separable:
+                out.update({f"convs.{i}.depthwise": f"{m}.depthwise_conv.conv",
+                            f"convs.{i}.bn_depthwise": f"{m}.depthwise_conv.bn",
+                            f"convs.{i}.pointwise": f"{m}.pointwise_conv.conv",
+                            f"convs.{i}.bn_pointwise": f"{m}.pointwise_conv.bn"})
+            else:
+                out.update({f"convs.{i}.conv": f"{m}.conv", f"convs.{i}.bn": f"{m}.bn"})
+        out.update({f"convs.{n + 1}.conv.conv": f"{at}.image_pool.1.conv",
+                    f"convs.{n + 1}.conv.bn": f"{at}.image_pool.1.bn",
+                    "project.conv": f"{at}.bottleneck.conv", "project.bn": f"{at}.bottleneck.bn"})
+        return out
+
+    def _smp_map(self, at: str) -> dict[str, str] | str:
+        """smp's ASPP at ``at`` (``decoder.aspp`` in DeepLabV3, ``decoder.aspp.0`` in
+        DeepLabV3Plus): ``convs.{i}`` are Sequentials of conv (or a depthwise + pointwise
+        Sequential), BN, ReLU; the pooling branch is pool, conv, BN, ReLU."""
+        if self.pooling == "none" or self.pool_norm != "batch" or self.pool_first:
+            return ("smp's ASPP has an image-pooling branch with a BatchNorm, concatenated "
+                    "last; the spec's does not")
+        if self.style.separable and self.style.depthwise_norm:
+            return ("smp's separable convs have nothing between depthwise and pointwise, the "
+                    "spec's aspp.style.depthwise_norm is true")
+        n = len(self.rates)
+        out = {"convs.0.conv": f"{at}.convs.0.0", "convs.0.bn": f"{at}.convs.0.1"}
+        for i in range(1, n + 1):
+            if self.style.separable:
+                out.update({f"convs.{i}.depthwise": f"{at}.convs.{i}.0.0",
+                            f"convs.{i}.pointwise": f"{at}.convs.{i}.0.1",
+                            f"convs.{i}.bn_pointwise": f"{at}.convs.{i}.1"})
+            else:
+                out.update({f"convs.{i}.conv": f"{at}.convs.{i}.0",
+                            f"convs.{i}.bn": f"{at}.convs.{i}.1"})
+        out.update({f"convs.{n + 1}.conv.conv": f"{at}.convs.{n + 1}.1",
+                    f"convs.{n + 1}.conv.bn": f"{at}.convs.{n + 1}.2",
+                    "project.conv": f"{at}.project.0", "project.bn": f"{at}.project.1"})
         return out
 
     @classmethod
@@ -229,6 +291,8 @@ class ASPP(Head):
             branches.append(lg.upsample("aspp.pool_upsample", pooled, feats,
                                         Upsample("bilinear", ip.align_corners),
                                         spec_key="aspp.image_pooling", rf_global=True))
+            if ip.position == "first":
+                branches = branches[-1:] + branches[:-1]
         y = lg.merge("aspp.concat", "concat", branches, spec_key="aspp")
         pr = aspp.projection
         y = lg.conv("aspp.project", y, pr.channels, kernel=pr.kernel, spec_key="aspp.projection")
@@ -239,7 +303,8 @@ class ASPP(Head):
                     pooling=ip.kernel if ip.enabled else "none", pool_kernel=pool_kernel,
                     align_corners=ip.align_corners, projection_channels=pr.channels,
                     projection_kernel=pr.kernel, dropout=pr.dropout, pool_norm=ip.norm,
-                    pool_groups=group_count(aspp.channels) if ip.norm == "group" else 1)
+                    pool_groups=group_count(aspp.channels) if ip.norm == "group" else 1,
+                    pool_first=ip.enabled and ip.position == "first")
         return block, y
 
 
@@ -253,10 +318,15 @@ def group_count(channels: int, most: int = 32, least_per_group: int = 8) -> int:
     return 1
 
 
+#: A plain 3×3 conv (the extra conv's default style).
+PLAIN = Separable(separable=False, depthwise_norm=True)
+
+
 @register
 @dataclass(frozen=True, kw_only=True)
 class ExtraConv(Head):
-    """A conv → BN → ReLU between the ASPP and the classifier (torchvision's DeepLabHead)."""
+    """A conv → BN → ReLU between the ASPP and the classifier (torchvision's DeepLabHead), or a
+    separable 3×3 conv there (smp's DeepLabV3Plus: depthwise, pointwise, then BN + ReLU)."""
 
     kind = "extra"
     attr = "extra"
@@ -264,10 +334,19 @@ class ExtraConv(Head):
     in_channels: int
     out_channels: int
     kernel_size: int
+    style: Separable = PLAIN
+
+    def shared(self) -> tuple[str, ...]:
+        return ("conv_bn_act", "separable_conv") if self.style.separable else ("conv_bn_act",)
 
     def init(self) -> list[Line]:
-        code = call("ConvBNAct", [self.in_channels, self.out_channels],
-                    [("kernel_size", self.kernel_size, 1), ("eps", self.eps, 1e-5)])
+        if self.style.separable:
+            code = call("SeparableConv", [self.in_channels, self.out_channels],
+                        [("depthwise_norm", self.style.depthwise_norm, ALWAYS),
+                         ("eps", self.eps, 1e-5)])
+        else:
+            code = call("ConvBNAct", [self.in_channels, self.out_channels],
+                        [("kernel_size", self.kernel_size, 1), ("eps", self.eps, 1e-5)])
         return [Line(f"self.extra = {code}", self.spec_key)]
 
     def forward(self) -> list[Line]:
@@ -275,17 +354,43 @@ class ExtraConv(Head):
 
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
+            if self.style.separable:
+                return "torchvision's extra conv is a plain 3×3 conv, the spec's is separable"
             return {"conv": f"{at}classifier.1", "bn": f"{at}classifier.2"}
+        if library == "smp":
+            return self._smp_map(at)
         return super().weight_map(library, at)
+
+    def _smp_map(self, at: str) -> dict[str, str] | str:
+        """``at`` is where smp keeps its ASPP. DeepLabV3's ``decoder.aspp`` is followed by a
+        plain conv ``decoder.conv`` and ``decoder.bn``; DeepLabV3Plus's ``decoder.aspp.0`` by
+        a separable conv ``decoder.aspp.1`` (depthwise, pointwise) and ``decoder.aspp.2`` (BN)."""
+        if at.endswith(".0"):
+            seq = at[:-2]
+            if not self.style.separable or self.style.depthwise_norm:
+                return ("smp's DeepLabV3Plus has a separable extra conv with nothing between "
+                        "depthwise and pointwise (aspp.extra_conv.style: {conv: separable, "
+                        "depthwise_norm: false})")
+            return {"depthwise": f"{seq}.1.0", "pointwise": f"{seq}.1.1",
+                    "bn_pointwise": f"{seq}.2"}
+        if self.style.separable or self.kernel_size != 3:
+            return "smp's DeepLabV3 has a plain 3×3 extra conv"
+        decoder = at.rpartition(".")[0]
+        return {"conv": f"{decoder}.conv", "bn": f"{decoder}.bn"}
 
     @classmethod
     def lower(cls, hc: HeadContext, y: Feature) -> tuple[ExtraConv | None, Feature]:
         if hc.spec.aspp is None or hc.spec.aspp.extra_conv is None:
             return None, y
         ec = hc.spec.aspp.extra_conv
-        out = hc.lg.conv("extra", y, ec.channels, kernel=ec.kernel, spec_key="aspp.extra_conv")
+        style = separable(ec.style)
+        if style.separable:
+            out = hc.lg.conv3x3("extra", y, ec.channels, 1, style, spec_key="aspp.extra_conv")
+        else:
+            out = hc.lg.conv("extra", y, ec.channels, kernel=ec.kernel,
+                             spec_key="aspp.extra_conv")
         return cls(spec_key="aspp.extra_conv", out=out, eps=hc.eps, in_channels=y.channels,
-                   out_channels=ec.channels, kernel_size=ec.kernel), out
+                   out_channels=ec.channels, kernel_size=ec.kernel, style=style), out
 
 
 @register
@@ -509,7 +614,39 @@ class Decoder(Head):
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
             return "torchvision's DeepLabV3 has no decoder (DeepLabv3+)"
+        if library == "smp":
+            return self._smp_map(at)
+        if library == "mmseg":
+            return self._mmseg_map(at)
         return super().weight_map(library, at)
+
+    def _mmseg_map(self, at: str) -> dict[str, str] | str:
+        """MMSegmentation's ``DepthwiseSeparableASPPHead`` at ``at``: ``c1_bottleneck`` (the
+        low-level projection) and ``sep_bottleneck.{i}``, separable convs with BN + ReLU after
+        the depthwise and the pointwise conv."""
+        if not self.style.separable or not self.style.depthwise_norm:
+            return ("MMSegmentation's decoder convs are separable with BN + ReLU after the "
+                    "depthwise conv (decoder.style: {conv: separable, depthwise_norm: true})")
+        out = {"project.conv": f"{at}.c1_bottleneck.conv", "project.bn": f"{at}.c1_bottleneck.bn"}
+        for i in range(self.convs):
+            m = f"{at}.sep_bottleneck.{i}"
+            out.update({f"fuse.{i}.depthwise": f"{m}.depthwise_conv.conv",
+                        f"fuse.{i}.bn_depthwise": f"{m}.depthwise_conv.bn",
+                        f"fuse.{i}.pointwise": f"{m}.pointwise_conv.conv",
+                        f"fuse.{i}.bn_pointwise": f"{m}.pointwise_conv.bn"})
+        return out
+
+    def _smp_map(self, at: str) -> dict[str, str] | str:
+        """smp's DeepLabV3Plus decoder (``at``: its ASPP, ``decoder.aspp.0``): ``block1`` (1×1 conv, BN, ReLU) projects the
+        low-level feature, ``block2`` is one separable conv (depthwise, pointwise), BN, ReLU."""
+        if self.convs != 1 or not self.style.separable or self.style.depthwise_norm:
+            return ("smp's decoder has one separable 3×3 conv with nothing between depthwise "
+                    "and pointwise (decoder.convs: 1, decoder.style: {conv: separable, "
+                    "depthwise_norm: false})")
+        dec = at.rpartition(".aspp")[0]
+        return {"project.conv": f"{dec}.block1.0", "project.bn": f"{dec}.block1.1",
+                "fuse.0.depthwise": f"{dec}.block2.0.0", "fuse.0.pointwise": f"{dec}.block2.0.1",
+                "fuse.0.bn_pointwise": f"{dec}.block2.1"}
 
     @classmethod
     def lower(cls, hc: HeadContext, y: Feature) -> tuple[Decoder | None, Feature]:
@@ -566,6 +703,12 @@ class Classifier(Head):
     def weight_map(self, library: str, at: str) -> dict[str, str] | str:
         if library == "torchvision":
             return {"": f"{at}classifier.4"} if self.conv else {}
+        if not self.conv:
+            return {}
+        if library == "smp":  # ``at``: smp's ASPP; the classifier sits at the model's top
+            return {"": "segmentation_head.0"}
+        if library == "mmseg":
+            return {"": f"{at}.conv_seg"}
         return super().weight_map(library, at)
 
     @classmethod
@@ -613,6 +756,9 @@ class AuxHead(Head):
         if library == "torchvision":
             return {"conv.conv": f"{at}aux_classifier.0", "conv.bn": f"{at}aux_classifier.1",
                     "classifier": f"{at}aux_classifier.4"}
+        if library == "mmseg":  # FCNHead with num_convs=1, concat_input=False
+            return {"conv.conv": f"{at}.convs.0.conv", "conv.bn": f"{at}.convs.0.bn",
+                    "classifier": f"{at}.conv_seg"}
         return super().weight_map(library, at)
 
     @classmethod

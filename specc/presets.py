@@ -76,24 +76,38 @@ def default_stride_placement(backbone: BackboneSpec) -> str:
     """The placement used when the spec does not say: the preset family's own convention."""
     if backbone.stride_placement is not None:
         return backbone.stride_placement
-    if backbone.preset and backbone.preset.startswith("resnet"):
+    if backbone.preset and backbone.preset.startswith(("resnet", "resnext")):
         return "last"  # TF resnet_v1 (the papers' code): stride in the last unit of a block
     return "first"
 
 
-def resnet(depth: int, placement: str, stem: str) -> tuple[StemSpec, list[StageSpec]]:
+def resnet(depth: int, placement: str, stem: str, *, groups: int = 1,
+           width_per_group: int = 64, downsample: str = "conv") -> tuple[StemSpec, list[StageSpec]]:
+    """ResNet stages; with ``groups`` > 1 a ResNeXt, whose 3×3 convs are grouped and whose
+    bottleneck width is ``groups × width_per_group`` at the first stage (torchvision's rule)."""
     kind, counts = RESNET_DEPTHS[depth]
     # 'last': TF resnet_v1 strides (2, 2, 2, 1); 'first': torchvision's (1, 2, 2, 2). Both reach 32.
     strides = (2, 2, 2, 1) if placement == "last" else (1, 2, 2, 2)
     stages = []
     for i, (n, s) in enumerate(zip(counts, strides, strict=True)):
         mid = 64 * 2**i
-        unit = (BottleneckUnit(type="bottleneck", channels=4 * mid, mid_channels=mid, stride=s,
-                               repeat=n)
+        width = mid * width_per_group * groups // 64
+        unit = (BottleneckUnit(type="bottleneck", channels=4 * mid, mid_channels=width,
+                               groups=groups, downsample=downsample, stride=s, repeat=n)
                 if kind == "bottleneck" else
                 BasicUnit(type="basic", channels=mid, stride=s, repeat=n))
         stages.append(StageSpec(name=f"block{i + 1}", units=[unit]))
     return RESNET_STEMS[stem], stages
+
+
+def resnet_name(preset: str) -> tuple[int, int, int]:
+    """Depth, groups and width per group of ``resnet50`` or ``resnext50_32x4d`` (32 groups of
+    4 channels)."""
+    if preset.startswith("resnext"):
+        depth, shape = preset[7:].split("_")
+        groups, width = shape.split("x")
+        return int(depth), int(groups), int(width.rstrip("d"))
+    return int(preset[6:]), 1, 64
 
 
 def xception(depth: int) -> tuple[StemSpec, list[StageSpec]]:
@@ -166,9 +180,11 @@ def expand(backbone: BackboneSpec) -> tuple[StemSpec, list[StageSpec]]:
     if preset is None:
         assert isinstance(backbone.stem, StemSpec) and backbone.stages is not None
         return backbone.stem, list(backbone.stages)
-    if preset.startswith("resnet"):
+    if preset.startswith(("resnet", "resnext")):
         named = backbone.stem if isinstance(backbone.stem, str) else "conv7"
-        stem_r, stages = resnet(int(preset[6:]), default_stride_placement(backbone), named)
+        depth, groups, width = resnet_name(preset)
+        stem_r, stages = resnet(depth, default_stride_placement(backbone), named, groups=groups,
+                                width_per_group=width, downsample=backbone.downsample)
         return (backbone.stem if isinstance(backbone.stem, StemSpec) else stem_r), stages
     if preset.startswith("xception"):
         stem_x, stages = xception(int(preset[8:]))

@@ -65,7 +65,9 @@ KeyPath = Annotated[
 BACKBONE_PRESETS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "xception41", "xception65", "xception71", "mobilenetv2", "mobilenetv3_large", "vgg16",
+    "resnext50_32x4d", "resnext101_32x8d",
 )
+BOTTLENECK_PRESETS = ("resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
 
 
 class Base(BaseModel):
@@ -117,6 +119,30 @@ class BottleneckUnit(_UnitBase):
     type: Literal["bottleneck"] = Field(description="Unit type: a ResNet bottleneck.")
     channels: Positive = Field(description="Output channels (4 × mid_channels in ResNet).")
     mid_channels: Positive = Field(description="Channels of the 1×1 reduction and the 3×3 conv.")
+    groups: Positive = Field(1, description="Groups of the 3×3 conv (ResNeXt's cardinality: 32); "
+                             "must divide mid_channels.")
+    downsample: Literal["conv", "avgpool"] = Field(
+        "conv", description="A conv shortcut: 'conv', a strided 1×1 conv + BN; 'avgpool', an "
+        "average pool by the stride (ceil mode), then a 1×1 conv + BN (ResNet-D, "
+        "MMSegmentation's ResNetV1d).")
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> BottleneckUnit:
+        if self.mid_channels % self.groups != 0:
+            raise ValueError(f"groups must divide mid_channels: found groups {self.groups}, "
+                             f"mid_channels {self.mid_channels}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_groups(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out ``groups: 1`` and ``downsample: conv``, so specs and
+        checkpoints made before the keys existed keep their hashes."""
+        data = handler(self)
+        if data.get("groups") == 1:
+            del data["groups"]
+        if data.get("downsample") == "conv":
+            del data["downsample"]
+        return data
 
 
 class XceptionUnit(_UnitBase):
@@ -242,6 +268,19 @@ class BackboneSpec(Base):
     cascade: int = Field(
         0, ge=0, le=8, description="Copies of the last stage appended after it, each with stride "
         "2 (DeepLabv3 §3.2 block5–block7).")
+    downsample: Literal["conv", "avgpool"] = Field(
+        "conv", description="Bottleneck ResNet presets: a conv shortcut is a strided 1×1 conv "
+        "('conv') or an average pool then a 1×1 conv ('avgpool': ResNet-D, MMSegmentation's "
+        "ResNetV1d).")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_downsample(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out ``downsample: conv``, so specs and checkpoints made
+        before the key existed keep their hashes."""
+        data = handler(self)
+        if data.get("downsample") == "conv":
+            del data["downsample"]
+        return data
 
     @model_validator(mode="after")
     def _preset_or_stages(self) -> BackboneSpec:
@@ -252,8 +291,12 @@ class BackboneSpec(Base):
             raise ValueError("give either a preset or explicit stages, not both")
         if self.stages is not None and not isinstance(self.stem, StemSpec):
             raise ValueError("explicit stages need an explicit stem (convs, pool)")
-        if isinstance(self.stem, str) and not (self.preset or "").startswith("resnet"):
+        if isinstance(self.stem, str) and not (self.preset or "").startswith(("resnet",
+                                                                              "resnext")):
             raise ValueError(f"stem '{self.stem}' applies to ResNet presets only")
+        if self.downsample != "conv" and self.preset not in BOTTLENECK_PRESETS:
+            raise ValueError("downsample: avgpool applies to bottleneck ResNet presets only ("
+                             + ", ".join(BOTTLENECK_PRESETS) + ")")
         return self
 
 
@@ -281,14 +324,20 @@ class ImagePoolingSpec(Base):
         "batch", description="Norm after the branch's 1×1 conv: 'batch' (the papers, torchvision; "
         "needs at least 2 images per process to train), 'group' (GroupNorm) or 'none' (a conv "
         "with bias); both train at any batch size.")
+    position: Literal["last", "first"] = Field(
+        "last", description="Where the pooled branch sits in the concat before the projection: "
+        "'last' (TF code, torchvision, smp) or 'first' (MMSegmentation's ASPPHead).")
 
     @model_serializer(mode="wrap")
     def _omit_default_norm(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """The resolved spec leaves out ``norm: batch``, so specs, generated files and
-        checkpoints made before the key existed keep their hashes (and resume)."""
+        """The resolved spec leaves out ``norm: batch`` and ``position: last``, so specs,
+        generated files and checkpoints made before the keys existed keep their hashes (and
+        resume)."""
         data = handler(self)
         if data.get("norm") == "batch":
             del data["norm"]
+        if data.get("position") == "last":
+            del data["position"]
         return data
 
 
@@ -301,6 +350,26 @@ class ProjectionSpec(Base):
 class ExtraConvSpec(Base):
     channels: Positive = Field(256, description="Channels of the extra conv before the classifier.")
     kernel: OddKernel = Field(3, description="Kernel size of the extra conv (odd; torchvision: 3).")
+    style: SeparableStyle = Field(
+        default_factory=SeparableStyle,
+        description="Plain (torchvision) or separable 3×3 conv; smp's DeepLabV3Plus: "
+        "{conv: separable, depthwise_norm: false} (depthwise, pointwise, then BN + ReLU).")
+
+    @model_validator(mode="after")
+    def _separable_is_3x3(self) -> ExtraConvSpec:
+        if self.style.conv == "separable" and self.kernel != 3:
+            raise ValueError(f"a separable extra conv is 3×3: expected kernel 3, found "
+                             f"{self.kernel}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_style(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The resolved spec leaves out the default plain style, so specs, generated files and
+        checkpoints made before the key existed keep their hashes."""
+        data = handler(self)
+        if data.get("style") == SeparableStyle().model_dump():
+            del data["style"]
+        return data
 
 
 class ASPPSpec(Base):

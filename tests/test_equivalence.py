@@ -36,12 +36,14 @@ torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 
 
-def randomize(model: nn.Module, seed: int) -> nn.Module:
+def randomize(model: nn.Module, seed: int, size: tuple[int, int] = (CALIBRATION, CALIBRATION)
+              ) -> nn.Module:
     """Random weights and random, non-identity batch-norm statistics (the model in eval mode).
 
     Batch-norm statistics are first measured on a random batch (so activations keep a sane scale
     through 100 layers), then perturbed: each mean moved by 0.2 σ, each variance scaled by
-    0.8–1.25, so that no batch norm normalizes exactly.
+    0.8–1.25, so that no batch norm normalizes exactly. ``size`` is the calibration batch's
+    (libraries that want sides divisible by the output stride need another).
     """
     g = torch.Generator().manual_seed(seed)
     norms = []
@@ -58,7 +60,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
                 norms.append((m, m.momentum))
                 m.momentum = 1.0  # running stats := this batch's
         model.train()
-        model(torch.randn(2, 3, CALIBRATION, CALIBRATION, generator=g))
+        model(torch.randn(2, 3, *size, generator=g))
         model.eval()
         for m, momentum in norms:
             m.momentum = momentum
@@ -292,8 +294,8 @@ def test_not_a_state_dict(payload: object, message: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--from", "caffe"], "--from: expected one of torchvision, timm, found 'caffe'"),
-    (["--from", "timm"], "not a timm aligned-Xception state dict"),
+    (["--from", "caffe"], "--from: expected one of torchvision, timm, smp, mmseg, found 'caffe'"),
+    (["--from", "timm"], "not a timm aligned-Xception or ResNet state dict"),
     (["--from", "torchvision", "--out", "w.pth"], "--out: expected a .safetensors file"),
 ])
 def test_bad_options(args: list[str], message: str, tv50: tuple[nn.Module, Path], tmp_path: Path,

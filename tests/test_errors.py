@@ -24,7 +24,8 @@ LOL = "\n".join(
     + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\n"
 UNIT_KEYS = "name, stride, repeat, type, channels, mid_channels"
 BACKBONE_KEYS = ("preset, stem, stages, width_multiplier, activation, norm, output_stride, "
-                 "multi_grid, multi_grid_mode, stride_placement, destrided_rate, cascade")
+                 "multi_grid, multi_grid_mode, stride_placement, destrided_rate, cascade, "
+                 "downsample")
 IDENTIFIER = ("a lower-case identifier (a letter, then letters, digits or '_'; at most 64 "
               "characters)")
 NODE_NAME = "a node name such as backbone.block1.unit2 (lower-case identifiers joined by '.')"
@@ -125,7 +126,7 @@ CASES = [
     Case("unknown preset", {"spec.yaml": BASE.replace("resnet50", "resnet51")},
          "spec.yaml:4:11: backbone.preset: expected 'resnet18', 'resnet34', 'resnet50', "
          "'resnet101', 'resnet152', 'xception41', 'xception65', 'xception71', 'mobilenetv2', "
-         "'mobilenetv3_large' or 'vgg16', "
+         "'mobilenetv3_large', 'vgg16', 'resnext50_32x4d' or 'resnext101_32x8d', "
          "found 'resnet51'"),
     Case("unknown stem (a union)", {"spec.yaml": BASE + "  stem: conv9\n"},
          "spec.yaml:5:9: backbone.stem: expected 'conv7', 'deep' or a mapping, found 'conv9'"),
@@ -153,8 +154,19 @@ CASES = [
                                                     "output_stride: 16\n"},
          "spec.yaml:4:3: backbone: expected a preset (one of resnet18, resnet34, resnet50, "
          "resnet101, resnet152, xception41, xception65, xception71, mobilenetv2, "
-         "mobilenetv3_large, vgg16) or explicit "
-         "stages"),
+         "mobilenetv3_large, vgg16, resnext50_32x4d, resnext101_32x8d) or explicit stages"),
+    Case("separable extra conv that is not 3×3", {"spec.yaml": BASE + "aspp:\n  extra_conv: "
+                                                  "{kernel: 5, style: {conv: separable}}\n"},
+         "spec.yaml:6:15: aspp.extra_conv: a separable extra conv is 3×3: expected kernel 3, "
+         "found 5"),
+    Case("groups that do not divide mid_channels", {"spec.yaml": STAGES.format(stage="s1").replace(
+        "type: basic, channels: 8", "type: bottleneck, channels: 8, mid_channels: 6, groups: 4")},
+         "spec.yaml:8:15: backbone.stages[0].units[0]: groups must divide mid_channels: found "
+         "groups 4, mid_channels 6"),
+    Case("avgpool downsample on a basic-block preset", {"spec.yaml": BASE.replace(
+        "resnet50", "resnet34") + "  downsample: avgpool\n"},
+         "spec.yaml:4:3: backbone: downsample: avgpool applies to bottleneck ResNet presets only "
+         "(resnet50, resnet101, resnet152, resnext50_32x4d, resnext101_32x8d)"),
     Case("decoder tap that does not exist", {"spec.yaml": XCEPTION + "decoder:\n  low_level: "
                                                                      "backbone.entry9\n"},
          f"spec.yaml:6:14: decoder.low_level: no node 'backbone.entry9'; nodes at 1/4 of the input: "

@@ -181,8 +181,10 @@ def import_weights_command(
     src: Annotated[Path, typer.Argument(
         help="The foreign state dict: a torch.save'd .pth/.pt or a .safetensors file.")],
     from_: Annotated[str, typer.Option(
-        "--from", help="Where it comes from: torchvision (DeepLabV3 or ImageNet ResNet) or timm "
-                       "(aligned Xception).")],
+        "--from", help="Where it comes from: torchvision (DeepLabV3 or ImageNet ResNet), timm "
+                       "(aligned Xception, ResNet), smp (segmentation_models_pytorch DeepLabV3 or "
+                       "DeepLabV3Plus, ResNet/ResNeXt encoder) or mmseg (an MMSegmentation "
+                       "checkpoint of a ResNet segmentor).")],
     out: Annotated[Path, typer.Option("--out", help="The .safetensors file to write.")],
     set_: SetOpt = None,
     backbone_only: Annotated[bool, typer.Option(
@@ -190,7 +192,7 @@ def import_weights_command(
                                 "initialisation); for training, not for `specc build "
                                 "--weights`.")] = False,
 ) -> None:
-    """Map a torchvision or timm state dict onto a spec's tensors (no download, ever)."""
+    """Map a torchvision, timm or smp state dict onto a spec's tensors (no download, ever)."""
     output_file(out)
     imported = import_weights(spec, src, from_, out, overrides=set_ or [],
                               backbone_only=backbone_only)

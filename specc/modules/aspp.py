@@ -49,14 +49,15 @@ class ImagePooling(nn.Module):
 
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: a 1×1 branch, 3×3 branches at ``rates``, optional image
-    pooling, concatenated and projected."""
+    pooling (concatenated last, or first with ``pool_first``), concatenated and projected."""
 
     def __init__(self, in_channels: int, out_channels: int, *, rates: List[int],
                  separable: bool, depthwise_norm: bool, pooling: bool, pool_kernel: List[int],
                  align_corners: bool, projection_channels: int, projection_kernel: int,
                  dropout: float, pool_norm: str = "batch", pool_groups: int = 1,
-                 eps: float = 1e-5) -> None:
+                 pool_first: bool = False, eps: float = 1e-5) -> None:
         super().__init__()
+        self.pool_first = pooling and pool_first
         branches: List[nn.Module] = [ConvBNAct(in_channels, out_channels, eps=eps)]
         for rate in rates:
             if separable:
@@ -78,4 +79,6 @@ class ASPP(nn.Module):
         outs: List[Tensor] = []
         for branch in self.convs:
             outs.append(branch(x))
+        if self.pool_first:  # MMSegmentation concatenates the pooled branch first
+            outs = outs[-1:] + outs[:-1]
         return self.dropout(self.project(torch.cat(outs, dim=1)))
