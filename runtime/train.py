@@ -219,9 +219,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     saved = _check_run(run_dir, resume, tr.batch_size, ctx, report)
     per_rank = tr.batch_size // ctx.world_size  # the global batch is split across processes
     _check_norm_batch(spec, per_rank, ctx)
-    cuda = ctx.device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
-    channels_last = tr.channels_last and cuda  # a CUDA speed-up; CPU convs gain nothing from it
+    amp_dtype, channels_last = step_settings(tr, ctx.device)
     torch.backends.cudnn.benchmark = True  # fixed crop: let cuDNN pick its fastest kernels
 
     # -- model: the same seed everywhere gives every process the same initial weights
@@ -251,7 +249,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     ddp = distributed.wrap(model, ctx)
     raw = distributed.unwrap(ddp)
     log, board = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
-    if ctx.distributed and not cuda:
+    if ctx.distributed and ctx.device.type != "cuda":
         report.message("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN "
                        "statistics")
     last_loss: float | None = None
@@ -456,6 +454,15 @@ def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],
     log = open(metrics_path, "a" if start else "w", encoding="utf-8")  # noqa: SIM115
     atomic_write_text(run_dir / "spec.json", json.dumps(spec_info, indent=1))
     return log, _tensorboard(run_dir)
+
+
+def step_settings(tr: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """How the steps run on ``device``: the autocast dtype (None: fp32) and whether images and
+    weights are channels-last."""
+    cuda = device.type == "cuda"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
+    channels_last = tr.channels_last and cuda  # a CUDA speed-up; CPU convs gain nothing from it
+    return amp_dtype, channels_last
 
 
 def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
