@@ -197,7 +197,7 @@ def evaluate_checkpoint(
     load_weights(model, weights)
     model.to(ctx.device).eval()
     dataset, loader = val_batches(spec, ctx, source)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.amp)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
     result = evaluate(
         model, loader, spec.num_classes, device=ctx.device, scales=scales, flip=flip,
         ignore_index=spec.train.ignore_index, amp_dtype=amp if ctx.device.type == "cuda" else None,

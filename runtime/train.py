@@ -34,6 +34,7 @@ import importlib.util
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +50,18 @@ from runtime import checkpoint as ckpt
 from runtime import distributed
 from runtime.data import bootstrap_indices, open_split, train_stream, train_transform
 from runtime.data.loader import mix_seed
-from runtime.evaluate import autocast, evaluate, val_batches
+from runtime.devices import precision_dtype
+from runtime.evaluate import evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
 from specc import artifacts
 from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
-from specc.errors import TrainingError
+from specc.errors import SpeccError, TrainingError
 from specc.fsutil import atomic_write_text
 
 METRICS = "metrics.jsonl"
+#: C++ compilers inductor can build its CPU kernels with (``train.compile``).
+CXX = ("c++", "g++", "clang++")
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,9 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     saved = _check_run(run_dir, resume, tr.batch_size, ctx, report)
     per_rank = tr.batch_size // ctx.world_size  # the global batch is split across processes
     _check_norm_batch(spec, per_rank, ctx)
-    amp_dtype, channels_last = step_settings(tr, ctx.device)
+    amp_dtype, channels_last = step_settings(doc, ctx.device)
+    if tr.compile:
+        _check_compile(doc, ctx.device)
     torch.backends.cudnn.benchmark = True  # fixed crop: let cuDNN pick its fastest kernels
 
     # -- model: the same seed everywhere gives every process the same initial weights
@@ -248,6 +254,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
     ddp = distributed.wrap(model, ctx)
     raw = distributed.unwrap(ddp)
+    stepper = torch.compile(ddp) if tr.compile else ddp  # the same module, compiled on first use
     log, board = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
     if ctx.distributed and ctx.device.type != "cuda":
         report.message("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN "
@@ -266,7 +273,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                 # one SGD step at the poly learning rate
                 lr = poly_lr(tr.lr, it, tr.iters, tr.poly_power)
                 images, labels = next(batches)
-                loss_value = _step(ddp, optimizer, scaler, images, labels, lr, tr, ctx,
+                loss_value = _step(stepper, optimizer, scaler, images, labels, lr, tr, ctx,
                                    amp_dtype, channels_last, run_dir, it)
                 done = it + 1
                 window.append(loss_value)
@@ -456,13 +463,47 @@ def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],
     return log, _tensorboard(run_dir)
 
 
-def step_settings(tr: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """How the steps run on ``device``: the autocast dtype (None: fp32) and whether images and
-    weights are channels-last."""
-    cuda = device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
-    channels_last = tr.channels_last and cuda  # a CUDA speed-up; CPU convs gain nothing from it
-    return amp_dtype, channels_last
+def step_settings(doc: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """How the steps run on ``device``: the autocast dtype of ``train.precision`` (None: fp32)
+    and whether images and weights are channels-last (``train.channels_last``).
+
+    Raises:
+        SpecError: at ``train.precision``, a precision this device does not compute in natively
+            (bf16 on a CPU without bf16 instructions, fp16 on the CPU): refused before anything
+            is written, rather than run many times slower.
+    """
+    tr = doc.spec.train
+    try:
+        amp_dtype = precision_dtype(tr.precision, device)
+    except SpeccError as err:
+        raise doc.raw.sources.error(
+            ("train", "precision"), f"expected a precision this machine computes in natively, "
+            f"found {tr.precision!r}: {err}") from None
+    return amp_dtype, tr.channels_last
+
+
+def _check_compile(doc: Any, device: torch.device) -> None:
+    """Refuse ``train.compile`` up front where torch.compile cannot work: no compiler support in
+    this torch build, or (on the CPU, where inductor writes C++) no C++ compiler.
+
+    Raises:
+        SpecError: at ``train.compile``, saying what is missing.
+    """
+    missing = None
+    if not torch._dynamo.is_dynamo_supported():
+        missing = f"torch {torch.__version__} cannot compile on this Python"
+    elif device.type == "cpu" and not any(shutil.which(c) for c in CXX):
+        missing = f"no C++ compiler ({', '.join(CXX)}) is on the PATH"
+    if missing:
+        raise doc.raw.sources.error(("train", "compile"), f"expected a setup torch.compile "
+                                    f"runs on, found {missing}; set train.compile=false")
+
+
+def train_autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` on ``device`` (CPU or CUDA); a no-op for fp32 (``None``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -481,7 +522,7 @@ def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gr
     labels = labels.to(ctx.device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(ctx.device, amp_dtype):
+    with train_autocast(ctx.device, amp_dtype):
         outputs = ddp(images)
     loss = segmentation_loss(outputs, labels, tr.ignore_index, tr.aux_weight)
     loss_value = distributed.all_reduce_mean(float(loss.detach()), ctx)
