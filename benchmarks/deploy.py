@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cpu = cpu_info()
-    print(f"CPU: {cpu.describe()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    print(f"CPU: {cpu.summary()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
     comp = build(load_spec(REPO / "specs" / f"{args.spec}.yaml"))
     module = randomize(comp.module)
     twin = torchvision_twin(comp, module)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from specc.errors import SpeccError
+from specc.hardware import cpu_info
 
 #: What ``--device`` accepts (a GPU other than the first is picked with CUDA_VISIBLE_DEVICES,
 #: or by torchrun's LOCAL_RANK).
@@ -33,3 +34,36 @@ def resolve_device(name: str | None) -> torch.device:
         raise SpeccError(f"--device cuda: CUDA is not available (torch {torch.__version__} sees "
                          "no GPU); use --device cpu")
     return torch.device(name)
+
+
+#: ``train.precision`` → the autocast dtype (None: plain fp32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
+                                             "fp16": torch.float16}
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``, when the hardware computes in it.
+
+    bf16 on the CPU needs native bf16 arithmetic (AVX-512 bf16, AMX, Arm bf16): elsewhere
+    PyTorch emulates it and a step runs many times slower than in fp32, which is refused rather
+    than run. fp16 autocast is a CUDA feature.
+
+    Raises:
+        SpeccError: the reason ``precision`` cannot run here, and what to use instead.
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return None
+    if device.type == "cuda":
+        if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise SpeccError(f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic; "
+                             "use fp16 or fp32")
+        return dtype
+    if dtype is torch.float16:
+        raise SpeccError("fp16 needs a CUDA GPU and this run is on the CPU; use fp32, or bf16 "
+                         "on a CPU with native bf16")
+    cpu = cpu_info()
+    if not cpu.has_bf16:
+        raise SpeccError(f"this CPU ({cpu.summary()}) has no native bf16 arithmetic (AVX-512 "
+                         "bf16 or AMX), so bf16 would run many times slower than fp32; use fp32")
+    return dtype

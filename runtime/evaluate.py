@@ -314,7 +314,7 @@ def evaluate_checkpoint(
         model = optimize_for_inference(model).to(ctx.device)
         source_file = weights.file
     dataset, loader = val_batches(spec, ctx, source)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.amp)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
     worst_images = WorstImages(worst if out is not None else 0, spec.num_classes,
                                spec.train.ignore_index)
     result = evaluate(

@@ -38,6 +38,7 @@ import errno
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,19 +53,22 @@ from runtime import checkpoint as ckpt
 from runtime import distributed, finetune, losses
 from runtime.data import bootstrap_indices, open_split, train_stream, train_transform
 from runtime.data.loader import mix_seed
-from runtime.evaluate import autocast, evaluate, val_batches
+from runtime.devices import precision_dtype
+from runtime.evaluate import evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
 from runtime.tensorboard import Board
 from specc import artifacts
 from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
-from specc.errors import TrainingError
+from specc.errors import SpeccError, TrainingError
 from specc.fsutil import atomic_write_text
 from specc.spec_train import LossSpec
 
 METRICS = "metrics.jsonl"
 #: The run's record of how it was set up: effective batch, parameter groups, loss, --init.
 RUN_RECORD = "run.json"
+#: C++ compilers inductor can build its CPU kernels with (``train.compile``).
+CXX = ("c++", "g++", "clang++")
 
 
 @dataclass(frozen=True)
@@ -223,9 +227,9 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     saved = _check_run(run_dir, resume, tr.batch_size, ctx, report)
     per_rank = tr.batch_size // ctx.world_size  # the global batch is split across processes
     _check_norm_batch(spec, per_rank, ctx)
-    cuda = ctx.device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.amp) if cuda else None
-    channels_last = tr.channels_last and cuda  # a CUDA speed-up; CPU convs gain nothing from it
+    amp_dtype, channels_last = step_settings(doc, ctx.device)
+    if tr.compile:
+        _check_compile(doc, ctx.device)
     torch.backends.cudnn.benchmark = True  # fixed crop: let cuDNN pick its fastest kernels
 
     # -- model: the same seed everywhere gives every process the same initial weights
@@ -255,13 +259,14 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
     ddp = distributed.wrap(model, ctx)
     raw = distributed.unwrap(ddp)
+    stepper = torch.compile(ddp) if tr.compile else ddp  # the same module, compiled on first use
     log = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
     _write_run_record(run_dir, ctx, tr, per_rank, groups, started_from, start)
     board = Board(run_dir, val_set.class_names, spec.input.mean, spec.input.std) if (
         tensorboard and ctx.is_main) else None
     if board is not None:
         board.graph(raw, spec.data.crop or spec.input.size)
-    if ctx.distributed and not cuda:
+    if ctx.distributed and ctx.device.type != "cuda":
         report.message("note: SyncBatchNorm needs GPUs; CPU processes keep per-process BN "
                        "statistics")
     last_loss: float | None = None
@@ -278,7 +283,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                 # one SGD step at the poly learning rate
                 lr = poly_lr(tr.lr, it, tr.iters, tr.poly_power)
                 micro = [next(batches) for _ in range(tr.accumulate)]
-                loss_value = _step(ddp, optimizer, scaler, micro, lr, tr, ctx, amp_dtype,
+                loss_value = _step(stepper, optimizer, scaler, micro, lr, tr, ctx, amp_dtype,
                                    channels_last, Tuning(groups, class_weights), run_dir, it)
                 done = it + 1
                 window.append(loss_value)
@@ -480,6 +485,49 @@ class Tuning:
     class_weights: torch.Tensor | None = None
 
 
+def step_settings(doc: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """How the steps run on ``device``: the autocast dtype of ``train.precision`` (None: fp32)
+    and whether images and weights are channels-last (``train.channels_last``).
+
+    Raises:
+        SpecError: at ``train.precision``, a precision this device does not compute in natively
+            (bf16 on a CPU without bf16 instructions, fp16 on the CPU): refused before anything
+            is written, rather than run many times slower.
+    """
+    tr = doc.spec.train
+    try:
+        amp_dtype = precision_dtype(tr.precision, device)
+    except SpeccError as err:
+        raise doc.raw.sources.error(
+            ("train", "precision"), f"expected a precision this machine computes in natively, "
+            f"found {tr.precision!r}: {err}") from None
+    return amp_dtype, tr.channels_last
+
+
+def _check_compile(doc: Any, device: torch.device) -> None:
+    """Refuse ``train.compile`` up front where torch.compile cannot work: no compiler support in
+    this torch build, or (on the CPU, where inductor writes C++) no C++ compiler.
+
+    Raises:
+        SpecError: at ``train.compile``, saying what is missing.
+    """
+    missing = None
+    if not torch._dynamo.is_dynamo_supported():
+        missing = f"torch {torch.__version__} cannot compile on this Python"
+    elif device.type == "cpu" and not any(shutil.which(c) for c in CXX):
+        missing = f"no C++ compiler ({', '.join(CXX)}) is on the PATH"
+    if missing:
+        raise doc.raw.sources.error(("train", "compile"), f"expected a setup torch.compile "
+                                    f"runs on, found {missing}; set train.compile=false")
+
+
+def train_autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` on ``device`` (CPU or CUDA); a no-op for fp32 (``None``)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def _step(ddp: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
           micro: list[tuple[torch.Tensor, torch.Tensor]], lr: float, tr: Any,
           ctx: distributed.Context, amp_dtype: torch.dtype | None, channels_last: bool,
@@ -528,7 +576,7 @@ def _micro_loss(ddp: nn.Module, images: torch.Tensor, labels: torch.Tensor, tr: 
     labels = labels.to(ctx.device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(ctx.device, amp_dtype):
+    with train_autocast(ctx.device, amp_dtype):
         outputs = ddp(images)
     return segmentation_loss(outputs, labels, tr.ignore_index, tr.aux_weight, loss_spec=tr.loss,
                              iteration=it, class_weights=tuning.class_weights)

@@ -1,9 +1,14 @@
-"""What the machine's CPU can do, read once from ``/proc/cpuinfo`` (Linux) or ``platform``.
+"""What the CPU can do: its model name and the instruction-set features that decide which kernels
+and precisions run fast.
 
-The fastest precision of a deployed model depends on the CPU: bf16 is fast only where the CPU
-computes in bf16 natively (AVX-512 bf16 or AMX), and is ~10× slower than fp32 where it has to be
-emulated; int8 is fastest with VNNI or AMX. Every benchmark prints :func:`cpu_info` so that its
-figures say what they were measured on.
+bf16 is only worth using where the CPU computes in it natively (AVX-512 bf16 or AMX on x86, the
+``bf16`` feature on Arm); elsewhere PyTorch emulates it and a bf16 step runs many times slower
+than fp32. int8 gains need VNNI (AVX-512 or AVX) or AMX. The training runtime asks
+:func:`cpu_info` before it accepts ``train.precision: bf16``; benchmarks print
+:meth:`CpuInfo.summary` so that every figure says what it was measured on.
+
+Read from ``/proc/cpuinfo`` (Linux); elsewhere the model comes from :mod:`platform` and no
+feature is claimed, so nothing is chosen that might not be there.
 """
 
 from __future__ import annotations
@@ -14,58 +19,78 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The instruction-set features that decide the fastest precision, as ``/proc/cpuinfo`` names them.
-FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16",
-            "amx_int8", "amx_tile")
+#: The features reported, in this order: those that pick kernels and precisions.
+FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni",
+            "amx_tile", "amx_bf16", "amx_int8", "asimddp", "i8mm", "bf16")
+#: Native bf16 arithmetic: AVX-512 bf16, AMX bf16 (x86) or the Arm ``bf16`` feature.
+BF16_FEATURES = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+#: int8 dot products: VNNI (AVX-512 or AVX), AMX int8, Arm's dot-product and matrix extensions.
+INT8_FEATURES = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"})
+CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
 class CpuInfo:
-    """The CPU's model name, logical core count and which of :data:`FEATURES` it has."""
+    """The CPU's model name and which of :data:`FEATURES` it has."""
 
     model: str
-    cores: int
-    features: tuple[str, ...]
+    features: frozenset[str]
+
+    @property
+    def has_avx2(self) -> bool:
+        return "avx2" in self.features
+
+    @property
+    def has_avx512(self) -> bool:
+        return "avx512f" in self.features
 
     @property
     def has_bf16(self) -> bool:
-        """bf16 arithmetic in hardware (AVX-512 bf16 or AMX)."""
-        return "avx512_bf16" in self.features or "amx_bf16" in self.features
+        """Native bf16 arithmetic (bf16 autocast is fast, not emulated)."""
+        return bool(self.features & BF16_FEATURES)
 
     @property
     def has_vnni(self) -> bool:
-        """int8 dot products in hardware (VNNI, in AVX-512 or AVX form, or AMX)."""
-        return any(f in self.features for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+        """int8 dot-product instructions (VNNI or the Arm equivalents)."""
+        return bool(self.features & INT8_FEATURES)
 
-    def describe(self) -> str:
-        """One line: model, cores and features, e.g. ``AMD EPYC, 2 cores, avx2 fma``."""
-        return f"{self.model}, {self.cores} cores, {' '.join(self.features) or 'no AVX2'}"
+    @property
+    def has_amx(self) -> bool:
+        """Intel's matrix tiles (AMX), the fastest bf16 and int8 path on x86."""
+        return "amx_tile" in self.features
 
     def as_dict(self) -> dict[str, object]:
-        return {"model": self.model, "cores": self.cores, "features": list(self.features),
-                "bf16": self.has_bf16, "vnni": self.has_vnni}
+        """What a benchmark or an artifact list records of the machine."""
+        return {"model": self.model, "cores": os.cpu_count() or 1,
+                "features": [f for f in FEATURES if f in self.features],
+                "bf16": self.has_bf16, "vnni": self.has_vnni, "amx": self.has_amx}
+
+    def summary(self) -> str:
+        """One line: the model and the features found, in :data:`FEATURES` order."""
+        found = [f for f in FEATURES if f in self.features]
+        return f"{self.model}; features: {' '.join(found) or 'none of ' + ', '.join(FEATURES)}"
 
 
-def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
-    """The first processor's model name and flags in a ``/proc/cpuinfo`` text."""
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """A :class:`CpuInfo` from the text of ``/proc/cpuinfo`` (x86 ``flags`` or Arm
+    ``Features``; the first processor's entry names the model)."""
     model, flags = "", set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not model:
             model = value.strip()
-        elif key == "flags" and not flags:
+        elif key in ("flags", "features") and not flags:
             flags = set(value.split())
-    return model, flags
+    return CpuInfo(model=model or platform.processor() or platform.machine() or "unknown CPU",
+                   features=frozenset(flags & set(FEATURES)))
 
 
 @functools.cache
-def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> CpuInfo:
-    """This machine's CPU (cached: it does not change while the process runs)."""
+def cpu_info() -> CpuInfo:
+    """This machine's CPU, read once per process."""
     try:
-        model, flags = parse_cpuinfo(Path(cpuinfo).read_text(errors="replace"))
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        model, flags = "", set()
-    return CpuInfo(model=model or platform.processor() or platform.machine(),
-                   cores=os.cpu_count() or 1,
-                   features=tuple(f for f in FEATURES if f in flags))
+        text = ""
+    return parse_cpuinfo(text)

@@ -40,6 +40,7 @@ Key = tuple[str | int, ...]
 RENAMED: dict[Key, str] = {
     ("input", "crop"): "size",
     ("decoder", "output_stride"): "low_level_reduction",
+    ("train", "amp"): "precision",  # its value "none" reads as "fp32"
 }
 
 

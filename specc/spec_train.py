@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator
 
 #: Largest channel count, spatial size (pixels), stride or rate a spec may give: far past any
 #: DeepLab (2048 channels, 513-pixel crops, rate 36), small enough to refuse a typo's billions
@@ -23,6 +23,15 @@ Positive = Annotated[int, Strict(), Field(gt=0)]
 Size = Annotated[int, Strict(), Field(gt=0, le=MAX_SIZE)]
 #: A number of images, 1 .. MAX_IMAGES.
 Images = Annotated[int, Strict(), Field(gt=0, le=MAX_IMAGES)]
+
+
+def _fp32_from_none(value: object) -> object:
+    """``none``, the old ``train.amp`` spelling of full precision, read as ``fp32``."""
+    return "fp32" if value == "none" else value
+
+
+#: The arithmetic of a training step (``train.precision``); ``none`` is accepted as ``fp32``.
+Precision = Annotated[Literal["fp32", "bf16", "fp16"], BeforeValidator(_fp32_from_none)]
 
 
 class _Base(BaseModel):
@@ -76,9 +85,13 @@ class TrainSpec(_Base):
         default_factory=list, description="Classes whose images are oversampled (DeepLabv3 "
         "§4.3 bootstrapping; VOC: bicycle 2, chair 9, table 11, plant 16, sofa 18).")
     hard_repeat: Positive = Field(2, description="How many times a hard image appears per epoch.")
-    amp: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="Mixed precision on CUDA (ignored on CPU).")
-    channels_last: bool = Field(False, description="channels_last memory format on CUDA.")
+    precision: Precision = Field(
+        "fp32", description="Arithmetic of the forward pass: fp32, bf16 autocast (CUDA, or a CPU "
+        "with native bf16: AVX-512 bf16 or AMX) or fp16 autocast with loss scaling (CUDA). "
+        "Formerly train.amp, whose 'none' means fp32.")
+    channels_last: bool = Field(
+        False, description="channels_last memory format for weights and images, on CPU and "
+        "CUDA (faster convolutions; dropout then draws its mask in another order).")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed for weights, sampling and augmentation.")
     workers: int = Field(2, ge=0, le=256, description="Data-loading worker processes.")
     log_every: Positive = Field(10, description="Iterations between metrics.jsonl records.")
@@ -97,6 +110,9 @@ class TrainSpec(_Base):
         "`heads` (every module after the backbone), a head (`aspp`, `decoder`, `classifier`, "
         "`aux`) or a deeper module path (`backbone.block4`); the longest matching key wins, "
         "the rest keep 1. E.g. {backbone: 1, heads: 10}.")
+    compile: bool = Field(
+        False, description="Compile the training module with torch.compile (a slow first step, "
+        "then faster ones; needs a C++ compiler on the CPU).")
 
 
 class SyntheticSpec(_Base):

@@ -126,7 +126,7 @@ def resolve_precision(precision: str, cpu: CpuInfo, where: str = "--precision") 
         return "bf16" if cpu.has_bf16 else "fp32"
     if precision == "bf16" and not cpu.has_bf16:
         raise SpeccError(f"{where}: bf16 needs a CPU with native bf16 (AVX-512 bf16 or AMX); "
-                         f"this one ({cpu.describe()}) would emulate it, about 10× slower than "
+                         f"this one ({cpu.summary()}) would emulate it, about 10× slower than "
                          "fp32. Use fp32 or auto")
     return precision
 

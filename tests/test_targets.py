@@ -19,7 +19,7 @@ from conftest import REPO
 from specc.api import build, load_spec
 from specc.build import Deployment, build_to
 from specc.errors import SpeccError
-from specc.hardware import CpuInfo, parse_cpuinfo
+from specc.hardware import CpuInfo
 from specc.targets import (
     ARTIFACTS,
     Request,
@@ -31,8 +31,8 @@ from specc.targets import (
 DEMO = REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml"
 SMALL = ["input.size=[65, 65]", "data.synthetic.val_length=8", "data.synthetic.train_length=8",
          "data.synthetic.size=72"]
-AVX2 = CpuInfo("test CPU", 2, ("avx2", "fma"))
-BF16 = CpuInfo("test CPU", 2, ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"))
+AVX2 = CpuInfo("test CPU", frozenset({"avx2", "fma"}))
+BF16 = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"}))
 
 
 def randomized(module: torch.nn.Module) -> torch.nn.Module:
@@ -87,13 +87,6 @@ def test_requests_resolve_auto_per_cpu_and_keep_build_order() -> None:
 def test_bad_requests_are_refused(texts: list[str], precision: str, message: str) -> None:
     with pytest.raises(SpeccError, match=message):
         parse_requests(texts, precision, cpu=AVX2)
-
-
-def test_cpuinfo_flags_decide_bf16_and_vnni() -> None:
-    model, flags = parse_cpuinfo("processor: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 "
-                                 "avx512f avx512_bf16 amx_int8\n\nprocessor: 1\nflags: sse\n")
-    assert model == "Some Xeon" and "avx512_bf16" in flags and "sse" not in flags
-    assert BF16.has_bf16 and BF16.has_vnni and not AVX2.has_bf16 and not AVX2.has_vnni
 
 
 def test_missing_library_is_named_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
