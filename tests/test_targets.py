@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO
 
 from specc.api import build, load_spec
 from specc.build import Deployment, build_to
@@ -28,6 +27,7 @@ from specc.targets import (
     parse_requests,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml"
 SMALL = ["input.size=[65, 65]", "data.synthetic.val_length=8", "data.synthetic.train_length=8",
          "data.synthetic.size=72"]

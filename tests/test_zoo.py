@@ -53,7 +53,7 @@ def test_torchvision_parameter_counts_match_torchvision_records(entries: dict[st
     }
     for name, weights in records.items():
         assert entries[name]["params"] == weights.DEFAULT.meta["num_params"], name
-        assert entries[name]["weights"] == {"torchvision": "model"}, name
+        assert entries[name]["weights"]["torchvision"] == "model", name
 
 
 def test_costs_and_weights_of_the_papers_models(entries: dict[str, dict]) -> None:
@@ -61,8 +61,12 @@ def test_costs_and_weights_of_the_papers_models(entries: dict[str, dict]) -> Non
             entries["deeplabv1_largefov_vgg16"]["macs"]) == vgg_hand_count(513, [12])
     assert entries["deeplabv1_largefov_vgg16"]["weights"] == {}
     # An ImageNet torchvision ResNet-101 fits its backbone; its heads have no counterpart.
-    assert entries["deeplabv2_aspp_resnet101"]["weights"] == {"torchvision": "backbone"}
+    # ResNet backbones take the ImageNet ResNets of torchvision, timm, smp's encoders and mmseg
+    assert entries["deeplabv2_aspp_resnet101"]["weights"] == {
+        "torchvision": "backbone", "timm": "backbone", "smp": "backbone", "mmseg": "backbone"}
     assert entries["deeplabv3plus_xception"]["weights"] == {"timm": "backbone"}
+    assert entries["smp_deeplabv3_resnet34"]["weights"]["smp"] == "model"
+    assert entries["mmseg_deeplabv3_r50_d8"]["weights"]["mmseg"] == "model"
 
 
 def test_command_prints_a_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
