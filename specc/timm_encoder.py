@@ -1,0 +1,99 @@
+"""What specc knows of a timm encoder (``backbone.timm``): its stages, read from timm itself.
+
+timm builds the encoder (``timm.create_model(name, features_only=True, ...)``); specc sees it at
+stage granularity only. The encoder is created once per name, output stride and input size on
+the meta device (no memory, no weights, nothing downloaded) and run on a meta image: its
+``feature_info`` gives each stage's channels and reduction (timm's own output-stride support
+turns strides past it into dilation, so reductions stop at the output stride), the meta run
+gives each stage's feature size, and the module the parameter counts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from specc.errors import SpecError
+
+#: The spec key every error about the encoder is placed at.
+KEY = "backbone.timm"
+
+
+@dataclass(frozen=True)
+class EncoderStage:
+    """One feature a timm encoder hands out."""
+
+    #: The timm module that makes it (``layer1``, ``stages.0``, ``blocks.4``).
+    module: str
+    channels: int
+    #: Input size / feature size at the spec's output stride, and without one (timm's default).
+    reduction: int
+    nominal_reduction: int
+    h: int
+    w: int
+    #: Parameters of the encoder between the previous stage's feature and this one.
+    params: int
+
+
+def create_encoder(name: str, output_stride: int, **kwargs: object) -> object:
+    """timm's features-only encoder ``name`` at ``output_stride``, random weights.
+
+    Raises:
+        SpecError: timm is missing, knows no such model, or the model has no features-only
+            form or no output-stride support.
+    """
+    try:
+        import timm
+    except ImportError:
+        raise SpecError(f"backbone.timm: {name} needs the timm package; install it with "
+                        "`pip install timm`", path=KEY) from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise SpecError(f"expected a timm model name, found {name!r}{hint}", path=KEY)
+    stride = {} if output_stride == 32 else {"output_stride": output_stride}
+    try:
+        return timm.create_model(name, features_only=True, pretrained=False, **stride, **kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+        raise SpecError(f"timm cannot build {name} as a features-only encoder at output stride "
+                        f"{output_stride}: {err}", path=KEY) from None
+
+
+@lru_cache(maxsize=32)
+def encoder_stages(name: str, output_stride: int, size: tuple[int, int]
+                   ) -> tuple[EncoderStage, ...]:
+    """The stages of timm's ``name`` at ``output_stride`` for ``size`` images (see module doc)."""
+    import torch
+
+    with torch.device("meta"):
+        encoder = create_encoder(name, output_stride)
+        nominal = create_encoder(name, 32).feature_info.reduction()
+        with torch.no_grad():
+            features = encoder.eval()(torch.empty(1, 3, *size))
+    info = encoder.feature_info
+    modules = info.module_name()
+    params = _stage_params(encoder, modules)
+    return tuple(EncoderStage(m, c, r, n, f.shape[2], f.shape[3], p)
+                 for m, c, r, n, f, p in zip(modules, info.channels(), info.reduction(), nominal,
+                                             features, params, strict=True))
+
+
+def _stage_params(encoder: object, modules: list[str]) -> list[int]:
+    """Parameters per stage: each parameter counts toward the first stage at or after the
+    module that holds it (the stem's go to the first stage, anything past the last to it)."""
+    order = [m.replace(".", "_") for m in modules]
+    counts = [0] * len(modules)
+    stage = 0
+    for key, p in encoder.named_parameters():  # type: ignore[attr-defined]
+        flat = key.replace(".", "_")
+        while stage < len(order) - 1 and _before(order[stage], flat, order):
+            stage += 1
+        counts[stage] += p.numel()
+    return counts
+
+
+def _before(module: str, key: str, order: list[str]) -> bool:
+    """Whether ``key`` lies past ``module``: it is in a later stage's module."""
+    later = order[order.index(module) + 1:]
+    return any(key == m or key.startswith(m + "_") for m in later)
