@@ -56,8 +56,10 @@ def create_encoder(name: str, output_stride: int, **kwargs: object) -> object:
     try:
         return timm.create_model(name, features_only=True, pretrained=False, **stride, **kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+        why = str(err) or ("it has no output-stride support" if output_stride != 32
+                           else type(err).__name__)
         raise SpecError(f"timm cannot build {name} as a features-only encoder at output stride "
-                        f"{output_stride}: {err}", path=KEY) from None
+                        f"{output_stride}: {why}", path=KEY) from None
 
 
 @lru_cache(maxsize=32)
@@ -69,14 +71,30 @@ def encoder_stages(name: str, output_stride: int, size: tuple[int, int]
     with torch.device("meta"):
         encoder = create_encoder(name, output_stride)
         nominal = create_encoder(name, 32).feature_info.reduction()
-        with torch.no_grad():
-            features = encoder.eval()(torch.empty(1, 3, *size))
+        features = _run(encoder, name, size)
     info = encoder.feature_info
     modules = info.module_name()
     params = _stage_params(encoder, modules)
     return tuple(EncoderStage(m, c, r, n, f.shape[2], f.shape[3], p)
                  for m, c, r, n, f, p in zip(modules, info.channels(), info.reduction(), nominal,
                                              features, params, strict=True))
+
+
+def _run(encoder: object, name: str, size: tuple[int, int]) -> list[object]:
+    """The encoder's features for one ``size`` image (on the meta device: shapes only).
+
+    Raises:
+        SpecError: the encoder cannot run at that size (some need multiples of 32).
+    """
+    import torch
+
+    try:
+        with torch.no_grad():
+            return encoder.eval()(torch.empty(1, 3, *size))  # type: ignore[attr-defined, operator]
+    except (RuntimeError, ValueError, AssertionError) as err:
+        why = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise SpecError(f"timm's {name} cannot run on a {size[0]}×{size[1]} input ({why}); "
+                        "choose an input.size it accepts", path=KEY) from None
 
 
 def _stage_params(encoder: object, modules: list[str]) -> list[int]:

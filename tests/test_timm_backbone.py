@@ -110,3 +110,41 @@ def test_timm_backbone_names_close_models(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"convnxt_atto.*close names: convnext_atto") as err:
         _ = build(load_spec(spec)).network
     assert "convnxt_atto.yaml" in str(err.value)
+
+
+def test_timm_build_writes_torchscript(tmp_path: Path, cli) -> None:
+    result = cli("build", _spec(tmp_path, "convnext_atto", 16, "backbone.stage0"),
+                 "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    scripted = torch.jit.load(str(tmp_path / "out/timm_convnext_atto/model.pt"))
+    assert scripted(torch.randn(1, 3, *SIZE))["out"].shape == (1, 3, *SIZE)
+    info = cli("info", _spec(tmp_path, "convnext_atto", 16, "backbone.stage0"))
+    assert "multiply-adds and receptive fields are not" in info.out
+
+
+HRNET = """\
+name: hrnet
+num_classes: 3
+input: {{size: {size}}}
+backbone: {{timm: hrnet_w18_small, output_stride: {os}}}
+aspp: {{rates: [2, 4, 6]}}
+"""
+
+
+@pytest.mark.parametrize("size, output_stride, message", [
+    ([64, 96], 16, "hrnet_w18_small as a features-only encoder at output stride 16: it has no "
+                   "output-stride support"),
+    ([65, 73], 32, "cannot run on a 65×73 input"),
+    ([64, 96], 32, "cannot be compiled to TorchScript, so model.pt cannot be written"),
+])
+def test_timm_encoders_specc_cannot_build_are_refused_clearly(
+        tmp_path: Path, cli, size: list[int], output_stride: int, message: str) -> None:
+    """HRNet has no output-stride support, needs sizes of multiples of 32 and does not script:
+    each is an error at backbone.timm (exit 2, nothing written), never a traceback."""
+    spec = tmp_path / "hrnet.yaml"
+    spec.write_text(HRNET.format(size=size, os=output_stride), encoding="utf-8")
+    result = cli("build", spec, "--out", tmp_path / "out")
+    assert result.code == 2
+    assert f"{spec}:4:" in result.err and message in result.err
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "out/hrnet").exists()
