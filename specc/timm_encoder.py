@@ -115,3 +115,47 @@ def _before(module: str, key: str, order: list[str]) -> bool:
     """Whether ``key`` lies past ``module``: it is in a later stage's module."""
     later = order[order.index(module) + 1:]
     return any(key == m or key.startswith(m + "_") for m in later)
+
+
+def full_model_names(encoder_names: list[str], full_names: set[str]) -> dict[str, str]:
+    """Each features-only encoder tensor name → the name in timm's whole model (``stages_0.…``
+    → ``stages.0.…``: timm's features-only wrappers join the first levels of a nested module's
+    name with ``_``). Names found in neither form are left out."""
+    out = {}
+    for name in encoder_names:
+        first, _, rest = name.partition(".")
+        for candidate in _dotted_forms(first):
+            full = f"{candidate}.{rest}" if rest else candidate
+            if full in full_names:
+                out[name] = full
+                break
+    return out
+
+
+def _dotted_forms(name: str) -> list[str]:
+    """``name`` as is, then with each choice of its ``_`` read as ``.`` (fewest first)."""
+    parts = name.split("_")
+    forms = []
+    for mask in range(2 ** (len(parts) - 1)):
+        joined = parts[0]
+        for i, part in enumerate(parts[1:]):
+            joined += ("." if mask >> i & 1 else "_") + part
+        forms.append(joined)
+    return sorted(forms, key=lambda f: f.count("."))
+
+
+@lru_cache(maxsize=8)
+def weight_names(name: str, output_stride: int) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Where timm's whole model ``name`` keeps each tensor of its features-only encoder
+    (encoder name → whole-model name), and the whole model's tensors the encoder has no use for
+    (its classifier and final layers), both read from models on the meta device."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        encoder = create_encoder(name, output_stride)
+        whole = timm.create_model(name, pretrained=False)
+    full = set(whole.state_dict())
+    mapped = full_model_names(list(encoder.state_dict()), full)  # type: ignore[attr-defined]
+    unused = tuple(sorted(full - set(mapped.values())))
+    return mapped, unused

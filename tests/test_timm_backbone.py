@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_equivalence import import_weights
 
 from specc.api import build, load_spec
+from specc.artifacts import load_weights, read_weights
 from specc.errors import SpecError, SpecErrors
 
 timm = pytest.importorskip("timm")
@@ -148,3 +150,36 @@ def test_timm_encoders_specc_cannot_build_are_refused_clearly(
     assert f"{spec}:4:" in result.err and message in result.err
     assert "Traceback" not in result.err
     assert not (tmp_path / "out/hrnet").exists()
+
+
+@pytest.mark.parametrize("name, low_level", [("resnet18", "backbone.stage1"),
+                                             ("convnext_atto", "backbone.stage0"),
+                                             ("efficientnet_b0", "backbone.stage1")])
+def test_import_weights_from_a_whole_timm_model(tmp_path: Path, name: str,
+                                                low_level: str) -> None:
+    """``import-weights --from timm`` of the whole model's state dict: every encoder tensor
+    comes from it, its classifier (and EfficientNet's final conv) is dropped, and the backbone
+    computes what the timm features-only model with those weights computes."""
+    whole = timm.create_model(name, pretrained=False, output_stride=16)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for t in whole.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) * 0.2 + 0.9 if t.dim() == 1 else t.normal_(0, 0.05))
+    whole.eval()
+    src = tmp_path / f"{name}.pth"
+    torch.save(whole.state_dict(), src)
+    spec = _spec(tmp_path, name, 16, low_level)
+    out = import_weights(spec, src, "timm", tmp_path / "w.safetensors", "--backbone-only")
+    module = build(load_spec(spec)).module
+    untouched = load_weights(module, read_weights(out), partial=True)
+    assert not [k for k in untouched if k.startswith("backbone.")]
+    module.eval()
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        ours = module.backbone(x)["out"]
+        if name == "efficientnet_b0":  # its forward_features ends in conv_head + bn2
+            ref = whole.blocks(whole.bn1(whole.conv_stem(x)))
+        else:
+            ref = whole.forward_features(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
