@@ -552,13 +552,15 @@ class TimmStage(Unit):
     module_name: str
     #: Position among the features the encoder hands out.
     feature: int
+    #: The module making it, in the generated model (``backbone.encoder.stages_0``).
+    module_path: str
 
     def shared(self) -> tuple[str, ...]:
         return ()
 
     @property
     def module(self) -> str:
-        return "backbone.encoder"
+        return self.module_path
 
     def describe(self) -> str:
         return f"timm {self.module_name}" + (f" d={self.rates[0]}" if self.rates[0] > 1 else "")
@@ -575,7 +577,8 @@ class TimmStage(Unit):
                        module=st.module, spec_key=u.spec_key)
         return cls(spec_key=u.spec_key, out=y, stage=u.stage, index=index, name=u.name,
                    in_channels=x.channels, stride=u.stride, rates=u.rates,
-                   module_name=st.module, feature=feature)
+                   module_name=st.module, feature=feature,
+                   module_path=f"backbone.encoder.{st.path}")
 
 
 def lower_timm(ctx: Context, schedule: Schedule, x: Feature

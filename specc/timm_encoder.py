@@ -24,8 +24,10 @@ KEY = "backbone.timm"
 class EncoderStage:
     """One feature a timm encoder hands out."""
 
-    #: The timm module that makes it (``layer1``, ``stages.0``, ``blocks.4``).
+    #: The timm module that makes it (``layer1``, ``stages.0``, ``blocks.4``), and its name in
+    #: the features-only encoder (``stages_0`` where timm's wrapper flattens nested modules).
     module: str
+    path: str
     channels: int
     #: Input size / feature size at the spec's output stride, and without one (timm's default).
     reduction: int
@@ -75,9 +77,11 @@ def encoder_stages(name: str, output_stride: int, size: tuple[int, int]
     info = encoder.feature_info
     modules = info.module_name()
     params = _stage_params(encoder, modules)
-    return tuple(EncoderStage(m, c, r, n, f.shape[2], f.shape[3], p)
-                 for m, c, r, n, f, p in zip(modules, info.channels(), info.reduction(), nominal,
-                                             features, params, strict=True))
+    names = {name for name, _ in encoder.named_modules()}
+    paths = [m if m in names else m.replace(".", "_") for m in modules]
+    return tuple(EncoderStage(m, q, c, r, n, f.shape[2], f.shape[3], p)
+                 for m, q, c, r, n, f, p in zip(modules, paths, info.channels(), info.reduction(),
+                                                nominal, features, params, strict=True))
 
 
 def _run(encoder: object, name: str, size: tuple[int, int]) -> list[object]:
