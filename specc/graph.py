@@ -86,6 +86,12 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
         parts.append(f"Auxiliary head on {spec.aux.tap}.")
     backbone_description = (f"{backbone} feature extractor: {len(schedule.units)} units, output "
                             f"stride {schedule.output_stride}, {mg}.")
+    if bb.timm is not None:
+        parts[0] = (f"Backbone: timm's {bb.timm} as a features-only encoder, "
+                    f"{len(schedule.stages)} stages (opaque to specc).")
+        backbone_description = (f"timm's {bb.timm} features-only encoder: "
+                                f"{len(schedule.stages)} stages, output stride "
+                                f"{schedule.output_stride}.")
     return dict(title=title, summary="\n".join(parts), backbone_description=backbone_description)
 
 

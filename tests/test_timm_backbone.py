@@ -183,3 +183,17 @@ def test_import_weights_from_a_whole_timm_model(tmp_path: Path, name: str,
         else:
             ref = whole.forward_features(x)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_aux_head_taps_a_timm_stage(tmp_path: Path) -> None:
+    spec = tmp_path / "aux.yaml"
+    spec.write_text(SPEC.format(name="efficientnet_b0", os=8, low_level="backbone.stage1")
+                    + "aux: {tap: backbone.stage3, channels: 16}\n", encoding="utf-8")
+    comp = build(load_spec(spec))
+    model = comp.module.eval()
+    assert comp.network.taps["aux"].node == comp.network.aliases["backbone.stage3"]
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, *SIZE))
+        out = model(torch.randn(1, 3, *SIZE))
+    assert features["aux"].shape == (1, 112, 9, 10)  # blocks.4 at 1/8: output stride 8
+    assert out["aux"].shape == out["out"].shape == (1, 3, *SIZE)

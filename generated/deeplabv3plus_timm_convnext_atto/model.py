@@ -3,7 +3,7 @@
 # Do not edit: change the spec and run `specc build`.
 """DeepLabv3+ with timm convnext_atto at output stride 16.
 
-Backbone: timm convnext_atto, 4 units in 4 stages, strides placed 'timm', no multi-grid.
+Backbone: timm's convnext_atto as a features-only encoder, 4 stages (opaque to specc).
 ASPP: rates (6, 12, 18) + image pooling, separable 3×3 convs.
 Decoder: low-level feature backbone.stage0 (1/4 of the input) projected to 48, 2 separable 3×3 convs
 of 256.
@@ -186,7 +186,7 @@ class Decoder(nn.Module):
 
 
 class Backbone(nn.Module):
-    """timm convnext_atto feature extractor: 4 units, output stride 16, no multi-grid."""
+    """timm's convnext_atto features-only encoder: 4 stages, output stride 16."""
 
     def __init__(self) -> None:
         super().__init__()
