@@ -85,7 +85,15 @@ def info(comp: Compilation) -> dict[str, Any]:
         "costs": costs(net.graph),
         "schedule": schedule_rows(comp),
         "taps": {p: t.node for p, t in net.taps.items()},
+        **opaque_nodes(net),
     }
+
+
+def opaque_nodes(net: Network) -> dict[str, list[str]]:
+    """``{"opaque": [...]}``, the nodes specc cannot see inside (a timm encoder's stages: their
+    multiply-adds and receptive fields are unknown), or nothing when there are none."""
+    nodes = [n for n, d in net.graph.nodes(data=True) if d.get("opaque")]
+    return {"opaque": nodes} if nodes else {}
 
 
 def manifest(comp: Compilation) -> dict[str, Any]:

@@ -314,6 +314,27 @@ def script_module(module: nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.script(module)
 
 
+def _scripted(module: nn.Module, doc: Document) -> torch.jit.ScriptModule:
+    """:func:`script_module`, refusing clearly a model TorchScript cannot compile: specc's own
+    blocks always script, a timm encoder (``backbone.timm``) may use Python TorchScript lacks.
+
+    Raises:
+        SpecError: TorchScript rejects the model's timm encoder (the build writes nothing).
+    """
+    try:
+        return script_module(module)
+    except (RuntimeError, NotImplementedError) as err:
+        encoder = doc.spec.backbone.timm
+        if encoder is None:
+            raise
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()),
+                      type(err).__name__)
+        raise doc.raw.sources.error(
+            "backbone.timm", f"timm's {encoder} cannot be compiled to TorchScript, so model.pt "
+            f"cannot be written ({reason}); choose a timm model that scripts, or use the "
+            "generated model.py directly") from None
+
+
 def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Path:
     """Write ``module`` as a TorchScript ``model.pt``, atomically, scripted in eval mode (its own
     mode is restored), with the spec information of ``doc`` inside. Returns ``path``.
@@ -329,7 +350,7 @@ def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Pat
     was_training = module.training
     module.eval()
     try:
-        scripted = script_module(module)
+        scripted = _scripted(module, doc)
     finally:
         module.train(was_training)
     extra = {EXTRA_SPEC: json.dumps(spec_info(doc), sort_keys=True)}

@@ -24,6 +24,7 @@ from specc.spec import (
     Spec,
     StageSpec,
     StemSpec,
+    TimmStageUnit,
     VGGUnit,
     XceptionUnit,
 )
@@ -71,7 +72,8 @@ class ScheduledUnit:
 
 @dataclass(frozen=True)
 class Schedule:
-    stem: StemSpec
+    #: None for a timm encoder (``backbone.timm``), whose stem timm builds.
+    stem: StemSpec | None
     stem_stride: int
     units: tuple[ScheduledUnit, ...]
     stages: tuple[str, ...]
@@ -168,6 +170,8 @@ def derive(spec: Spec) -> Schedule:
             last stage, or the ASPP rates do not scale to the output stride.
     """
     bb = spec.backbone
+    if bb.timm is not None:
+        return derive_timm(spec)
     placement = default_stride_placement(bb)
     stem, stages = expand(bb)
     if not stages:
@@ -242,6 +246,46 @@ def derive(spec: Spec) -> Schedule:
                                    input_reduction=input_stride, reduction=current,
                                    cascade=is_copy))
 
+    aspp_rates = _aspp_rates(spec, os_target)
+
+    return Schedule(stem=stem, stem_stride=stem_stride, units=tuple(units),
+                    stages=tuple(stage_names), output_stride=os_target, aspp_rates=aspp_rates,
+                    stride_placement=placement, multi_grid=mg)
+
+
+def derive_timm(spec: Spec) -> Schedule:
+    """The schedule of a timm encoder: one unit per feature it hands out (stage0, stage1, ...),
+    with the strides and dilation timm's output-stride support gives it.
+
+    Raises:
+        SpecError: timm is missing, the name is no timm model, or the ASPP rates do not scale.
+    """
+    from specc.timm_encoder import KEY, encoder_stages
+
+    bb = spec.backbone
+    stages = encoder_stages(bb.timm, bb.output_stride, tuple(spec.input.size))
+    units = []
+    previous, previous_nominal = 1, 1
+    for i, st in enumerate(stages):
+        unit = TimmStageUnit(name=st.module.replace(".", "_"), module=st.module)
+        rate = st.nominal_reduction // st.reduction
+        units.append(ScheduledUnit(
+            stage=f"stage{i}", name=unit.name, spec_key=KEY, unit=unit,
+            nominal_stride=st.nominal_reduction // previous_nominal,
+            stride=st.reduction // previous, rates=(rate,), input_reduction=previous,
+            reduction=st.reduction))
+        previous, previous_nominal = st.reduction, st.nominal_reduction
+    return Schedule(stem=None, stem_stride=1, units=tuple(units),
+                    stages=tuple(u.stage for u in units), output_stride=bb.output_stride,
+                    aspp_rates=_aspp_rates(spec, bb.output_stride), stride_placement="timm")
+
+
+def _aspp_rates(spec: Spec, os_target: int) -> tuple[int, ...]:
+    """The ASPP rates at the output stride (scaled when written for another one).
+
+    Raises:
+        SpecError: a rate that does not scale to a whole number ≥ 1.
+    """
     aspp = spec.aspp
     if aspp is None:
         aspp_rates: tuple[int, ...] = ()
@@ -259,7 +303,4 @@ def derive(spec: Spec) -> Schedule:
                     path=f"aspp.rates[{i}]")
             scaled.append(int(value))
         aspp_rates = tuple(scaled)
-
-    return Schedule(stem=stem, stem_stride=stem_stride, units=tuple(units),
-                    stages=tuple(stage_names), output_stride=os_target, aspp_rates=aspp_rates,
-                    stride_placement=placement, multi_grid=mg)
+    return aspp_rates

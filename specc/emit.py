@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 
 from specc import __version__
+from specc.lower_backbone import TimmEncoder
 from specc.modules import SHARED
 from specc.plan import BLOCKS, STEM, Line, Network, Unit, shape_text
 
@@ -163,6 +164,16 @@ def _backbone(net: Network) -> dict[str, Any]:
                 forward=forward, description=net.backbone_description)
 
 
+def _timm_backbone(net: Network, encoder: TimmEncoder) -> dict[str, Any]:
+    """The values of the timm backbone template: the encoder and which stage each tap reads."""
+    index = {u.path: i for i, u in enumerate(net.units())}
+    forward = [Line(f'features["{port}"] = stages[{index[tap.unit]}]', tap.unit)
+               for port, tap in net.taps.items()]
+    return dict(description=net.backbone_description, model=encoder.model,
+                spec_key=encoder.spec_key, constructor=Line(f"self.encoder = {encoder.constructor()}"),
+                forward=forward, last=len(index) - 1)
+
+
 def _shape(u: Unit) -> str:
     return shape_text(u.out.channels, u.out.reduction)
 
@@ -207,7 +218,11 @@ def emit(net: Network, *, sha256: str) -> str:
     header = _ENV.get_template("header.py.j2").render(
         version=__version__, name=net.name, sha256=sha256, docstring=docstring)
     parts = [header, *(module_source(name) for name in used_modules(net))]
-    parts.append(_ENV.get_template("backbone.py.j2").render(**_backbone(net)))
+    if isinstance(net.stem, TimmEncoder):
+        parts.append(_ENV.get_template("backbone_timm.py.j2").render(
+            **_timm_backbone(net, net.stem)))
+    else:
+        parts.append(_ENV.get_template("backbone.py.j2").render(**_backbone(net)))
     parts.append(_ENV.get_template("model.py.j2").render(
         class_name=class_name(net.name), description=net.title, num_classes=net.num_classes,
         **_model(net)))

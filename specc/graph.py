@@ -26,7 +26,9 @@ def lower(spec: Spec, schedule: Schedule) -> Network:
     lg = LayerGraph()
     h, w = spec.input.size
     image = lg.input(h, w)
-    ctx = Context(lg, activation(spec), spec.backbone.norm.eps)
+    bb = spec.backbone
+    timm = None if bb.timm is None else (bb.timm, bb.output_stride, (h, w))
+    ctx = Context(lg, activation(spec), bb.norm.eps, timm)
     stem, stages, x = lower_backbone(ctx, schedule, image)
     head_eps = spec.backbone.norm.head_eps
     hc = HeadContext(lg=lg, spec=spec, schedule=schedule,
@@ -54,7 +56,7 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
         family = "LR-ASPP"
     if spec.fc_aspp is not None:
         family = "DeepLab v1 (LargeFOV)" if len(spec.fc_aspp.rates) == 1 else "DeepLab v2 (ASPP-L)"
-    backbone = bb.preset or "custom backbone"
+    backbone = bb.preset or (f"timm {bb.timm}" if bb.timm else "custom backbone")
     title = f"{family} with {backbone} at output stride {schedule.output_stride}."
     mg = f"multi-grid {tuple(schedule.multi_grid)}" if schedule.multi_grid else "no multi-grid"
     parts = [f"Backbone: {backbone}, {len(schedule.units)} units in "
@@ -84,6 +86,12 @@ def describe(spec: Spec, schedule: Schedule) -> dict[str, str]:
         parts.append(f"Auxiliary head on {spec.aux.tap}.")
     backbone_description = (f"{backbone} feature extractor: {len(schedule.units)} units, output "
                             f"stride {schedule.output_stride}, {mg}.")
+    if bb.timm is not None:
+        parts[0] = (f"Backbone: timm's {bb.timm} as a features-only encoder, "
+                    f"{len(schedule.stages)} stages (opaque to specc).")
+        backbone_description = (f"timm's {bb.timm} features-only encoder: "
+                                f"{len(schedule.stages)} stages, output stride "
+                                f"{schedule.output_stride}.")
     return dict(title=title, summary="\n".join(parts), backbone_description=backbone_description)
 
 

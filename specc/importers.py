@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from specc.api import compile_spec, load_spec
 from specc.artifacts import BACKBONE, FULL, read_weights, shown
 from specc.errors import SpeccError, WeightsError
+from specc.lower_backbone import TimmEncoder
 from specc.plan import Network
 
 if TYPE_CHECKING:
@@ -164,15 +165,31 @@ def timm_resnet_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     return plan
 
 
+def timm_encoder_plan(encoder: TimmEncoder) -> Plan:
+    """Map timm's whole ``backbone.timm`` model (or its features-only encoder) onto the
+    generated ``backbone.encoder``: the names are the whole model's, read from timm; what the
+    encoder does not use (the classifier, a final conv or norm) is dropped."""
+    from specc.timm_encoder import weight_names
+
+    mapped, unused = weight_names(encoder.model, encoder.output_stride)
+    plan = Plan(f"timm {encoder.model}", drop=unused)
+    for ours, theirs in mapped.items():
+        plan.prefixes[f"backbone.encoder.{ours}".rpartition(".")[0]] = theirs.rpartition(".")[0]
+    return plan
+
+
 def timm_plan(net: Network, source: dict[str, Tensor]) -> Plan:
-    """Map timm's aligned Xception (``xception41/65/71``; its classifier ``head.*`` is dropped)
-    or a timm ResNet (:func:`timm_resnet_plan`).
+    """Map timm's aligned Xception (``xception41/65/71``; its classifier ``head.*`` is dropped),
+    a timm ResNet (:func:`timm_resnet_plan`) or, for ``backbone.timm``, that timm model
+    (:func:`timm_encoder_plan`).
 
     timm numbers the Xception units through the whole network: the n-th is ``blocks.{n}``.
 
     Raises:
         WeightsError: the source is neither (a pre-activation ``xception*p`` included).
     """
+    if isinstance(net.stem, TimmEncoder):
+        return timm_encoder_plan(net.stem)
     if any(k.startswith("layer1.") for k in source) and any(k.startswith("conv1.")
                                                             for k in source):
         return timm_resnet_plan(net, source)

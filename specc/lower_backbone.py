@@ -40,6 +40,8 @@ class Context:
     lg: LayerGraph
     act: str
     eps: float
+    #: A timm encoder's model name, output stride and input size (None: specc's own backbone).
+    timm: tuple[str, int, tuple[int, int]] | None = None
 
 
 def _atrous(lg: LayerGraph, node: str, rate: int, spec_key: str) -> AtrousConv:
@@ -511,6 +513,93 @@ class VGG(Unit):
 
 
 # ------------------------------------------------------------------------------------------------
+# A timm encoder (backbone.timm): timm builds it, specc sees its stages
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class TimmEncoder(Block):
+    """timm's features-only encoder in place of a stem: it makes every stage, so the block has
+    no layers of its own in the graph (its ``out`` is the image)."""
+
+    kind = "timm_encoder"
+
+    model: str
+    output_stride: int
+    out_indices: tuple[int, ...]
+
+    def shared(self) -> tuple[str, ...]:
+        return ()
+
+    def constructor(self) -> str:
+        """The generated ``timm.create_model`` call (output_stride only below timm's 32, which
+        every features-only model supports)."""
+        kwargs = [("features_only", True, None), ("pretrained", False, None),
+                  ("out_indices", self.out_indices, None),
+                  ("output_stride", self.output_stride, 32)]
+        return call("timm.create_model", [self.model], kwargs)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class TimmStage(Unit):
+    """One feature of a timm encoder: an opaque node with the channels and reduction timm's
+    feature info gives and the parameters of the encoder's modules up to it; its multiply-adds
+    are unknown (0 in the counts: `specc info` says so)."""
+
+    kind = "timm_stage"
+
+    module_name: str
+    #: Position among the features the encoder hands out.
+    feature: int
+    #: The module making it, in the generated model (``backbone.encoder.stages_0``).
+    module_path: str
+
+    def shared(self) -> tuple[str, ...]:
+        return ()
+
+    @property
+    def module(self) -> str:
+        return self.module_path
+
+    def describe(self) -> str:
+        return f"timm {self.module_name}" + (f" d={self.rates[0]}" if self.rates[0] > 1 else "")
+
+    @classmethod
+    def lower(cls, ctx: Context, u: ScheduledUnit, x: Feature, index: int) -> TimmStage:
+        from specc.timm_encoder import encoder_stages
+
+        assert ctx.timm is not None
+        feature = int(u.stage.removeprefix("stage"))
+        st = encoder_stages(*ctx.timm)[feature]
+        out = Feature(u.path, st.channels, st.h, st.w, st.reduction, None)
+        y = ctx.lg.add(u.path, "timm_stage", [x], out, params=st.params, macs=0, opaque=True,
+                       module=st.module, spec_key=u.spec_key)
+        return cls(spec_key=u.spec_key, out=y, stage=u.stage, index=index, name=u.name,
+                   in_channels=x.channels, stride=u.stride, rates=u.rates,
+                   module_name=st.module, feature=feature,
+                   module_path=f"backbone.encoder.{st.path}")
+
+
+def lower_timm(ctx: Context, schedule: Schedule, x: Feature
+               ) -> tuple[TimmEncoder, tuple[Stage, ...], Feature]:
+    """One opaque node per stage of the timm encoder, named like specc's stages."""
+    assert ctx.timm is not None
+    model, output_stride, _size = ctx.timm
+    encoder = TimmEncoder(spec_key="backbone.timm", out=x, model=model,
+                          output_stride=output_stride,
+                          out_indices=tuple(range(len(schedule.units))))
+    stages = []
+    for u in schedule.units:
+        unit = TimmStage.lower(ctx, u, x, 0)
+        stages.append(Stage(u.stage, (unit,)))
+        ctx.lg.aliases[f"backbone.{u.stage}"] = unit.out.node
+        x = unit.out
+    ctx.lg.aliases["backbone"] = x.node
+    return encoder, tuple(stages), x
+
+
+# ------------------------------------------------------------------------------------------------
 # The whole backbone
 
 
@@ -560,12 +649,14 @@ def unit_kind(unit_type: str) -> type[Unit]:
 
 
 def lower_backbone(ctx: Context, schedule: Schedule, x: Feature
-                   ) -> tuple[Stem, tuple[Stage, ...], Feature]:
+                   ) -> tuple[Block, tuple[Stage, ...], Feature]:
     """Add the stem and every unit to the graph; name each stage and the backbone's output.
 
     Raises:
         SpecError: a reserved stage name, or a unit whose shortcut cannot be built.
     """
+    if ctx.timm is not None:
+        return lower_timm(ctx, schedule, x)
     check_stage_names(schedule)
     stem = Stem.lower(ctx, schedule, x)
     x = stem.out

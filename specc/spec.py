@@ -62,6 +62,13 @@ KeyPath = Annotated[
     Field(description="A spec key path as warnings name it, e.g. 'aspp.rates[2]'."),
 ]
 
+#: A timm model name as ``timm.list_models`` spells it (``resnet18``, ``convnext_atto``,
+#: ``efficientnet_b0``, ``tf_efficientnet_b0.ns_jft_in1k``).
+TimmModelName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.]*$", max_length=100),
+    Field(description="A timm model name."),
+]
+
 BACKBONE_PRESETS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "xception41", "xception65", "xception71", "mobilenetv2", "mobilenetv3_large", "vgg16",
@@ -103,6 +110,14 @@ class _UnitBase(Base):
     repeat: Positive = Field(
         1, description="Repeat this unit N times; the stride goes to one copy, the first or the "
         "last per backbone.stride_placement.")
+
+
+class TimmStageUnit(_UnitBase):
+    """One stage of a timm encoder, read from the encoder's feature info (never written in a
+    spec: ``backbone.timm`` makes these)."""
+
+    type: Literal["timm_stage"] = "timm_stage"
+    module: str = Field(description="The timm module whose output the stage is.")
 
 
 class BasicUnit(_UnitBase):
@@ -238,6 +253,10 @@ class BackboneSpec(Base):
 
     preset: Literal[BACKBONE_PRESETS] | None = Field(  # type: ignore[valid-type]
         None, description="A named backbone; expands to explicit stem and stages.")
+    timm: TimmModelName | None = Field(
+        None, description="A timm model name (e.g. convnext_atto): its features-only encoder is "
+        "the backbone, one stage per feature it hands out (stage0, stage1, ...), at "
+        "backbone.output_stride 8, 16 or 32. Instead of preset or stages.")
     stem: Literal["conv7", "deep"] | StemSpec | None = Field(
         None, description="ResNet presets: 'conv7' (7×7 conv + max-pool, torchvision) or 'deep' "
         "(three 3×3 convs 64, 64, 128 + max-pool, the TF 'beta' ResNets). Or an explicit stem.")
@@ -280,13 +299,17 @@ class BackboneSpec(Base):
         data = handler(self)
         if data.get("downsample") == "conv":
             del data["downsample"]
+        if data.get("timm", 0) is None:  # likewise for specs without a timm encoder
+            del data["timm"]
         return data
 
     @model_validator(mode="after")
     def _preset_or_stages(self) -> BackboneSpec:
+        if self.timm is not None:
+            return self._timm_alone()
         if self.preset is None and self.stages is None:
             raise ValueError("expected a preset (one of " + ", ".join(BACKBONE_PRESETS)
-                             + ") or explicit stages")
+                             + "), explicit stages or a timm model name")
         if self.preset is not None and self.stages is not None:
             raise ValueError("give either a preset or explicit stages, not both")
         if self.stages is not None and not isinstance(self.stem, StemSpec):
@@ -297,6 +320,22 @@ class BackboneSpec(Base):
         if self.downsample != "conv" and self.preset not in BOTTLENECK_PRESETS:
             raise ValueError("downsample: avgpool applies to bottleneck ResNet presets only ("
                              + ", ".join(BOTTLENECK_PRESETS) + ")")
+        return self
+
+    def _timm_alone(self) -> BackboneSpec:
+        """A timm encoder is built by timm: the keys that shape specc's own backbones do not
+        apply to it, and it reaches output strides 8, 16 and 32 only."""
+        ours = [key for key in ("preset", "stem", "stages", "activation", "multi_grid",
+                                "stride_placement") if getattr(self, key) is not None]
+        ours += [key for key, default in (("width_multiplier", 1.0), ("cascade", 0),
+                                          ("downsample", "conv"), ("destrided_rate", "previous"))
+                 if getattr(self, key) != default]
+        if ours:
+            raise ValueError(f"timm: {self.timm} builds the whole encoder; remove "
+                             + ", ".join(ours) + " (they shape specc's own backbones only)")
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"a timm encoder runs at output stride 8, 16 or 32, found "
+                             f"{self.output_stride}")
         return self
 
 

@@ -23,7 +23,7 @@ LOL = "\n".join(
     [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
     + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\n"
 UNIT_KEYS = "name, stride, repeat, type, channels, mid_channels"
-BACKBONE_KEYS = ("preset, stem, stages, width_multiplier, activation, norm, output_stride, "
+BACKBONE_KEYS = ("preset, timm, stem, stages, width_multiplier, activation, norm, output_stride, "
                  "multi_grid, multi_grid_mode, stride_placement, destrided_rate, cascade, "
                  "downsample")
 IDENTIFIER = ("a lower-case identifier (a letter, then letters, digits or '_'; at most 64 "
@@ -154,7 +154,8 @@ CASES = [
                                                     "output_stride: 16\n"},
          "spec.yaml:4:3: backbone: expected a preset (one of resnet18, resnet34, resnet50, "
          "resnet101, resnet152, xception41, xception65, xception71, mobilenetv2, "
-         "mobilenetv3_large, vgg16, resnext50_32x4d, resnext101_32x8d) or explicit stages"),
+         "mobilenetv3_large, vgg16, resnext50_32x4d, resnext101_32x8d), explicit stages or a "
+         "timm model name"),
     Case("separable extra conv that is not 3×3", {"spec.yaml": BASE + "aspp:\n  extra_conv: "
                                                   "{kernel: 5, style: {conv: separable}}\n"},
          "spec.yaml:6:15: aspp.extra_conv: a separable extra conv is 3×3: expected kernel 3, "

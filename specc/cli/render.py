@@ -84,12 +84,13 @@ def print_info(data: dict) -> None:
         table.add_row(r["stage"], r["unit"], r["type"], stride,
                       ",".join(map(str, r["rates"])), str(r["reduction"]),
                       "×".join(map(str, r["feature_size"])), str(r["channels"]),
-                      str(r["receptive_field"]))
+                      "?" if r["receptive_field"] is None else str(r["receptive_field"]))
     print_table(out, table)
     for s in data.get("stages", []):
         out.print(f"  {s['stage']}: 1/{s['reduction']}, "
                   f"{s['feature_size'][0]}×{s['feature_size'][1]}, rates {s['rates']}, "
-                  f"RF {s['receptive_field']} px")
+                  + ("RF unknown" if s["receptive_field"] is None
+                     else f"RF {s['receptive_field']} px"))
     out.print(f"input {data['input_size'][0]}×{data['input_size'][1]}, output stride "
               f"{data['output_stride']}, multi-grid {data['multi_grid']}, strides placed "
               f"'{data['stride_placement']}'")
@@ -104,7 +105,13 @@ def print_info(data: dict) -> None:
         costs.add_row(part, _fmt_count(c["params"]), _fmt_count(c["macs"]))
     costs.add_row("[bold]total[/bold]", _fmt_count(data["params"]), _fmt_count(data["macs"]))
     print_table(out, costs)
-    out.print(f"receptive field of the backbone output: {data['receptive_field']} px")
+    if data.get("opaque"):
+        out.print("receptive field of the backbone output: unknown")
+        out.print("note: specc sees " + ", ".join(data["opaque"]) + " as whole stages built by "
+                  "timm: their parameters are counted, their multiply-adds and receptive fields "
+                  "are not (the multiply-adds total covers the heads only)")
+    else:
+        out.print(f"receptive field of the backbone output: {data['receptive_field']} px")
 
 
 # ------------------------------------------------------------------------------------------------
