@@ -7,7 +7,8 @@ and centre-cropped to it, then normalized with the spec's mean and std.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from runtime.data.layouts import open_split
 from runtime.data.transforms import eval_transform
 from runtime.metrics import confusion_matrix, scores
+from specc.errors import DataError, SpeccError
 
 
 def spec_images(spec: Any, count: int, split: str | None = None,
@@ -77,3 +79,36 @@ def random_images(size: Sequence[int], count: int, seed: int = 0) -> list[torch.
     """Standard-normal images, for checking an artifact when the spec's data is not at hand."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(1, 3, *size, generator=g) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class CheckImages:
+    """What deployment artifacts are checked and calibrated on, and how the checks are scored."""
+
+    checks: tuple[torch.Tensor, ...]
+    #: Where the check images came from, for ``artifacts.json``.
+    source: str
+    calibration: tuple[torch.Tensor, ...]
+    #: The mIoU of one logits tensor per check image; None when the images have no labels.
+    score: Callable[[list[torch.Tensor]], float] | None
+
+
+def check_images(spec: Any, count: int, calibration: int, int8: bool) -> CheckImages:
+    """``count`` labelled images of the spec's val split (random images when its data is not at
+    hand, then unscored) and, for int8, ``calibration`` images of its training split.
+
+    Raises:
+        SpeccError: int8 asked for while the spec's data cannot be read.
+    """
+    try:
+        pairs = labelled_images(spec, count)
+    except DataError as err:
+        if int8:
+            raise SpeccError(f"int8 needs calibration images of the spec's data: {err}") from None
+        return CheckImages(tuple(random_images(spec.input.size, count)),
+                           f"{count} random images (the spec's data: {err})", (), None)
+    labels = [label for _, label in pairs]
+    calib = spec_images(spec, calibration, split=spec.data.train_split) if int8 else []
+    return CheckImages(tuple(image for image, _ in pairs),
+                       f"{len(pairs)} images of {spec.data.source} ({spec.data.val_split})",
+                       tuple(calib), lambda logits: mean_iou(spec, labels, logits))

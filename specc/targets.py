@@ -260,7 +260,8 @@ def _bf16_graph(graph: nn.Module) -> nn.Module:
 
 def _int8_program(job: Job) -> Any:
     """The inference graph quantized to int8 with torchao's pt2e flow for X86 inductor:
-    prepared, calibrated on ``job.calibration``, converted, and exported again."""
+    prepared, calibrated on ``job.calibration``, converted, and exported again (as
+    :func:`export_program` exports the fp32 graph)."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
@@ -272,11 +273,7 @@ def _int8_program(job: Job) -> Any:
         for image in job.calibration:
             prepared(image)
         converted = convert_pt2e(prepared)
-        from torch.export import Dim
-
-        dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
-        return torch.export.export(converted, (example_input(job.size),),
-                                   dynamic_shapes=(dims,), strict=False)
+    return export_program(converted, job.size)
 
 
 def _write_aoti(job: Job, request: Request) -> None:

@@ -138,27 +138,16 @@ def _artifacts(model: Path, folder: Path | None, comp: Any, module: Any,
                 if e["target"] != "torchscript" and (not wanted or e["file"] in wanted)]
     if not requests:
         return []
+    from runtime.calibration import check_images
     from specc.targets import write_targets
 
-    checks, calib = _images(comp, any(r.precision == "int8" for r in requests), calibration)
-    entries = write_targets(module, comp.spec.input.size, requests, tmp, check_images=checks,
-                            calibration=calib,
-                            progress=lambda t: render.err.print(f"  {t}", markup=False))
+    images = check_images(comp.spec, 2, calibration, any(r.precision == "int8" for r in requests))
+    entries = write_targets(module, comp.spec.input.size, requests, tmp,
+                            check_images=images.checks, calibration=images.calibration,
+                            progress=lambda t: render.err.print(f"  {t}", markup=False),
+                            score=images.score)
     (tmp / ARTIFACTS).write_text(json.dumps({"artifacts": entries}))
     return [load_artifact(tmp / e["file"], threads) for e in entries]
-
-
-def _images(comp: Any, int8: bool, calibration: int) -> tuple[list[Any], list[Any]]:
-    from runtime.calibration import random_images, spec_images
-
-    try:
-        checks = spec_images(comp.spec, 2)
-    except DataError:
-        if int8:
-            raise
-        checks = random_images(comp.spec.input.size, 2)
-    calib = spec_images(comp.spec, calibration, split=comp.spec.data.train_split) if int8 else []
-    return checks, calib
 
 
 def _input(comp: Any, batch: int) -> Any:

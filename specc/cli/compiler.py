@@ -24,7 +24,7 @@ from specc.artifacts import shown
 from specc.build import Deployment, build_to
 from specc.cli import render
 from specc.diff import Side, compare, load_side
-from specc.errors import DataError, SpeccError
+from specc.errors import SpeccError
 from specc.fsutil import atomic_write_bytes, output_file, output_folder, reporting_os_errors
 from specc.graphviz import collapsed, layers, render_dot, render_matplotlib, to_dot
 from specc.importers import import_weights
@@ -123,29 +123,16 @@ def build(
 
 
 def _deployment(comp: Compilation, requests: list[Request], calibration: int,
-                check_images: int) -> Deployment:
-    """The artifacts of ``--target`` with their check images: the spec's own val images where
-    its data is at hand (random images otherwise, and then no int8 calibration)."""
-    from runtime.calibration import labelled_images, mean_iou, random_images, spec_images
+                count: int) -> Deployment:
+    """The artifacts of ``--target`` with their check and calibration images
+    (:func:`runtime.calibration.check_images`)."""
+    from runtime.calibration import check_images
 
-    int8 = any(r.precision == "int8" for r in requests)
-    score = None
-    try:
-        pairs = labelled_images(comp.spec, check_images)
-        checks = [image for image, _ in pairs]
-        labels = [label for _, label in pairs]
-        score = lambda logits: mean_iou(comp.spec, labels, logits)  # noqa: E731
-        source = f"{len(checks)} images of {comp.spec.data.source} ({comp.spec.data.val_split})"
-    except DataError as err:
-        if int8:
-            raise SpeccError(f"int8 needs calibration images of the spec's data: {err}") from None
-        checks, source = random_images(comp.spec.input.size, check_images), \
-            f"{check_images} random images (the spec's data: {err})"
-    calib = tuple(spec_images(comp.spec, calibration, split=comp.spec.data.train_split)) \
-        if int8 else ()
-    return Deployment(tuple(requests), tuple(checks), source, calib,
+    images = check_images(comp.spec, count, calibration,
+                          any(r.precision == "int8" for r in requests))
+    return Deployment(tuple(requests), images.checks, images.source, images.calibration,
                       progress=lambda text: render.err.print(f"  {text}", markup=False),
-                      score=score)
+                      score=images.score)
 
 
 def info(
