@@ -25,7 +25,7 @@ from torch import nn
 
 from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
 from runtime.data.base import read_image
-from runtime.evaluate import is_artifact, predict_probs, window_predictor
+from runtime.evaluate import Alignment, alignment, is_artifact, predict_probs, window_predictor
 from runtime.tiling import Tiling, tiled_labels
 from specc.artifacts import load_weights, read_torchscript, read_weights
 from specc.errors import SpeccError
@@ -43,6 +43,7 @@ class Predictor:
     std: tuple[float, float, float]
     source: str  # where the weights came from, for messages
     input_size: tuple[int, int] = (513, 513)  # the spec's input.size: the tile of --tile auto
+    align: Alignment | None = None  # the sizes the network was trained at (images are padded)
 
 
 def load_predictor(
@@ -68,7 +69,8 @@ def load_predictor(
         spec_input = artifact.info.get("spec", {}).get("resolved", {}).get("input", {})
         return Predictor(artifact, tuple(spec_input.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
                          tuple(spec_input.get("std", IMAGENET_STD)), str(model),
-                         tuple(spec_input.get("size", Predictor.input_size)))
+                         tuple(spec_input.get("size", Predictor.input_size)),
+                         alignment(artifact.info.get("spec", {}).get("resolved", {})))
     if model.suffix in (".pt", ".pth"):
         if checkpoint is not None or overrides:
             raise SpeccError(f"{model}: a TorchScript model carries its own weights and spec; "
@@ -78,7 +80,8 @@ def load_predictor(
         mean = tuple(resolved_input.get("mean", IMAGENET_MEAN))
         std = tuple(resolved_input.get("std", IMAGENET_STD))
         size = tuple(resolved_input.get("size", Predictor.input_size))
-        return Predictor(module.eval(), mean, std, str(model), size)  # type: ignore[arg-type]
+        return Predictor(module.eval(), mean, std, str(model), size,  # type: ignore[arg-type]
+                         alignment((info or {}).get("resolved", {})))
     from specc.api import build, load_spec
 
     doc = load_spec(model, list(overrides))
@@ -87,7 +90,7 @@ def load_predictor(
     load_weights(net, weights)
     spec_input = doc.spec.input
     return Predictor(net.eval(), tuple(spec_input.mean), tuple(spec_input.std), str(weights.file),
-                     (spec_input.size[0], spec_input.size[1]))
+                     (spec_input.size[0], spec_input.size[1]), alignment(doc.resolved))
 
 
 def _output_names(images: Sequence[Path]) -> list[str]:
@@ -123,7 +126,8 @@ def _segment_picture(
     if tiling is None:
         transform = eval_transform(mean=predictor.mean, std=predictor.std)
         x, _ = transform((picture, np.zeros((picture.height, picture.width), np.uint8)))
-        probs = predict_probs(model, x.unsqueeze(0).to(device), scales, flip)
+        probs = predict_probs(model, x.unsqueeze(0).to(device), scales, flip,
+                              align=predictor.align)
         return probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
     with warnings.catch_warnings():  # read-only pixels: the windows are copied, never written
         warnings.simplefilter("ignore", UserWarning)
@@ -134,7 +138,8 @@ def _segment_picture(
     def normalize(windows: torch.Tensor) -> torch.Tensor:  # as eval_transform, operation by operation
         return windows.float().mul_(1.0 / 255).sub_(mean).div_(std)
 
-    labels = tiled_labels(window_predictor(model, scales, flip), pixels, tiling, normalize)
+    labels = tiled_labels(window_predictor(model, scales, flip, align=predictor.align), pixels,
+                          tiling, normalize)
     return labels.to(torch.uint8).cpu().numpy()
 
 

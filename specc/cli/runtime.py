@@ -9,6 +9,7 @@ keeps ``specc --help`` and the compiler's commands fast.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -37,6 +38,10 @@ TileOpt = Annotated[str | None, typer.Option(
                    "input.size), N or HxW; probabilities of overlapping windows are averaged.")]
 OverlapOpt = Annotated[float | None, typer.Option(
     "--overlap", help="With --tile: fraction of the window that neighbours share (default 0.33).")]
+AlignOpt = Annotated[bool, typer.Option(
+    "--align/--no-align", help="Pad each image (bottom, right) to the next size the network was "
+    "trained at (≡ the training crop modulo the output stride) and crop the prediction back; "
+    "--no-align runs images at their own size.")]
 DeviceOpt = Annotated[str | None, typer.Option(
     help="cpu or cuda; default cuda when available. An unavailable device is an error.")]
 
@@ -154,6 +159,7 @@ def eval_(
                       "and the worst images' panels to this folder.")] = None,
     worst: Annotated[int, typer.Option(
         min=0, help="With --out: how many of the worst images to draw.")] = 8,
+    align: AlignOpt = True,
 ) -> None:
     """Evaluate weights on the validation split: mIoU, per-class IoU, pixel accuracy.
 
@@ -173,7 +179,7 @@ def eval_(
         report = evaluate_checkpoint(doc, checkpoint or Path("runs") / doc.spec.name,
                                      scales=scale_list, flip=flip, device=device, tiling=tiling,
                                      batch_size=batch_size, out=out, worst=worst,
-                                     reporter=render.RichReporter(render.err))
+                                     align=align, reporter=render.RichReporter(render.err))
     if json_:
         sys.stdout.write(json.dumps(report) + "\n")
         return
@@ -196,6 +202,7 @@ def predict(
     device: DeviceOpt = None,
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
+    align: AlignOpt = True,
 ) -> None:
     """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
     from runtime.devices import resolve_device  # torch: not at start-up
@@ -208,6 +215,8 @@ def predict(
     scale_list = parse_scales(scales)
     tiling_from_options(tile, overlap, (1, 1))  # a bad --tile/--overlap: before loading weights
     predictor = load_predictor(model, checkpoint, set_ or [])
+    if not align:
+        predictor = dataclasses.replace(predictor, align=None)
     tiling = tiling_from_options(tile, overlap, predictor.input_size)
     written = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target,
                             tiling=tiling)

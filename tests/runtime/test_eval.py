@@ -12,7 +12,7 @@ import runkit
 import torch
 from PIL import Image
 
-from runtime.evaluate import evaluate, parse_scales, predict_probs
+from runtime.evaluate import Alignment, alignment, evaluate, parse_scales, predict_probs
 from runtime.metrics import confusion_matrix, scores
 from specc.errors import SpeccError, WeightsError
 
@@ -82,6 +82,57 @@ def test_multiscale_flip_averages_probabilities() -> None:
     assert torch.allclose(multi.sum(1), torch.ones(2, 17, 23), atol=1e-5)
 
 
+class Shapes(torch.nn.Module):
+    """Logits that depend on the whole input, like image pooling does (a 3×3 box filter plus the
+    image's mean: padding changes the mean); records the input sizes it was run on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append(tuple(x.shape[-2:]))
+        return {"out": torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+                + x.mean((2, 3), keepdim=True)}
+
+
+def test_alignment_pads_to_the_training_grid() -> None:
+    align = Alignment(16, (1, 1))
+    assert align.padded((128, 129)) == (129, 129)
+    assert align.padded((130, 17)) == (145, 17)
+    assert Alignment(8, (0, 4)).padded((500, 375)) == (504, 380)
+    demo = {"backbone": {"output_stride": 16}, "data": {"crop": [97, 97]},
+            "input": {"size": [129, 129]}}
+    assert alignment(demo) == Alignment(16, (1, 1))
+    assert alignment({**demo, "data": {}}) == Alignment(16, (1, 1))  # the input size's
+    assert alignment({"input": {"size": [512, 512]}}) is None  # no output stride: as it is
+    # a fixed image-pooling kernel: padded up to the input size it was built for (TF's eval)
+    tf = {"backbone": {"output_stride": 16}, "input": {"size": [513, 513]},
+          "aspp": {"image_pooling": {"kernel": "fixed"}}}
+    assert alignment(tf).padded((500, 375)) == (513, 513)
+    assert alignment(tf).padded((600, 375)) == (609, 513)
+
+
+def test_aligned_prediction_is_the_padded_run_cropped_back() -> None:
+    x = torch.randn(2, 3, 20, 27)
+    model = Shapes()
+    align = Alignment(8, (1, 1))
+    got = predict_probs(model, x, flip=True, align=align)
+    assert model.seen == [(25, 33), (25, 33)]  # both the image and its mirror image
+    padded = torch.nn.functional.pad(x, (0, 6, 0, 5))
+    mirrored = torch.nn.functional.pad(x.flip(-1), (0, 6, 0, 5))
+    want = (model(padded)["out"][..., :20, :27].softmax(1)
+            + model(mirrored)["out"][..., :20, :27].flip(-1).softmax(1)) / 2
+    assert torch.allclose(got, want, atol=1e-6)
+    # the mean takes in the padding: not the unaligned run
+    assert not torch.allclose(got, predict_probs(model, x, flip=True), atol=1e-4)
+    # an image already on the grid runs as it is
+    model.seen.clear()
+    on_grid = torch.randn(1, 3, 17, 25)
+    assert torch.equal(predict_probs(model, on_grid, align=align), predict_probs(model, on_grid))
+    assert model.seen == [(17, 25), (17, 25)]
+
+
 def test_parse_scales() -> None:
     assert parse_scales(None) == (1.0,)
     assert parse_scales("0.5, 1,1.75") == (0.5, 1.0, 1.75)
@@ -109,9 +160,19 @@ def test_eval_json_report(trained: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert all(v is None or 0.0 <= v <= 1.0 for v in report["per_class_iou"])
     assert report["classes"][0] == "background"
     assert report["images"] == 6 and report["output_stride"] == 16
+    # runkit's crop is 65 = 4·16 + 1
+    assert report["padded_to"] == {"stride": 16, "remainder": [1, 1], "minimum": [1, 1]}
     # the run's own end-of-training evaluation saw the same weights and images
     final = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()][-1]
     assert report["miou"] == pytest.approx(final["miou"], abs=1e-9)
+
+
+def test_eval_no_align_runs_images_at_their_own_size(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = _eval_json(["--checkpoint", str(trained), "--no-align"], capsys)
+    assert plain["padded_to"] is None and plain["images"] == 6
+    assert 0.0 <= plain["miou"] <= 1.0
 
 
 def test_eval_from_weights_and_torchscript_agree(
