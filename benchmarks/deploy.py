@@ -2,6 +2,7 @@
 
     python benchmarks/deploy.py [--spec zoo/torchvision_deeplabv3_resnet50] [--sizes 257 513]
         [--targets export aoti onnx openvino] [--precisions fp32] [--repeats 10] [--json F]
+        [--set key=value ...]
 
 For one spec: its compiled module with random weights and batch-norm statistics (for a zoo spec
 of torchvision's, torchvision's own model gets the same weights). The artifacts are built once
@@ -91,11 +92,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="Leave out torch.compile.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides",
+                        help="Spec overrides (key=value), e.g. input.size=[257,257] for a spec "
+                             "built for one size (aspp.image_pooling.kernel: fixed).")
     args = parser.parse_args()
 
     cpu = cpu_info()
     print(f"CPU: {cpu.summary()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
-    comp = build(load_spec(REPO / "specs" / f"{args.spec}.yaml"))
+    comp = build(load_spec(REPO / "specs" / f"{args.spec}.yaml", args.overrides))
     module = randomize(comp.module)
     twin = torchvision_twin(comp, module)
     texts = [t if t not in ("aoti", "openvino") else f"{t}:{p}"
@@ -127,7 +131,8 @@ def main() -> None:
                                      precision=a.entry["precision"]) for a in artifacts]
             x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
             macs = build(load_spec(REPO / "specs" / f"{args.spec}.yaml",
-                                   [f"input.size=[{size}, {size}]"])).manifest["macs"]
+                                   [*args.overrides, f"input.size=[{size}, {size}]"])
+                         ).manifest["macs"]
             rows = measure(candidates, x, macs=macs, repeats=args.repeats, progress=print)
             results.append({"size": size, "rows": rows})
             print(f"\n{args.spec} at 1×3×{size}×{size}")

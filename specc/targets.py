@@ -163,39 +163,83 @@ def example_input(size: Sequence[int], batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
+def fixed_geometry(model: nn.Module) -> bool:
+    """Whether ``model`` is built for one input size: an image pooling with a fixed kernel
+    (``aspp.image_pooling.kernel: fixed``, clamped on smaller maps and sliding on larger ones),
+    whose exported graph would be tied to a narrow band of sizes by guards that its range
+    constraints do not show."""
+    return any(type(m).__name__ == "ImagePooling" and len(getattr(m, "kernel", ())) > 0
+               for m in model.modules())
+
+
 def export_program(model: nn.Module, size: Sequence[int]) -> Any:
     """``torch.export`` of ``model`` (an inference graph) with a dynamic batch, height and width
     (``Dim.AUTO``: a dimension the graph ties to a value or a range stays so, and
-    :func:`shape_constraints` reports it)."""
+    :func:`shape_bounds` reports it). A model of :func:`fixed_geometry` is exported at ``size``
+    with a dynamic batch only, as DeepLab's own exported graphs take 513×513; evaluation pads
+    smaller images up to it (:class:`runtime.evaluate.Alignment`)."""
     import torch
     from torch.export import Dim
 
-    dims = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    dims = {0: Dim.AUTO} if fixed_geometry(model) else {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
     with torch.no_grad(), _quiet():
         return torch.export.export(model, (example_input(size),), dynamic_shapes=(dims,),
                                    strict=False)
 
 
-def shape_constraints(program: Any) -> dict[str, str]:
-    """The input dimensions of an exported program as text: ``batch``, ``height``, ``width``
-    each ``"dynamic"``, ``"dynamic, ≥ 17"``, a range, or a fixed size."""
+def shape_bounds(program: Any) -> dict[str, list[int | None]]:
+    """The input dimensions an exported program takes: ``batch``, ``height`` and ``width`` each
+    as ``[lowest, highest]`` (``highest`` None: unbounded; both equal: a fixed size)."""
     placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
                        and n.name not in program.graph_signature.inputs_to_parameters
                        and n.name not in program.graph_signature.inputs_to_buffers)
     shape = placeholder.meta["val"].shape
-    out: dict[str, str] = {}
+    out: dict[str, list[int | None]] = {}
     for name, dim in zip(("batch", "channels", "height", "width"), shape, strict=True):
         if name == "channels":
             continue
         if isinstance(dim, int):
-            out[name] = f"fixed at {dim}"
+            out[name] = [dim, dim]
             continue
         ranges = program.range_constraints.get(dim.node.expr)
         low, high = (ranges.lower, ranges.upper) if ranges is not None else (0, None)
-        unbounded = high is None or not str(high).lstrip("-").isdigit()
-        bound = f"≥ {low}" if unbounded else f"{low}..{high}"
-        out[name] = "dynamic" if unbounded and int(low) <= 2 else f"dynamic, {bound}"
+        bounded = high is not None and str(high).lstrip("-").isdigit()
+        # export reports dynamic dimensions from 2 (it traces sizes 0 and 1 apart), yet the graph
+        # runs at 1: a lower bound of 2 is no bound
+        out[name] = [1 if int(low) <= 2 else int(low), int(high) if bounded else None]
     return out
+
+
+def shape_constraints(bounds: dict[str, list[int | None]]) -> dict[str, str]:
+    """:func:`shape_bounds` as text: each ``"dynamic"``, ``"dynamic, ≥ 17"``, a range, or a fixed
+    size."""
+    out: dict[str, str] = {}
+    for name, (low, high) in bounds.items():
+        if low == high:
+            out[name] = f"fixed at {low}"
+        elif high is None:
+            out[name] = "dynamic" if low is None or low <= 1 else f"dynamic, ≥ {low}"
+        else:
+            out[name] = f"dynamic, {low}..{high}"
+    return out
+
+
+def check_input(path: Path, bounds: dict[str, list[int | None]] | None, shape: Sequence[int],
+                ) -> None:
+    """Refuse an input ``shape`` (N, C, H, W) outside an artifact's ``bounds``.
+
+    Raises:
+        SpeccError: naming the dimension, what the artifact takes and what was found.
+    """
+    for name, value in zip(("batch", "height", "width"), (shape[0], shape[-2], shape[-1]),
+                           strict=True):
+        low, high = (bounds or {}).get(name, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            takes = shape_constraints({name: [low, high]})[name]
+            hint = ("; eval and predict take larger images window by window with --tile auto"
+                    if high is not None and value > high and name != "batch" else "")
+            raise SpeccError(f"{path}: this artifact takes an input {name} {takes} (its graph "
+                             f"was exported so, see artifacts.json), found {value}{hint}")
 
 
 @contextlib.contextmanager
@@ -204,7 +248,9 @@ def _quiet() -> Iterator[None]:
     import logging
 
     loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch.onnx",
-                                              "torch._dynamo", "torch.fx.experimental")]
+                                              "torch._dynamo", "torch.fx.experimental",
+                                              "torch.utils.cpp_extension",
+                                              "torch.utils._pytree")]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
@@ -382,6 +428,7 @@ class ArtifactModule:
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
 
+        check_input(self.path, self.entry.get("input_bounds"), images.shape)
         with torch.inference_mode():
             return {"out": self._run(images.float().contiguous().cpu())}
 
@@ -538,6 +585,8 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         run = _runner(path, request.target, request.precision)
     with torch.no_grad():
         gots = [run(x) for x in check_images]
+    bounds = shape_bounds(job.program) if job else {
+        name: [1, None] for name in ("batch", "height", "width")}
     got, want = torch.cat([g.float() for g in gots]), torch.cat(list(wants))
     check = {**agreement(got, want), "images": int(got.shape[0]), "size": list(got.shape[-2:])}
     if score is not None:
@@ -550,8 +599,8 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         "sha256": file_sha256(path),
         "bytes": sum(p.stat().st_size for p in _artifact_files(path)),
         "check": check,
-        "shape_constraints": shape_constraints(job.program) if job else
-        {"batch": "dynamic", "height": "dynamic", "width": "dynamic"},
+        "shape_constraints": shape_constraints(bounds),
+        "input_bounds": bounds,
         "seconds": round(seconds, 1),
         "versions": versions(),
     }

@@ -265,3 +265,35 @@ def test_eval_and_predict_run_an_artifact_like_the_model(built: tuple[Any, Path]
     assert other.code == 2 and "built from another network" in other.err
     gpu = cli("predict", folder / "model.onnx", image, "--out", tmp_path / "g", "--device", "cuda")
     assert gpu.code == 2 and ("run on the CPU" in gpu.err or "CUDA" in gpu.err)
+
+
+def test_an_input_outside_the_exported_shapes_is_refused_by_name(tmp_path: Path) -> None:
+    """A fixed image-pooling kernel builds the network for one size: the graph is exported at it
+    (batch dynamic), artifacts.json says so in words and numbers, and another size is refused
+    with a message rather than the exported graph's own assertion."""
+    from specc.targets import check_input, shape_constraints
+
+    comp = build(load_spec(DEMO, [*SMALL, "aspp.image_pooling.kernel=fixed"]))
+    randomized(comp.module)
+    requests = parse_requests(["export"], cpu=AVX2)
+    checks = tuple(torch.randn(1, 3, 65, 65, generator=torch.Generator().manual_seed(i))
+                   for i in range(2))
+    build_to(comp, tmp_path, deploy=Deployment(tuple(requests), checks, "random"))
+    folder = tmp_path / comp.spec.name
+    entry = next(a for a in listing(folder)["artifacts"] if a["file"] == "model.pt2")
+    assert entry["input_bounds"] == {"batch": [1, None], "height": [65, 65], "width": [65, 65]}
+    assert entry["shape_constraints"] == {"batch": "dynamic", "height": "fixed at 65",
+                                          "width": "fixed at 65"}
+    artifact = load_artifact(folder / "model.pt2")
+    x = torch.randn(3, 3, 65, 65)
+    with torch.no_grad():
+        want = comp.module(x)["out"]
+    assert torch.allclose(artifact(x)["out"], want, atol=1e-4 * want.abs().max().item())
+    for height, width in ((49, 65), (65, 81)):
+        with pytest.raises(SpeccError, match=r"model\.pt2: this artifact takes an input "
+                                             r"(height|width) fixed at 65 .*found (49|81)"):
+            artifact(torch.randn(1, 3, height, width))
+    # the words come from the numbers, for every kind of bound
+    assert shape_constraints({"batch": [1, None], "height": [33, None], "width": [17, 512]}) == {
+        "batch": "dynamic", "height": "dynamic, ≥ 33", "width": "dynamic, 17..512"}
+    check_input(folder / "model.pt2", None, (1, 3, 5, 5))  # older listings: nothing to check
