@@ -7,7 +7,8 @@
 * ``confusion.png`` — the normalized matrix as a heat map labelled with the class names;
 * ``class_iou.png`` — the per-class IoU as a bar chart, with the mIoU;
 * ``worst/NN_<image>.png`` — the ``k`` images with the lowest per-image mIoU, worst first, each as
-  three panels: the image, its labels and the prediction (VOC colours).
+  three panels: the image, its labels and the prediction (VOC colours); panels an earlier run
+  left there are removed, other files are not.
 
 Class names are the data set's (VOC, Cityscapes and ADE20K have fixed lists, a folder data set
 reads ``classes.txt``), else ``class 0`` .. ``class N-1``. Every file is written atomically.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from runtime.data import colorize
 from runtime.metrics import SegmentationScores, confusion_matrix, scores
 from runtime.plot import plot_class_iou, plot_confusion
 from specc.fsutil import atomic_write, atomic_write_text
+
+#: The name of a panel in ``worst/``: its rank, then the image's name.
+PANEL = re.compile(r"\d{2,}_.+\.png")
 
 #: How many of the worst images ``specc eval --out`` draws when not told.
 DEFAULT_WORST = 8
@@ -122,11 +127,23 @@ def write_eval_outputs(out: Path, report: dict[str, Any], result: SegmentationSc
                        f"per-class IoU: {title}"),
     ]
     folder = out / "worst"
+    panels = []
     for rank, (miou, index, prediction) in enumerate(worst.worst(), start=1):
         folder.mkdir(exist_ok=True)
         image, label = dataset[index]
         sheet = error_panels(image, label, prediction,
                              ("image", "labels", f"prediction: mIoU {100 * miou:.1f} %"))
         path = folder / f"{rank:02d}_{image_name(dataset, index)}.png"
-        written.append(atomic_write(path, lambda tmp, s=sheet: s.save(tmp, format="PNG")))
-    return written
+        panels.append(atomic_write(path, lambda tmp, s=sheet: s.save(tmp, format="PNG")))
+    _remove_stale_panels(folder, panels)
+    return written + panels
+
+
+def _remove_stale_panels(folder: Path, kept: list[Path]) -> None:
+    """Delete the panels an earlier run left in ``folder`` (``NN_<image>.png`` not written now),
+    so the folder shows this run's worst images only; other files are the user's and stay."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path not in kept and PANEL.fullmatch(path.name):
+            path.unlink()

@@ -14,7 +14,7 @@ from PIL import Image
 from runtime.data import colorize, eval_transform, open_split
 from runtime.data.layouts import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from runtime.eval_outputs import WorstImages, class_names, error_panels
-from runtime.evaluate import predict_probs
+from runtime.evaluate import alignment, predict_probs
 from runtime.metrics import confusion_matrix, scores
 from runtime.plot import plot_confusion
 from specc.api import build, load_spec
@@ -75,7 +75,8 @@ def test_confusion_heat_map_of_150_classes(tmp_path: Path) -> None:
 
 
 def _per_image_miou(trained: Path) -> list[float]:
-    """Each validation image's own mIoU, computed here image by image on the training module."""
+    """Each validation image's own mIoU, computed here image by image on the training module
+    (padded to the training grid, as specc eval runs it)."""
     doc = load_spec(runkit.SPEC, runkit.TINY)
     model = build(doc).module
     load_weights(model, read_weights(trained))
@@ -86,7 +87,7 @@ def _per_image_miou(trained: Path) -> list[float]:
     for i in range(len(dataset)):
         x, y = transform(dataset[i])
         with torch.inference_mode():
-            pred = predict_probs(model, x[None]).argmax(1)[0]
+            pred = predict_probs(model, x[None], align=alignment(doc.resolved)).argmax(1)[0]
         values.append(scores(confusion_matrix(pred, y, runkit.NUM_CLASSES)).miou)
     return values
 
@@ -122,6 +123,13 @@ def test_eval_out_writes_confusion_iou_and_worst(
         assert png.size == (3 * 64, 64 + 16)
     assert sorted(report["outputs"]) == sorted(str(p) for p in out.rglob("*") if p.is_file())
     assert len(report["outputs"]) == 6
+    # again into the same folder with fewer worst images: the panels of the last run only, and
+    # a file of the user's own is left alone
+    (out / "worst" / "notes.txt").write_text("mine")
+    code, _, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", trained, "--out", out,
+                               "--worst", "1", *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "worst").iterdir()) == [drawn[0], "notes.txt"]
 
 
 def test_eval_out_on_a_file_exits_2(trained: Path, tmp_path: Path,
