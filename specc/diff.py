@@ -191,7 +191,9 @@ def schedule_changes(ma: dict[str, Any], mb: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure(a: int, b: int) -> dict[str, Any]:
-    return {"a": a, "b": b, "diff": b - a, "ratio": (b / a) if a else None}
+    """A count in A and B, their difference, and B / A (None where one side has none of it: a
+    part only one spec has is not "×0")."""
+    return {"a": a, "b": b, "diff": b - a, "ratio": (b / a) if a and b else None}
 
 
 def cost_changes(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:

@@ -220,12 +220,15 @@ def test_v3_vs_v3plus():
                      "decoder.fuse2"]
     assert ["aspp.project", "classifier"] in result["graph"]["edges_removed"]
     decoder_cost = next(c for c in result["cost"] if c["group"] == "decoder")
-    assert decoder_cost["params"]["a"] == 0
+    assert decoder_cost["params"]["a"] == 0 and decoder_cost["params"]["ratio"] is None
     assert result["params"]["diff"] == decoder_cost["params"]["b"]
-    # The other way round, the decoder's parameters are unexpected.
+    # The other way round, the decoder's parameters are unexpected, and its cost has no ratio
+    # either (not "×0": it is not in B at all).
     back = compare(b, a)
     assert back["weight_mismatches"]["unexpected"] == expected
     assert back["weight_mismatches"]["missing"] == []
+    back_cost = next(c for c in back["cost"] if c["group"] == "decoder")
+    assert back_cost["params"]["b"] == 0 and back_cost["params"]["ratio"] is None
 
 
 def test_v3plus_weights_listed_compactly():
