@@ -72,7 +72,11 @@ def entry(path: Path, root: Path) -> ZooEntry:
     comp = compile_spec(load_spec(path, [size]))
     net = comp.network
     params, macs = totals(net.graph)
-    weights = {lib: kind for lib in SOURCES if (kind := importable(net, lib)) is not None}
+    # the cascaded copies of the last stage (backbone.cascade: block5, block6, ...) have no
+    # counterpart in any library, whose ResNets end at layer4: neither the whole model nor the
+    # whole backbone can be taken (import-weights takes blocks 1-4 and names the rest)
+    weights = {} if getattr(comp.spec.backbone, "cascade", 0) else {
+        lib: kind for lib in SOURCES if (kind := importable(net, lib)) is not None}
     return ZooEntry(name=net.name, path=path.relative_to(root).as_posix(),
                     source=source_of(path, root), title=net.title, params=params, macs=macs,
                     weights=weights)

@@ -65,6 +65,8 @@ def test_costs_and_weights_of_the_papers_models(entries: dict[str, dict]) -> Non
     assert entries["deeplabv2_aspp_resnet101"]["weights"] == {
         "torchvision": "backbone", "timm": "backbone", "smp": "backbone", "mmseg": "backbone"}
     assert entries["deeplabv3plus_xception"]["weights"] == {"timm": "backbone"}
+    # block5-7 of the cascade exist in no library: no weights to take whole or in part
+    assert entries["deeplabv3_resnet101_cascade"]["weights"] == {}
     assert entries["smp_deeplabv3_resnet34"]["weights"]["smp"] == "model"
     assert entries["mmseg_deeplabv3_r50_d8"]["weights"]["mmseg"] == "model"
 
