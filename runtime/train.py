@@ -54,7 +54,7 @@ from runtime import distributed, finetune, losses
 from runtime.data import bootstrap_indices, open_split, train_stream, train_transform
 from runtime.data.loader import mix_seed
 from runtime.devices import precision_dtype
-from runtime.evaluate import alignment, evaluate, val_batches
+from runtime.evaluate import DEFAULT_EVAL_BATCH, alignment, evaluate, val_batches
 from runtime.report import SILENT, LineReporter, Reporter
 from runtime.tensorboard import Board
 from specc import artifacts
@@ -295,7 +295,8 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                     result = evaluate(raw, val_loader, spec.num_classes, device=ctx.device, ctx=ctx,
                                       ignore_index=tr.ignore_index, amp_dtype=amp_dtype,
                                       total=len(val_set), reporter=report,
-                                      align=alignment(doc.resolved))
+                                      align=alignment(doc.resolved),
+                                      batch_size=DEFAULT_EVAL_BATCH)
                     set_train_mode(ddp, tr.freeze_bn)
                     scores = result.as_dict(val_set.class_names)
                     if board is not None:
