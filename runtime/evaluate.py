@@ -96,10 +96,9 @@ class Alignment:
 
     def padded(self, size: Sequence[int]) -> tuple[int, int]:
         """The smallest aligned size at least ``size`` (height, width) and ``minimum``."""
-        h, w = (n + (r - n) % self.stride for n, r in zip(
-            (max(n, m) for n, m in zip(size, self.minimum, strict=True)), self.remainder,
-            strict=True))
-        return h, w
+        h, w = max(size[0], self.minimum[0]), max(size[1], self.minimum[1])
+        return (h + (self.remainder[0] - h) % self.stride,
+                w + (self.remainder[1] - w) % self.stride)
 
 
 def alignment(resolved: dict[str, Any]) -> Alignment | None:
