@@ -13,8 +13,11 @@ One process, one generated model (``specc.api``), the same initial weights for e
   compile), one batch read and one step per iteration, after one pass over the data set (most
   of a run reads samples the synthetic set already generated and kept; ``--first-epoch`` times
   a run's first epoch instead);
+* **specc, batches read in the loop** — the same without ``batch_stream``'s read-ahead thread
+  (what ``train.workers: 0`` did before it), to show what the thread brings;
 * with ``--baseline``, the specc path as it was before the speed-ups (contiguous fp32, every
-  synthetic sample generated on every read);
+  synthetic sample generated on every read, batches read in the loop; the augmentation is
+  today's, which gives the same batches in half the time of the v2 pipeline it replaced);
 * each ``--variant`` — the specc path with more ``--set`` overrides (e.g. today's defaults
   switched off, to measure what each one brings in the same process).
 
@@ -43,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime import distributed
+from runtime import distributed, finetune, losses
 from runtime import train as train_mod
 from specc.api import compile_spec, load_spec
 from specc.hardware import cpu_info
@@ -107,25 +110,31 @@ def read_every_sample(dataset: object) -> None:
         dataset[index]
 
 
-def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool) -> Callable[[int], float]:
+def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool,
+               read_ahead: bool = True) -> Callable[[int], float]:
     """``runtime.train``'s loader and step over ``model``, set up as ``_train`` sets them up;
     with ``warm``, after one pass over the data set (the state of a run past its first epoch),
-    else with the synthetic set generating every sample it is asked for."""
+    else with the synthetic set generating every sample it is asked for; without
+    ``read_ahead``, the batches are read in the loop rather than by ``batch_stream``'s
+    background thread."""
     spec, tr = doc.spec, doc.spec.train
     amp_dtype, channels_last = train_mod.step_settings(doc, CPU.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     for bn in train_mod.batchnorms(model):
         bn.momentum = 1.0 - tr.bn_decay
-    optimizer = torch.optim.SGD(train_mod.param_groups(model, tr.weight_decay), lr=tr.lr,
-                                momentum=tr.momentum)
+    groups = finetune.lr_groups(model, tr.weight_decay, tr.lr_mult)
+    optimizer = torch.optim.SGD(groups.groups, lr=tr.lr, momentum=tr.momentum)
+    tuning = train_mod.Tuning(groups, losses.class_weight_tensor(tr.loss, spec.num_classes,
+                                                                 CPU.device))
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     loader = train_mod._train_loader(spec, CPU, tr.batch_size, 0)
     if warm:
         read_every_sample(loader.dataset.dataset)
     else:
         loader.dataset.dataset._cache = None  # every read generates its sample again
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(loader)
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
+        train_mod.batch_stream(loader) if read_ahead else iter(loader))
     train_mod.set_train_mode(model, tr.freeze_bn)
     stepper = torch.compile(model) if tr.compile else model
     it = 0
@@ -136,10 +145,10 @@ def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool) -> Call
         for _ in range(n):
             lr = train_mod.poly_lr(tr.lr, it, tr.iters, tr.poly_power)
             start = time.perf_counter()
-            images, labels = next(batches)
+            micro = [next(batches) for _ in range(tr.accumulate)]
             data += time.perf_counter() - start
-            train_mod._step(stepper, optimizer, scaler, images, labels, lr, tr, CPU, amp_dtype,
-                            channels_last, run_dir, it)
+            train_mod._step(stepper, optimizer, scaler, micro, lr, tr, CPU, amp_dtype,
+                            channels_last, tuning, run_dir, it)
             it += 1
         return data
 
@@ -186,13 +195,15 @@ def main() -> None:
     run_dir = Path(os.devnull)  # _step names it only in the message of a non-finite loss
     runners = [Runner("plain loop (pre-drawn batches)", plain_loop(copy.deepcopy(base), drawn, tr)),
                Runner("specc " + " ".join(args.sets), specc_path(doc, copy.deepcopy(base),
-                                                                  run_dir, warm))]
+                                                                  run_dir, warm)),
+               Runner("specc, batches read in the loop",
+                      specc_path(doc, copy.deepcopy(base), run_dir, warm, read_ahead=False))]
     if args.baseline:
         baseline_doc = load_spec(args.spec, [*args.sets, "train.channels_last=false",
                                              "train.precision=fp32", "train.compile=false"])
         runners.append(Runner("specc, previous defaults (contiguous, samples generated on "
                               "every read)", specc_path(baseline_doc, copy.deepcopy(base),
-                                                        run_dir, warm=False)))
+                                                        run_dir, warm=False, read_ahead=False)))
     for text in args.variant:
         label, sets = parse_variant(text)
         variant_doc = load_spec(args.spec, [*args.sets, *sets])

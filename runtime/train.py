@@ -40,6 +40,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from torch.utils.data import DataLoader
 
 from runtime import checkpoint as ckpt
 from runtime import distributed, finetune, losses
-from runtime.data import bootstrap_indices, open_split, train_stream, train_transform
+from runtime.data import Prefetcher, bootstrap_indices, open_split, train_stream, train_transform
 from runtime.data.loader import mix_seed
 from runtime.devices import precision_dtype
 from runtime.evaluate import DEFAULT_EVAL_BATCH, alignment, evaluate, val_batches
@@ -253,7 +254,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
         seed_everything(mix_seed(tr.seed, start, ctx.rank))
 
     # -- data: random scale / crop / flip (DeepLabv3 §4.1), hard images repeated (§4.3)
-    batches = iter(_train_loader(spec, ctx, per_rank, start))
+    loader = _train_loader(spec, ctx, per_rank, start)
     val_set, val_loader = val_batches(spec, ctx)
 
     # -- wrap for several processes (SyncBatchNorm on CUDA, DDP), logging on rank 0
@@ -275,6 +276,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     t_start = t_window = time.perf_counter()
     set_train_mode(ddp, tr.freeze_bn)
 
+    batches = batch_stream(loader)
     try:
         with report.progress("train", tr.iters, start, loss=math.nan,
                              lr=poly_lr(tr.lr, start, tr.iters, tr.poly_power),
@@ -319,6 +321,8 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                 if done % tr.save_every == 0 or done == tr.iters:
                     _save(doc, run_dir, raw, optimizer, scaler, done, lr, ctx)
     finally:
+        if isinstance(batches, Prefetcher):
+            batches.close()
         if log is not None:
             log.close()
         if board is not None:
@@ -462,6 +466,17 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
         raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
                             f"fewer than one batch of {per_rank} per process")
     return loader
+
+
+def batch_stream(loader: DataLoader[Any]) -> Iterator[Any]:
+    """The loader's batches: read one or two ahead in a background thread
+    (:class:`~runtime.data.Prefetcher`) when the loader reads in this process (``train.workers:
+    0``) with an augmentation that leaves the global random state alone, so the next batch is
+    prepared while this one trains; the loader itself otherwise (its workers read ahead)."""
+    transform = getattr(loader.dataset, "transform", None)
+    if loader.num_workers == 0 and getattr(transform, "thread_safe", False):
+        return Prefetcher(loader)
+    return iter(loader)
 
 
 def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],

@@ -11,6 +11,7 @@ from .base import IGNORE_INDEX, Sample, SegmentationDataset, colorize, palette
 from .layouts import SOURCE_FORMS, PairedDataset, open_dataset, open_split
 from .loader import (
     VOC_HARD_CLASSES,
+    Prefetcher,
     TrainOrder,
     TransformedDataset,
     bootstrap_indices,
@@ -24,6 +25,7 @@ from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SegmentationTransform,
+    TrainAugment,
     denormalize,
     eval_transform,
     train_transform,
@@ -36,10 +38,12 @@ __all__ = [
     "SOURCE_FORMS",
     "VOC_HARD_CLASSES",
     "PairedDataset",
+    "Prefetcher",
     "Sample",
     "SegmentationDataset",
     "SegmentationTransform",
     "SyntheticSegmentation",
+    "TrainAugment",
     "TrainOrder",
     "TransformedDataset",
     "bootstrap_indices",

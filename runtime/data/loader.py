@@ -16,9 +16,12 @@ reading every label once (:func:`class_presence`) and cached per data set object
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from specc.errors import DataError
 
 from .base import SegmentationDataset
-from .transforms import SegmentationTransform
+from .transforms import SegmentationTransform, TrainAugment
 
 # DeepLabv3 §4.3: "bicycle, chair, table, potted-plant, and sofa" on PASCAL VOC.
 VOC_HARD_CLASSES = ("bicycle", "chair", "dining table", "potted plant", "sofa")
@@ -46,7 +49,7 @@ class TransformedDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __init__(
         self,
         dataset: SegmentationDataset,
-        transform: SegmentationTransform,
+        transform: SegmentationTransform | TrainAugment,
         indices: Sequence[int] | None = None,
     ) -> None:
         self.dataset = dataset
@@ -58,14 +61,19 @@ class TransformedDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``key``; a key ``(index, seed)`` (from :class:`TrainOrder`) draws its
-        augmentation from a torch generator seeded with ``seed`` and leaves the global one as
-        it was, so the draws depend on the sample's place in the stream alone."""
+        augmentation from a generator seeded with ``seed`` and leaves torch's global one as it
+        was, so the draws depend on the sample's place in the stream alone."""
         if isinstance(key, int):
             return self.transform(self.dataset[self.indices[key]])
         index, seed = key
+        sample = self.dataset[self.indices[index]]
+        if isinstance(self.transform, TrainAugment):
+            return self.transform(sample, torch.Generator().manual_seed(seed))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(self.dataset[self.indices[index]])
+            # the CPU generator alone: torch.manual_seed would also queue a seed for every
+            # accelerator (on a CUDA build, with a recorded call stack per sample)
+            torch.default_generator.manual_seed(seed)
+            return self.transform(sample)
 
 
 def mix_seed(*parts: int) -> int:
@@ -119,7 +127,7 @@ class TrainOrder(Sampler[tuple[int, int]]):
 
 def train_stream(
     dataset: SegmentationDataset,
-    transform: SegmentationTransform,
+    transform: SegmentationTransform | TrainAugment,
     batch_size: int,
     *,
     seed: int,
@@ -160,9 +168,81 @@ def seed_worker(worker_id: int) -> None:
     random.seed(worker_seed)
 
 
+T = TypeVar("T")
+_DONE = object()  # the end of the stream, on the prefetch queue
+
+
+class Prefetcher(Generic[T]):
+    """Iterates ``iterable`` in a background thread, up to ``depth`` items ahead.
+
+    The items come in the iterable's order, so a stream whose content depends only on the
+    position (:func:`train_stream` with a :class:`~runtime.data.transforms.TrainAugment`, whose
+    draws leave every global random state alone) gives the same batches as iterating it
+    directly. An exception raised while reading is raised again by the ``next`` call that would
+    have returned that item. :meth:`close` (or leaving a ``with`` block) stops the thread.
+
+    The point is overlap: augmentation is mostly Python dispatch while a training step is mostly
+    kernels that release the GIL, so the next batch is prepared on the core the step leaves
+    idle, without the start-up, memory and per-process data-set caches of a worker process.
+    """
+
+    def __init__(self, iterable: Iterable[T], depth: int = 2) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._source = iter(iterable)
+        self._thread = threading.Thread(target=self._fill, name="specc-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put(item):
+                    return
+        except BaseException as err:
+            self._put(err)
+            return
+        self._put(_DONE)
+
+    def _put(self, item: object) -> bool:
+        """Queue ``item`` unless stopped first; False when stopped."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Prefetcher[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get()
+        if item is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the item it is reading) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def build_loader(
     dataset: SegmentationDataset,
-    transform: SegmentationTransform,
+    transform: SegmentationTransform | TrainAugment,
     batch_size: int,
     shuffle: bool,
     num_workers: int,
