@@ -190,10 +190,15 @@ class Prefetcher(Generic[T]):
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._source = iter(iterable)
+        torch.get_num_threads()  # settles this thread's count before the reader sets its own
         self._thread = threading.Thread(target=self._fill, name="specc-prefetch", daemon=True)
         self._thread.start()
 
     def _fill(self) -> None:
+        # Kernels called from this thread run on one core: with more, OpenMP would give the
+        # thread a team of its own beside the training step's, both competing for the same
+        # cores. The setting is this thread's (the constructor fixed the calling thread's).
+        torch.set_num_threads(1)
         try:
             for item in self._source:
                 if not self._put(item):

@@ -112,10 +112,11 @@ def test_prefetcher_close_stops_an_endless_stream() -> None:
             yield n
             n += 1
 
-    before = threading.active_count()
+    before, threads = threading.active_count(), torch.get_num_threads()
     with Prefetcher(endless(), depth=2) as stream:
         assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
     assert threading.active_count() == before
+    assert torch.get_num_threads() == threads  # the reader's one thread is its own setting
     with pytest.raises(StopIteration):
         next(stream)
 
