@@ -134,7 +134,8 @@ def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool,
     else:
         loader.dataset.dataset._cache = None  # every read generates its sample again
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
-        train_mod.batch_stream(loader) if read_ahead else iter(loader))
+        train_mod.batch_stream(loader, CPU.device, read_ahead=True) if read_ahead
+        else iter(loader))
     train_mod.set_train_mode(model, tr.freeze_bn)
     stepper = torch.compile(model) if tr.compile else model
     it = 0

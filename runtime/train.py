@@ -37,6 +37,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -276,7 +277,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     t_start = t_window = time.perf_counter()
     set_train_mode(ddp, tr.freeze_bn)
 
-    batches = batch_stream(loader)
+    batches = batch_stream(loader, ctx.device)
     try:
         with report.progress("train", tr.iters, start, loss=math.nan,
                              lr=poly_lr(tr.lr, start, tr.iters, tr.poly_power),
@@ -468,15 +469,30 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
     return loader
 
 
-def batch_stream(loader: DataLoader[Any]) -> Iterator[Any]:
-    """The loader's batches: read one or two ahead in a background thread
-    (:class:`~runtime.data.Prefetcher`) when the loader reads in this process (``train.workers:
-    0``) with an augmentation that leaves the global random state alone, so the next batch is
-    prepared while this one trains; the loader itself otherwise (its workers read ahead)."""
+def batch_stream(loader: DataLoader[Any], device: torch.device,
+                 read_ahead: bool | None = None) -> Iterator[Any]:
+    """The loader's batches, read one or two ahead in a background thread
+    (:class:`~runtime.data.Prefetcher`) where that can only help: the loader reads in this
+    process (``train.workers: 0``), its augmentation leaves the global random state alone, and
+    the step leaves a core free — it runs on a GPU, or torch's threads are fewer than this
+    process's cores. Where the step keeps every core busy, the thread would take its time from
+    the step (measured on 2 cores: no faster than reading in the loop), so the loop reads.
+    ``read_ahead`` overrides the last condition.
+    """
     transform = getattr(loader.dataset, "transform", None)
-    if loader.num_workers == 0 and getattr(transform, "thread_safe", False):
+    if read_ahead is None:
+        read_ahead = device.type != "cpu" or torch.get_num_threads() < usable_cores()
+    if read_ahead and loader.num_workers == 0 and getattr(transform, "thread_safe", False):
         return Prefetcher(loader)
     return iter(loader)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],

@@ -94,7 +94,8 @@ class TrainSpec(_Base):
         "CUDA (faster convolutions; dropout then draws its mask in another order).")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed for weights, sampling and augmentation.")
     workers: int = Field(2, ge=0, le=256, description="Data-loading worker processes; 0 reads "
-                         "in the training process, one or two batches ahead in a thread.")
+                         "in the training process (ahead, in a thread, where the step leaves a "
+                         "core free: on a GPU, or with fewer torch threads than cores).")
     log_every: Positive = Field(10, description="Iterations between metrics.jsonl records.")
     save_every: Positive = Field(1000, description="Iterations between checkpoints.")
     eval_every: int = Field(0, ge=0, description="Iterations between evaluations (0: at the end).")

@@ -31,13 +31,17 @@ def _stop_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
     monkeypatch.setattr(train_mod, "_step", step)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize(("workers", "read_ahead"), [(0, False), (0, True), (2, False)])
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, read_ahead: bool
 ) -> None:
     extra = [*RUN, f"train.workers={workers}"]
     straight = tmp_path / "straight"
-    runkit.train_tiny(straight, extra)
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "usable_cores", lambda: 1)  # every core busy: the loop reads
+        runkit.train_tiny(straight, extra)
+    if read_ahead:  # the interrupted and resumed run reads in a thread instead
+        monkeypatch.setattr(train_mod, "usable_cores", lambda: torch.get_num_threads() + 1)
     stopped = tmp_path / "stopped"
     with monkeypatch.context() as m:
         _stop_at(m, STOP + 1)  # one step past the checkpoint: that step is done again

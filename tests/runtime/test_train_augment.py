@@ -128,7 +128,7 @@ def test_batch_stream_reads_ahead_the_same_batches(photometric: bool) -> None:
     loader, _ = train_stream(data, transform, 2, seed=3, num_workers=0)
     direct = iter(loader)
     want = [next(direct) for _ in range(9)]  # past the end of an epoch (6 batches)
-    stream = train_mod.batch_stream(loader)
+    stream = train_mod.batch_stream(loader, torch.device("cpu"), read_ahead=True)
     # a thread only where the augmentation leaves the global random state alone
     assert isinstance(stream, Prefetcher) is not photometric
     torch.manual_seed(0)
@@ -139,3 +139,17 @@ def test_batch_stream_reads_ahead_the_same_batches(photometric: bool) -> None:
         stream.close()
     for (images, labels), (want_images, want_labels) in zip(got, want, strict=True):
         assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+
+
+def test_batch_stream_reads_ahead_only_beside_a_free_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = SyntheticSegmentation("train", num_classes=3, image_size=32, length=12)
+    loader, _ = train_stream(data, train_transform(17), 2, seed=3, num_workers=0)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_mod, "usable_cores", lambda: torch.get_num_threads())
+    assert not isinstance(train_mod.batch_stream(loader, cpu), Prefetcher)  # every core busy
+    monkeypatch.setattr(train_mod, "usable_cores", lambda: torch.get_num_threads() + 1)
+    stream = train_mod.batch_stream(loader, cpu)
+    assert isinstance(stream, Prefetcher)
+    stream.close()
+    with_workers, _ = train_stream(data, train_transform(17), 2, seed=3, num_workers=1)
+    assert not isinstance(train_mod.batch_stream(with_workers, cpu, read_ahead=True), Prefetcher)
