@@ -13,8 +13,11 @@ One process, one generated model (``specc.api``), the same initial weights for e
   compile), one batch read and one step per iteration, after one pass over the data set (most
   of a run reads samples the synthetic set already generated and kept; ``--first-epoch`` times
   a run's first epoch instead);
-* **specc, batches read in the loop** — the same without ``batch_stream``'s read-ahead thread
-  (what ``train.workers: 0`` did before it), to show what the thread brings;
+  with ``train.workers: 0`` its batches are read ahead in a thread where the step leaves a core
+  free (``--threads`` below the core count) and in the loop otherwise, as ``batch_stream``
+  decides in a run;
+* **specc, batches read ahead / in the loop** — the same with the other of the two, to show what
+  the thread brings;
 * with ``--baseline``, the specc path as it was before the speed-ups (contiguous fp32, every
   synthetic sample generated on every read, batches read in the loop; the augmentation is
   today's, which gives the same batches in half the time of the v2 pipeline it replaced);
@@ -25,8 +28,9 @@ Each round runs every variant for ``--iters`` iterations, in a rotating order (t
 load hits every variant alike); after one warm-up round the median time per iteration over the
 rounds is reported, with its ratio to the plain loop (> 1: faster than the plain loop) and, for
 the specc variants, the share of the time spent reading the batch. The CPU time of the process
-per iteration is reported beside it: with one thread (``--threads 1``) it counts the work done and
-not the time spent waiting for a core, so it is the steadier figure on a busy machine. Prints the CPU model, its
+per iteration is reported beside it: with one thread (``--threads 1``) it counts the work done
+and not the time spent waiting for a core, so it is the steadier figure on a busy machine (a
+read-ahead thread's work counts in it too). Prints the CPU model, its
 instruction-set features, torch's version and thread count, and the load average before and
 after: on a shared machine the figures are only comparable within one run.
 """
@@ -111,12 +115,13 @@ def read_every_sample(dataset: object) -> None:
 
 
 def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool,
-               read_ahead: bool = True) -> Callable[[int], float]:
+               read_ahead: bool | None = None) -> Callable[[int], float]:
     """``runtime.train``'s loader and step over ``model``, set up as ``_train`` sets them up;
     with ``warm``, after one pass over the data set (the state of a run past its first epoch),
-    else with the synthetic set generating every sample it is asked for; without
-    ``read_ahead``, the batches are read in the loop rather than by ``batch_stream``'s
-    background thread."""
+    else with the synthetic set generating every sample it is asked for. ``read_ahead``: as
+    ``batch_stream`` decides for this process (None, what ``specc train`` does), or forced on
+    (a background thread reads one or two batches ahead) or off (the loop reads).
+    """
     spec, tr = doc.spec, doc.spec.train
     amp_dtype, channels_last = train_mod.step_settings(doc, CPU.device)
     if channels_last:
@@ -133,9 +138,8 @@ def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool,
         read_every_sample(loader.dataset.dataset)
     else:
         loader.dataset.dataset._cache = None  # every read generates its sample again
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = (
-        train_mod.batch_stream(loader, CPU.device, read_ahead=True) if read_ahead
-        else iter(loader))
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = train_mod.batch_stream(
+        loader, CPU.device, read_ahead)
     train_mod.set_train_mode(model, tr.freeze_bn)
     stepper = torch.compile(model) if tr.compile else model
     it = 0
@@ -194,11 +198,14 @@ def main() -> None:
     drawn = [next(stream) for _ in range(args.iters)]
     warm = not args.first_epoch
     run_dir = Path(os.devnull)  # _step names it only in the message of a non-finite loss
+    # what specc train does here: read ahead in a thread, or in the loop (``batch_stream``)
+    ahead = torch.get_num_threads() < train_mod.usable_cores()
+    reading = "read ahead" if ahead else "read in the loop"
     runners = [Runner("plain loop (pre-drawn batches)", plain_loop(copy.deepcopy(base), drawn, tr)),
-               Runner("specc " + " ".join(args.sets), specc_path(doc, copy.deepcopy(base),
-                                                                  run_dir, warm)),
-               Runner("specc, batches read in the loop",
-                      specc_path(doc, copy.deepcopy(base), run_dir, warm, read_ahead=False))]
+               Runner(" ".join(["specc", *args.sets, f"(batches {reading})"]),
+                      specc_path(doc, copy.deepcopy(base), run_dir, warm)),
+               Runner(f"specc, batches {'read in the loop' if ahead else 'read ahead'}",
+                      specc_path(doc, copy.deepcopy(base), run_dir, warm, read_ahead=not ahead))]
     if args.baseline:
         baseline_doc = load_spec(args.spec, [*args.sets, "train.channels_last=false",
                                              "train.precision=fp32", "train.compile=false"])
