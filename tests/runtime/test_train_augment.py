@@ -25,16 +25,19 @@ from runtime.data.transforms import (
     RandomDiscreteScale,
     SegmentationTransform,
     mean_fill,
+    photometric,
 )
 from specc.errors import DataError
 
 JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "probability": 1.0}
+BLUR = {"kernel": 5, "sigma": (0.5, 2.0), "probability": 0.5}
 
 
 def _reference(crop: tuple[int, int], min_scale: float, max_scale: float,
-               flip: bool) -> SegmentationTransform:
+               flip: bool, jitter: bool) -> SegmentationTransform:
     """The augmentation written as torchvision's v2 transform pipeline."""
-    steps: list[v2.Transform] = [RandomDiscreteScale(min_scale, max_scale, 0.25),
+    steps: list[v2.Transform] = [*photometric(JITTER if jitter else None, BLUR if jitter else None),
+                                 RandomDiscreteScale(min_scale, max_scale, 0.25),
                                  PadToSize(crop, mean_fill(IMAGENET_MEAN), 255),
                                  v2.RandomCrop(crop)]
     if flip:
@@ -45,17 +48,20 @@ def _reference(crop: tuple[int, int], min_scale: float, max_scale: float,
     return SegmentationTransform(v2.Compose(steps), IMAGENET_MEAN, IMAGENET_STD)
 
 
-@pytest.mark.parametrize(("crop", "scales", "flip"), [
-    ((33, 33), (0.5, 2.0), True),  # crops inside and outside the scaled 40-px image
-    ((61, 47), (0.5, 2.0), True),  # not square: padding and crop offsets per side
-    ((17, 80), (0.5, 2.0), True),  # taller than wide
-    ((40, 40), (1.0, 1.0), False),  # no scale change, no flip: no draws at all but the scale
+@pytest.mark.parametrize(("crop", "scales", "flip", "jitter"), [
+    ((33, 33), (0.5, 2.0), True, False),  # crops inside and outside the scaled 40-px image
+    ((61, 47), (0.5, 2.0), True, False),  # not square: padding and crop offsets per side
+    ((17, 80), (0.5, 2.0), True, False),  # taller than wide
+    ((40, 40), (1.0, 1.0), False, False),  # no scale change, no flip: one draw, the scale
+    ((33, 33), (0.5, 2.0), True, True),  # colour jitter and blur first
 ])
 def test_equals_the_v2_pipeline_bit_for_bit(crop: tuple[int, int], scales: tuple[float, float],
-                                            flip: bool) -> None:
+                                            flip: bool, jitter: bool) -> None:
     data = SyntheticSegmentation("train", num_classes=5, image_size=40, length=12)
-    augment = train_transform(crop, min_scale=scales[0], max_scale=scales[1], flip=flip)
-    reference = _reference(crop, *scales, flip)
+    augment = train_transform(crop, min_scale=scales[0], max_scale=scales[1], flip=flip,
+                              color_jitter=JITTER if jitter else None,
+                              blur=BLUR if jitter else None)
+    reference = _reference(crop, *scales, flip, jitter)
     labels = set()
     for seed in range(60):
         sample = data[seed % len(data)]
@@ -65,8 +71,10 @@ def test_equals_the_v2_pipeline_bit_for_bit(crop: tuple[int, int], scales: tuple
         torch.manual_seed(seed)
         image, label = augment(sample)  # from the global generator, as the pipeline draws
         assert torch.equal(torch.get_rng_state(), want_state)  # the same number of draws
-        again_image, again_label = augment(sample, torch.Generator().manual_seed(seed))
-        for got_image, got_label in ((image, label), (again_image, again_label)):
+        results = [(image, label)]
+        if not jitter:  # with a generator, the photometric draws come from another stream
+            results.append(augment(sample, torch.Generator().manual_seed(seed)))
+        for got_image, got_label in results:
             assert got_image.dtype == torch.float32 and got_label.dtype == torch.int64
             assert got_image.shape == (3, *crop) and got_label.shape == crop
             assert torch.equal(got_image, want_image) and torch.equal(got_label, want_label)
