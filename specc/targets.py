@@ -309,8 +309,10 @@ def _int8_program(job: Job) -> Any:
     prepared, calibrated on ``job.calibration``, converted, and exported again (as
     :func:`export_program` exports the fp32 graph)."""
     import torch
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    with _quiet():  # importing torchao logs a deprecation note from torch's pytree
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())

@@ -218,6 +218,34 @@ def test_aoti_package_compiles_for_this_cpu_and_equals_the_model(tmp_path: Path)
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
+def test_aoti_int8_is_quantized_checked_and_loads(tmp_path: Path) -> None:
+    """torchao's pt2e quantization for X86 inductor, calibrated, then AOTInductor: the package
+    differs from the fp32 model by int8 rounding (0.8 % of the logits' range here), and its
+    manifest entry records exactly that difference and agreement."""
+    from runtime.calibration import spec_images
+
+    comp = build(load_spec(DEMO, ["input.size=[33, 33]", "data.synthetic.size=40",
+                                  "data.synthetic.train_length=8"]))
+    randomized(comp.module)
+    x = torch.randn(2, 3, 33, 33, generator=torch.Generator().manual_seed(3))
+    calibration = tuple(spec_images(comp.spec, 4, split="train"))
+    deploy = Deployment((Request("aoti", "int8"),), (x,), "random", calibration)
+    build_to(comp, tmp_path, deploy=deploy)
+    folder = tmp_path / comp.spec.name
+    entry = listing(folder)["artifacts"][0]
+    assert entry["file"] == "model-aoti-int8.pt2" and entry["precision"] == "int8"
+    assert "torchao" in entry["versions"]
+    with torch.no_grad():
+        want = comp.module(x)["out"]
+    got = load_artifact(folder / "model-aoti-int8.pt2")(x)["out"]
+    diff = (got - want).abs().max().item()
+    assert diff == pytest.approx(entry["check"]["max_abs_diff"], rel=1e-3)
+    assert 0 < diff < 0.5 * want.abs().max().item()  # quantized (not equal), yet close
+    agreement = (got.argmax(1) == want.argmax(1)).float().mean().item()
+    assert agreement == pytest.approx(entry["check"]["argmax_agreement"], abs=1e-6)
+    assert agreement >= 0.8  # random weights: many near-ties between classes (87 % here)
+
+
 def test_bench_gives_torchvisions_twin_the_specs_weights() -> None:
     """``specc bench`` compares a zoo spec with torchvision's model holding the same weights."""
     from specc.bench import torchvision_twin
