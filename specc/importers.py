@@ -130,7 +130,7 @@ def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
         for n, u in enumerate(net.units()):
             _add(plan, u.module, u.weight_map("torchvision", f"{pre}{n + 1}"), foreign)
     else:
-        _resnet_layers(plan, net, pre, foreign)
+        _resnet_layers(plan, net, "torchvision", pre, foreign, "torchvision ResNets")
     if pre:  # a segmentation model's heads: classifier and aux_classifier
         for head in net.heads:
             _add(plan, head.attr, head.weight_map("torchvision", ""), foreign)
@@ -138,15 +138,17 @@ def torchvision_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     return plan
 
 
-def _resnet_layers(plan: Plan, net: Network, pre: str, foreign: dict[str, list[str]]) -> None:
-    """Stage k of the spec is a torchvision ResNet's ``layer{k}``, unit j ``layer{k}.{j}``."""
+def _resnet_layers(plan: Plan, net: Network, library: str, pre: str,
+                   foreign: dict[str, list[str]], owner: str) -> None:
+    """Stage k of the spec is ``{pre}layer{k}`` of ``library``'s ResNet, unit j
+    ``{pre}layer{k}.{j}``, as torchvision names them; ``owner`` names those ResNets in the
+    note that stages past the fourth (a cascade's block5-7) have no counterpart."""
     if len(net.stages) > 4:
-        plan.notes.append("torchvision ResNets have 4 stages; the spec's "
+        plan.notes.append(f"{owner} have 4 stages; the spec's "
                           f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
     for k, stage in enumerate(net.stages):
         for u in stage.units:
-            _add(plan, u.module, u.weight_map("torchvision", f"{pre}layer{k + 1}.{u.index}"),
-                 foreign)
+            _add(plan, u.module, u.weight_map(library, f"{pre}layer{k + 1}.{u.index}"), foreign)
 
 
 def timm_resnet_plan(net: Network, source: dict[str, Tensor]) -> Plan:
@@ -155,12 +157,7 @@ def timm_resnet_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     plan = Plan("timm ResNet", drop=("fc.",))
     foreign: dict[str, list[str]] = {}
     _add(plan, "backbone.stem", net.stem.weight_map("timm", ""), foreign)
-    if len(net.stages) > 4:
-        plan.notes.append("timm's ResNets have 4 stages; the spec's "
-                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
-    for k, stage in enumerate(net.stages):
-        for u in stage.units:
-            _add(plan, u.module, u.weight_map("timm", f"layer{k + 1}.{u.index}"), foreign)
+    _resnet_layers(plan, net, "timm", "", foreign, "timm's ResNets")
     _notes(plan, foreign)
     return plan
 
@@ -236,12 +233,7 @@ def smp_plan(net: Network, source: dict[str, Tensor]) -> Plan:
                 heads=("decoder.", "segmentation_head.", "classification_head."))
     foreign: dict[str, list[str]] = {}
     _add(plan, "backbone.stem", net.stem.weight_map("smp", "encoder."), foreign)
-    if len(net.stages) > 4:
-        plan.notes.append("smp's ResNet encoders have 4 stages; the spec's "
-                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
-    for k, stage in enumerate(net.stages):
-        for u in stage.units:
-            _add(plan, u.module, u.weight_map("smp", f"encoder.layer{k + 1}.{u.index}"), foreign)
+    _resnet_layers(plan, net, "smp", "encoder.", foreign, "smp's ResNet encoders")
     where_aspp = "decoder.aspp.0" if plus else "decoder.aspp"
     for head in net.heads:
         _add(plan, head.attr, head.weight_map("smp", where_aspp), foreign)
@@ -271,13 +263,7 @@ def mmseg_plan(net: Network, source: dict[str, Tensor]) -> Plan:
     plan = Plan("MMSegmentation EncoderDecoder", heads=("decode_head.", "auxiliary_head."))
     foreign: dict[str, list[str]] = {}
     _add(plan, "backbone.stem", net.stem.weight_map("mmseg", "backbone."), foreign)
-    if len(net.stages) > 4:
-        plan.notes.append("MMSegmentation's ResNets have 4 stages; the spec's "
-                          f"{', '.join(s.name for s in net.stages[4:])} have no counterpart")
-    for k, stage in enumerate(net.stages):
-        for u in stage.units:
-            _add(plan, u.module, u.weight_map("mmseg", f"backbone.layer{k + 1}.{u.index}"),
-                 foreign)
+    _resnet_layers(plan, net, "mmseg", "backbone.", foreign, "MMSegmentation's ResNets")
     for head in net.heads:
         at = "auxiliary_head" if head.attr == "aux" else "decode_head"
         _add(plan, head.attr, head.weight_map("mmseg", at), foreign)

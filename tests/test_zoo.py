@@ -85,3 +85,22 @@ def test_command_prints_a_table_and_json(capsys: pytest.CaptureFixture[str]) -> 
 def test_missing_root_is_an_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "zoo", "--root", tmp_path / "nope")
     assert code == 2 and "expected a folder of specs" in err and "Traceback" not in err
+
+
+def test_the_cascades_extra_stages_are_named_by_every_resnet_importer() -> None:
+    """Every library's ResNet has 4 stages; importing one into the cascade says which of the
+    spec's stages it leaves without weights, naming the library."""
+    import torch
+
+    from specc.api import build, load_spec
+    from specc.importers import timm_resnet_plan, torchvision_plan
+
+    net = build(load_spec(SPECS / "deeplabv3_resnet101_cascade.yaml")).network
+    extra = ", ".join(stage.name for stage in net.stages[4:])
+    assert extra.count(",") == 2  # block5, block6, block7
+    resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(1)}
+    for plan, owner in ((torchvision_plan(net, resnet), "torchvision ResNets"),
+                        (timm_resnet_plan(net, resnet), "timm's ResNets")):
+        assert f"{owner} have 4 stages; the spec's {extra} have no counterpart" in plan.notes
+        theirs = set(plan.prefixes.values())
+        assert any(name.startswith("layer4.") for name in theirs)  # the 4 stages still map
