@@ -53,7 +53,7 @@ from torch import nn
 from runtime import distributed, finetune, losses
 from runtime import train as train_mod
 from specc.api import compile_spec, load_spec
-from specc.hardware import cpu_info
+from specc.hardware import cpu_info, usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml"
@@ -199,7 +199,7 @@ def main() -> None:
     warm = not args.first_epoch
     run_dir = Path(os.devnull)  # _step names it only in the message of a non-finite loss
     # what specc train does here: read ahead in a thread, or in the loop (``batch_stream``)
-    ahead = torch.get_num_threads() < train_mod.usable_cores()
+    ahead = torch.get_num_threads() < usable_cores()
     reading = "read ahead" if ahead else "read in the loop"
     runners = [Runner("plain loop (pre-drawn batches)", plain_loop(copy.deepcopy(base), drawn, tr)),
                Runner(" ".join(["specc", *args.sets, f"(batches {reading})"]),

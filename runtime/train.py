@@ -37,7 +37,6 @@ import contextlib
 import errno
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -64,6 +63,7 @@ from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
 from specc.errors import SpeccError, TrainingError
 from specc.fsutil import atomic_write_text
+from specc.hardware import usable_cores
 from specc.spec_train import LossSpec
 
 METRICS = "metrics.jsonl"
@@ -485,14 +485,6 @@ def batch_stream(loader: DataLoader[Any], device: torch.device,
     if read_ahead and loader.num_workers == 0 and getattr(transform, "thread_safe", False):
         return Prefetcher(loader)
     return iter(loader)
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _open_logs(run_dir: Path, start: int, spec_info: dict[str, Any],

@@ -61,7 +61,7 @@ class CpuInfo:
 
     def as_dict(self) -> dict[str, object]:
         """What a benchmark or an artifact list records of the machine."""
-        return {"model": self.model, "cores": os.cpu_count() or 1,
+        return {"model": self.model, "cores": usable_cores(),
                 "features": [f for f in FEATURES if f in self.features],
                 "bf16": self.has_bf16, "vnni": self.has_vnni, "amx": self.has_amx}
 
@@ -94,3 +94,11 @@ def cpu_info() -> CpuInfo:
     except OSError:
         text = ""
     return parse_cpuinfo(text)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS, Windows)
+        return os.cpu_count() or 1

@@ -241,10 +241,9 @@ class TrainAugment:
         assert self.photometric is not None
         if generator is None:
             return self.photometric(tv_tensors.Image(image)).as_subclass(torch.Tensor)
-        seed = int(torch.randint(2**62, (), generator=generator))
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            return self.photometric(tv_tensors.Image(image)).as_subclass(torch.Tensor)
+            torch.default_generator.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            return self._photometric(image, None)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(crop={self.crop}, scales={self.scales}, flip={self.flip}, "
