@@ -20,7 +20,7 @@ One process, one generated model (``specc.api``), the same initial weights for e
   the thread brings;
 * with ``--baseline``, the specc path as it was before the speed-ups (contiguous fp32, every
   synthetic sample generated on every read, batches read in the loop; the augmentation is
-  today's, which gives the same batches in half the time of the v2 pipeline it replaced);
+  today's, which gives the same batches in 0.57 of the time of the v2 pipeline it replaced);
 * each ``--variant`` — the specc path with more ``--set`` overrides (e.g. today's defaults
   switched off, to measure what each one brings in the same process).
 
