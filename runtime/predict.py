@@ -66,11 +66,11 @@ def load_predictor(
         from specc.targets import load_artifact
 
         artifact = load_artifact(model)
-        spec_input = artifact.info.get("spec", {}).get("resolved", {}).get("input", {})
+        resolved = artifact.info.get("spec", {}).get("resolved", {})
+        spec_input = resolved.get("input", {})
         return Predictor(artifact, tuple(spec_input.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
                          tuple(spec_input.get("std", IMAGENET_STD)), str(model),
-                         tuple(spec_input.get("size", Predictor.input_size)),
-                         alignment(artifact.info.get("spec", {}).get("resolved", {})))
+                         tuple(spec_input.get("size", Predictor.input_size)), alignment(resolved))
     if model.suffix in (".pt", ".pth"):
         if checkpoint is not None or overrides:
             raise SpeccError(f"{model}: a TorchScript model carries its own weights and spec; "
