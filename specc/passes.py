@@ -18,6 +18,7 @@ import copy
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -86,6 +87,102 @@ def _to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+#: The smallest atrous rate :func:`atrous_taps` rewrites. oneDNN's bf16 kernels for AMX slow down
+#: as the rate grows (ResNet-50's 2048 → 256 ASPP conv on a 65×65 map, 2 cores: 10 ms at rate
+#: 4 per 512 channels, 145 ms at rate 12, 334 ms at rate 36); below rate 8 they are faster than
+#: the taps' sums.
+MIN_TAP_RATE = 8
+
+
+class AtrousTaps(nn.Module):
+    """A stride-1 "same" k×k atrous convolution computed as one 1×1 convolution to the k²
+    taps' outputs (k²·out channels), each then shifted by its offset (rate × tap position, the
+    uncovered border filled with zeros) and summed, plus the bias. The same function as the conv
+    it replaces; the cost no longer depends on the rate, and a tap that falls wholly outside a
+    small map only adds zeros."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        out_channels, in_channels, kh, kw = conv.weight.shape
+        # (out, in, kh, kw) -> (kh·kw·out, in, 1, 1): tap (i, j) owns channels (i·kw + j)·out...
+        weight = conv.weight.detach().permute(2, 3, 0, 1).reshape(kh * kw * out_channels,
+                                                                    in_channels, 1, 1)
+        self.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(),
+                                                                 requires_grad=False)
+        self.out_channels = out_channels
+        self.kernel_width = kw
+        rate_h, rate_w = conv.dilation
+        self.row_offsets = [(i - kh // 2) * rate_h for i in range(kh)]
+        self.col_offsets = [(j - kw // 2) * rate_w for j in range(kw)]
+
+    @staticmethod
+    def _shift(t: torch.Tensor, offset: int, dim: int) -> torch.Tensor:
+        """``t`` moved along ``dim`` (2: rows, 3: columns) so that position p holds what was at
+        p + offset, with zeros where that lies outside."""
+        if offset == 0:
+            return t
+        length = t.shape[dim]
+        pad = [0, 0, 0, 0]  # F.pad order: left, right, top, bottom
+        side = (0 if offset < 0 else 1) + (2 if dim == 2 else 0)
+        pad[side] = abs(offset)
+        return F.pad(t, pad).narrow(dim, max(offset, 0), length)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = F.conv2d(x, self.weight)
+        n = self.out_channels
+        rows: list[torch.Tensor] = []
+        for i, dy in enumerate(self.row_offsets):
+            parts: list[torch.Tensor] = []
+            for j, dx in enumerate(self.col_offsets):
+                k = i * self.kernel_width + j
+                parts.append(self._shift(taps[:, k * n:(k + 1) * n], dx, 3))
+            rows.append(self._shift(_sum(parts), dy, 2))
+        out = _sum(rows)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        return out
+
+
+def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of a non-empty list of tensors."""
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+def _wide_atrous(conv: nn.Module) -> bool:
+    """Whether :class:`AtrousTaps` computes ``conv``: a plain (one group, stride 1, zero-padded)
+    conv with an odd kernel larger than 1×1, "same" padding and rates of at least :data:`MIN_TAP_RATE`."""
+    if type(conv) is not nn.Conv2d or conv.groups != 1 or conv.padding_mode != "zeros":
+        return False
+    kh, kw = conv.kernel_size
+    rates, padding = conv.dilation, conv.padding
+    return (kh % 2 == 1 and kw % 2 == 1 and kh * kw > 1 and conv.stride == (1, 1)
+            and isinstance(padding, tuple)
+            and padding == (rates[0] * (kh // 2), rates[1] * (kw // 2))
+            and min(rates) >= MIN_TAP_RATE)
+
+
+def _atrous_taps_in_place(model: nn.Module) -> nn.Module:
+    """Replace, in place, every wide-rate atrous conv of ``model`` by :class:`AtrousTaps`."""
+    for parent in list(model.modules()):
+        for child_name, child in parent.named_children():
+            if _wide_atrous(child):
+                setattr(parent, child_name, AtrousTaps(child))
+    return model
+
+
+def atrous_taps(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every atrous conv of rate >= :data:`MIN_TAP_RATE`
+    (the ASPP branches) computed as one 1×1 conv to all its taps and their shifted sums
+    (:class:`AtrousTaps`). Equal in exact arithmetic; for bf16 artifacts on AMX CPUs, whose
+    kernels slow down with the rate. In fp32 oneDNN's own atrous kernels are the faster, so the
+    pass is not among :data:`DEFAULT_PASSES`."""
+    return _atrous_taps_in_place(_fresh_eval_copy(model))
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with every BatchNorm2d that directly follows a Conv2d
     folded into it: the conv's weight is scaled by ``gamma / sqrt(var + eps)`` and it gains the
@@ -129,6 +226,7 @@ PASSES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "inference_only": _inference_only_in_place,
     "fold_batchnorm": _fold_in_place,
     "channels_last": _to_channels_last,
+    "atrous_taps": _atrous_taps_in_place,
 }
 
 #: The passes :func:`optimize_for_inference` applies when none are named, in this order.

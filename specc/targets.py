@@ -148,12 +148,30 @@ def check_libraries(requests: Sequence[Request]) -> None:
 # -- the inference graph ------------------------------------------------------------------------
 
 
+#: The inference passes (:mod:`specc.passes`) every artifact's graph is made with.
+GRAPH_PASSES = ("inference_only", "fold_batchnorm")
+
+
 def inference_graph(module: nn.Module) -> nn.Module:
     """What every artifact is made from: an eval-mode copy without dropout and training-only
     heads, its batch norms folded (:mod:`specc.passes`). Memory layout is left to each backend."""
     from specc.passes import optimize_for_inference
 
-    return optimize_for_inference(module, ("inference_only", "fold_batchnorm"))
+    return optimize_for_inference(module, GRAPH_PASSES)
+
+
+def artifact_passes(request: Request) -> tuple[str, ...]:
+    """The passes the graph of ``request``'s artifact goes through: :data:`GRAPH_PASSES`, and
+    for bf16 also ``atrous_taps`` (the ASPP's wide-rate convs as one 1×1 conv and shifted sums:
+    oneDNN's bf16 kernels for AMX slow down with the rate, about 10× at rate 36)."""
+    return GRAPH_PASSES + (("atrous_taps",) if request.precision == "bf16" else ())
+
+
+def _bf16_source(job: Job) -> nn.Module:
+    """The fp32 graph a bf16 artifact is made from (:func:`artifact_passes`)."""
+    from specc.passes import atrous_taps
+
+    return atrous_taps(job.graph)
 
 
 def example_input(size: Sequence[int], batch: int = 2) -> torch.Tensor:
@@ -330,7 +348,7 @@ def _write_aoti(job: Job, request: Request) -> None:
     if request.precision == "int8":
         program = _int8_program(job)
     elif request.precision == "bf16":
-        program = export_program(_bf16_graph(job.graph), job.size)
+        program = export_program(_bf16_graph(_bf16_source(job)), job.size)
     else:
         program = job.program
     with torch.no_grad(), _quiet():
@@ -352,8 +370,10 @@ def _write_onnx(job: Job, request: Request) -> None:
 def _write_openvino(job: Job, request: Request) -> None:
     import openvino as ov
 
+    program = (export_program(_bf16_source(job), job.size) if request.precision == "bf16"
+               else job.program)
     with _quiet():
-        model = ov.convert_model(job.program)
+        model = ov.convert_model(program)
     if request.precision == "int8":
         import nncf
 
@@ -596,6 +616,7 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
     return {
         "target": request.target,
         "precision": request.precision,
+        "passes": list(artifact_passes(request)) if request.target != "torchscript" else [],
         "file": path.name,
         "files": [p.name for p in _artifact_files(path)],
         "sha256": file_sha256(path),

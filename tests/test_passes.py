@@ -22,6 +22,9 @@ from specc.modules.conv_bn_act import ConvBNAct
 from specc.modules.separable_conv import SeparableConv
 from specc.passes import (
     DEFAULT_PASSES,
+    MIN_TAP_RATE,
+    AtrousTaps,
+    atrous_taps,
     channels_last,
     fold_batchnorm,
     inference_only,
@@ -192,3 +195,69 @@ def test_unknown_pass_is_named() -> None:
     with pytest.raises(ValueError, match=r"'fold_bn'.*expected one of .*fold_batchnorm"):
         optimize_for_inference(nn.Sequential(), ["fold_bn"])
     assert DEFAULT_PASSES[0] == "inference_only"
+
+
+@pytest.mark.parametrize("shape", [
+    # (height, width, rate, kernel, bias): taps partly on the map, taps wholly off it (rate >=
+    # the map: only the centre tap counts), rates that differ by axis, a 5×5 kernel, no bias
+    (21, 23, 12, 3, True),
+    (9, 9, 36, 3, True),
+    (30, 17, (8, 24), 3, True),
+    (40, 44, 10, 5, False),
+])
+def test_atrous_taps_equals_the_conv(shape: tuple) -> None:
+    height, width, rate, kernel, bias = shape
+    rates = rate if isinstance(rate, tuple) else (rate, rate)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, kernel, padding=tuple(r * (kernel // 2) for r in rates),
+                     dilation=rates, bias=bias).eval()
+    taps = AtrousTaps(conv)
+    x = torch.randn(3, 6, height, width)
+    with torch.no_grad():
+        want = conv(x)
+        assert (taps(x) - want).abs().max().item() <= 1e-5
+        cl = x.contiguous(memory_format=torch.channels_last)
+        assert (taps(cl) - want).abs().max().item() <= 1e-5
+        assert (torch.jit.script(taps)(x) - want).abs().max().item() <= 1e-5
+    # one exported graph for every size: below the rate, around it and above it
+    exported = torch.export.export(taps, (x,), dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO,
+                                                                3: Dim.AUTO},), strict=False)
+    for size in [(2, 3), (rates[0], rates[1] + 1), (2 * rates[0] + 5, 50)]:
+        y = torch.randn(1, 6, *size)
+        with torch.no_grad():
+            assert (exported.module()(y) - conv(y)).abs().max().item() <= 1e-5
+
+
+def test_atrous_taps_takes_only_wide_same_convs() -> None:
+    """Only plain stride-1 "same" convs of rate >= MIN_TAP_RATE: not a narrower rate (oneDNN's
+    own kernel is faster there), a depthwise or strided conv, other padding, or a 1×1."""
+    wide = nn.Conv2d(4, 4, 3, padding=MIN_TAP_RATE, dilation=MIN_TAP_RATE)
+    left = [
+        nn.Conv2d(4, 4, 3, padding=MIN_TAP_RATE - 1, dilation=MIN_TAP_RATE - 1),
+        nn.Conv2d(4, 4, 3, padding=12, dilation=12, groups=4),
+        nn.Conv2d(4, 4, 3, padding=12, dilation=12, stride=2),
+        nn.Conv2d(4, 4, 3, padding=12, dilation=12, padding_mode="reflect"),
+        nn.Conv2d(4, 4, 3, padding=6, dilation=12),
+        nn.Conv2d(4, 4, 1, dilation=12),
+    ]
+    model = atrous_taps(nn.Sequential(wide, *left))
+    assert isinstance(model[0], AtrousTaps)
+    assert [type(m) for m in model[1:]] == [nn.Conv2d] * len(left)
+    assert isinstance(nn.Sequential(wide)[0], nn.Conv2d)  # the caller's model is left alone
+
+
+def test_atrous_taps_rewrites_the_aspp_and_agrees(reference: nn.Module,
+                                                  request: pytest.FixtureRequest) -> None:
+    """On every spec: the plain ASPP convs of rate >= MIN_TAP_RATE become AtrousTaps (ResNet-50's
+    rates 12, 24 and 36; not Xception's separable ones, none of the demo's 2, 4, 6), and the
+    network's output is unchanged at a size where the taps of rate 12 fall partly on the map and
+    those of rate 36 wholly off it."""
+    wide = sorted(name for name, m in reference.named_modules()
+                  if isinstance(m, nn.Conv2d) and m.groups == 1 and m.dilation[0] >= MIN_TAP_RATE)
+    assert len(wide) == {"resnet50": 3}.get(request.node.callspec.params["reference"], 0)
+    rewritten = atrous_taps(reference)
+    assert sorted(name for name, m in rewritten.named_modules()
+                  if isinstance(m, AtrousTaps)) == wide
+    assert all("aspp" in name for name in wide)
+    x = image((161, 161))
+    assert_agrees(out(rewritten, x), out(reference, x))

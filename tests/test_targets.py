@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import torch
 
+from runtime.calibration import spec_images
 from specc.api import build, load_spec
 from specc.build import Deployment, build_to
 from specc.errors import SpeccError
-from specc.hardware import CpuInfo
+from specc.hardware import CpuInfo, cpu_info
 from specc.targets import (
     ARTIFACTS,
     Request,
@@ -65,6 +66,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
 
 def listing(folder: Path) -> dict[str, Any]:
     return json.loads((folder / ARTIFACTS).read_text())
+
+
+@pytest.mark.skipif(not cpu_info().has_bf16, reason="bf16 artifacts need a CPU with native bf16")
+def test_bf16_openvino_computes_the_wide_atrous_convs_as_taps(tmp_path: Path) -> None:
+    """On a CPU with native bf16: a bf16 artifact of a network with wide ASPP rates is made from
+    the graph with ``atrous_taps`` (so listed), and agrees with the fp32 reference at bf16's
+    precision."""
+    comp = build(load_spec(DEMO, [*SMALL, "aspp.rates=[8, 12, 16]"]))
+    randomized(comp.module)
+    deploy = Deployment(tuple(parse_requests(["openvino:bf16"])),
+                        tuple(spec_images(comp.spec, 2, split="val")), "val", ())
+    build_to(comp, tmp_path, deploy=deploy)
+    entry = listing(tmp_path / comp.spec.name)["artifacts"][-1]
+    assert entry["precision"] == "bf16"
+    assert entry["passes"] == ["inference_only", "fold_batchnorm", "atrous_taps"]
+    assert entry["check"]["argmax_agreement"] >= 0.98
 
 
 # -- requests and hardware ----------------------------------------------------------------------
@@ -114,6 +131,7 @@ def test_every_artifact_is_listed_with_its_check(built: tuple[Any, Path]) -> Non
         for name in entry["files"]:
             assert (folder / name).is_file()
         assert entry["shape_constraints"]["batch"] == "dynamic"
+        assert entry["passes"] == ["inference_only", "fold_batchnorm"]  # no atrous_taps: not bf16
         assert entry["versions"]["torch"] == torch.__version__.split("+")[0] or \
             entry["versions"]["torch"] in torch.__version__
     for name in ("model.pt2", "model.onnx", "model-openvino-fp32.xml"):
