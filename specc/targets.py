@@ -167,11 +167,13 @@ def artifact_passes(request: Request) -> tuple[str, ...]:
     return GRAPH_PASSES + (("atrous_taps",) if request.precision == "bf16" else ())
 
 
-def _bf16_source(job: Job) -> nn.Module:
-    """The fp32 graph a bf16 artifact is made from (:func:`artifact_passes`)."""
-    from specc.passes import atrous_taps
+def _source_graph(job: Job, request: Request) -> nn.Module:
+    """The fp32 graph ``request``'s artifact is made from: the job's graph after the passes that
+    :func:`artifact_passes` adds to :data:`GRAPH_PASSES`."""
+    from specc.passes import optimize_for_inference
 
-    return atrous_taps(job.graph)
+    extra = artifact_passes(request)[len(GRAPH_PASSES):]
+    return optimize_for_inference(job.graph, extra) if extra else job.graph
 
 
 def example_input(size: Sequence[int], batch: int = 2) -> torch.Tensor:
@@ -348,7 +350,7 @@ def _write_aoti(job: Job, request: Request) -> None:
     if request.precision == "int8":
         program = _int8_program(job)
     elif request.precision == "bf16":
-        program = export_program(_bf16_graph(_bf16_source(job)), job.size)
+        program = export_program(_bf16_graph(_source_graph(job, request)), job.size)
     else:
         program = job.program
     with torch.no_grad(), _quiet():
@@ -370,8 +372,8 @@ def _write_onnx(job: Job, request: Request) -> None:
 def _write_openvino(job: Job, request: Request) -> None:
     import openvino as ov
 
-    program = (export_program(_bf16_source(job), job.size) if request.precision == "bf16"
-               else job.program)
+    graph = _source_graph(job, request)
+    program = job.program if graph is job.graph else export_program(graph, job.size)
     with _quiet():
         model = ov.convert_model(program)
     if request.precision == "int8":
