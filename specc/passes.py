@@ -64,12 +64,20 @@ def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
             and bn.running_mean is not None and bn.running_var is not None)
 
 
-def _remove_dropout(model: nn.Module) -> None:
-    """Replace, in place, every dropout layer of ``model`` by ``nn.Identity``."""
+def _replace_children(model: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]
+                      ) -> None:
+    """Replace, in place, every submodule of ``model`` for which ``replacement`` returns a
+    module by that module (None: leave it)."""
     for parent in list(model.modules()):
         for child_name, child in parent.named_children():
-            if isinstance(child, DROPOUT_TYPES):
-                setattr(parent, child_name, nn.Identity())
+            new = replacement(child)
+            if new is not None:
+                setattr(parent, child_name, new)
+
+
+def _remove_dropout(model: nn.Module) -> None:
+    """Replace, in place, every dropout layer of ``model`` by ``nn.Identity``."""
+    _replace_children(model, lambda m: nn.Identity() if isinstance(m, DROPOUT_TYPES) else None)
 
 
 def _drop_training_heads(model: nn.Module) -> nn.Module:
@@ -168,10 +176,7 @@ def _wide_atrous(conv: nn.Module) -> bool:
 
 def _atrous_taps_in_place(model: nn.Module) -> nn.Module:
     """Replace, in place, every wide-rate atrous conv of ``model`` by :class:`AtrousTaps`."""
-    for parent in list(model.modules()):
-        for child_name, child in parent.named_children():
-            if _wide_atrous(child):
-                setattr(parent, child_name, AtrousTaps(child))
+    _replace_children(model, lambda m: AtrousTaps(m) if _wide_atrous(m) else None)
     return model
 
 

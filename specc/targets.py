@@ -163,7 +163,7 @@ def inference_graph(module: nn.Module) -> nn.Module:
 def artifact_passes(request: Request) -> tuple[str, ...]:
     """The passes the graph of ``request``'s artifact goes through: :data:`GRAPH_PASSES`, and
     for bf16 also ``atrous_taps`` (the ASPP's wide-rate convs as one 1×1 conv and shifted sums:
-    oneDNN's bf16 kernels for AMX slow down with the rate, about 10× at rate 36)."""
+    oneDNN's bf16 kernels for AMX slow down with the rate; :data:`specc.passes.MIN_TAP_RATE`)."""
     return GRAPH_PASSES + (("atrous_taps",) if request.precision == "bf16" else ())
 
 
