@@ -64,6 +64,18 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     return comp, out / comp.spec.name
 
 
+def test_int8_activations_are_seven_bits_without_vnni() -> None:
+    """AVX2's u8·s8 multiply saturates with full-range activations: 0..127 there, 0..255 with
+    VNNI (or AMX); weights are int8 either way."""
+    from specc.targets import int8_quantizer
+
+    vnni = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
+    for cpu, top in ((AVX2, 127), (vnni, 255), (BF16, 255)):
+        config = int8_quantizer(cpu).global_config
+        assert (config.input_activation.quant_min, config.input_activation.quant_max) == (0, top)
+        assert (config.weight.quant_min, config.weight.quant_max) == (-128, 127)
+
+
 def listing(folder: Path) -> dict[str, Any]:
     return json.loads((folder / ARTIFACTS).read_text())
 
