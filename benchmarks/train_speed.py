@@ -129,7 +129,7 @@ def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool,
     for bn in train_mod.batchnorms(model):
         bn.momentum = 1.0 - tr.bn_decay
     groups = finetune.lr_groups(model, tr.weight_decay, tr.lr_mult)
-    optimizer = torch.optim.SGD(groups.groups, lr=tr.lr, momentum=tr.momentum)
+    optimizer = train_mod.make_optimizer(groups, tr)
     tuning = train_mod.Tuning(groups, losses.class_weight_tensor(tr.loss, spec.num_classes,
                                                                  CPU.device))
     scaler = torch.amp.GradScaler("cuda", enabled=False)

@@ -115,6 +115,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return finetune.lr_groups(model, weight_decay, {}).groups
 
 
+def make_optimizer(groups: finetune.LrGroups, tr: Any) -> torch.optim.SGD:
+    """SGD with momentum over ``groups`` (their weight decay; the lr is set every step). The
+    fused implementation: one kernel over all parameters instead of a few per parameter, the
+    same update to float rounding (a last-bit difference on some elements) in less time (the
+    demo's 197 tensors: 2.3–2.8× faster, ``benchmarks/optimizer_step.py``)."""
+    return torch.optim.SGD(groups.groups, lr=tr.lr, momentum=tr.momentum, fused=True)
+
+
 def segmentation_loss(
     outputs: dict[str, torch.Tensor], labels: torch.Tensor, ignore_index: int, aux_weight: float,
     *, loss_spec: Any = None, iteration: int = 0, class_weights: torch.Tensor | None = None
@@ -243,7 +251,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
 
     # -- optimizer: SGD + momentum; the poly schedule sets the lr every step (times lr_mult)
     groups = finetune.lr_groups(model, tr.weight_decay, tr.lr_mult)
-    optimizer = torch.optim.SGD(groups.groups, lr=tr.lr, momentum=tr.momentum)
+    optimizer = make_optimizer(groups, tr)
     class_weights = losses.class_weight_tensor(tr.loss, spec.num_classes, ctx.device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
 

@@ -3,6 +3,7 @@ architecture, NaN stops the run, torchrun runs DDP on gloo, bad data exits 2."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -272,3 +273,34 @@ def test_init_from_backbone_only_weights(trained: Path, tmp_path: Path) -> None:
     assert conv and all(torch.allclose(after[k], backbone[k], atol=1e-6) for k in conv)
     heads = [k for k in after if k.startswith(("aspp.", "decoder.")) and k.endswith("conv.weight")]
     assert heads and any(not torch.allclose(after[k], weights[k], atol=1e-3) for k in heads)
+
+
+def test_optimizer_is_fused_and_steps_as_the_per_parameter_loop() -> None:
+    """make_optimizer's fused SGD gives the weights the per-parameter loop gives, to float
+    rounding, over steps with momentum, weight decay on one group only and a parameter without gradient
+    (as a frozen backbone leaves it)."""
+    from types import SimpleNamespace
+
+    from runtime import finetune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                                torch.nn.Conv2d(8, 4, 1))
+    twin = copy.deepcopy(model)
+    start = copy.deepcopy(model)
+    tr = SimpleNamespace(lr=0.05, momentum=0.9)
+    fused = train_mod.make_optimizer(finetune.lr_groups(model, 1e-3, {}), tr)
+    loop = torch.optim.SGD(finetune.lr_groups(twin, 1e-3, {}).groups, lr=0.05, momentum=0.9,
+                           foreach=False)
+    assert fused.defaults["fused"] is True
+    for step in range(4):
+        for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+            grad = torch.randn(a.shape)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        if step == 2:
+            model[0].weight.grad = twin[0].weight.grad = None
+        fused.step()
+        loop.step()
+    for a, b, c in zip(model.parameters(), twin.parameters(), start.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-7)
+        assert (a - c).abs().max().item() > 1e-3  # every parameter moved
