@@ -95,10 +95,11 @@ def _to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-#: The smallest atrous rate :func:`atrous_taps` rewrites. oneDNN's bf16 kernels for AMX slow down
-#: as the rate grows (ResNet-50's 2048 → 256 ASPP conv on a 65×65 map, 2 cores: 145 ms at rate
-#: 12, 334 ms at rate 36); at rate 4 (512 → 512 channels) its kernel beats the taps' sums, 10
-#: against 58 ms.
+#: The smallest atrous rate :func:`wide_atrous` rewrites. oneDNN's bf16 kernels slow down as the
+#: rate grows (2 cores, AMX: ResNet-50's 2048 → 256 ASPP conv on a 65×65 map 145 ms at rate 12,
+#: 334 ms at rate 36; a 2048-channel depthwise conv on a 33×33 map 0.9 ms at rate 6, 12 ms at
+#: rate 8, 47 ms at rate 18); below rate 8 they beat the rewrites (rate 4, 512 → 512 channels:
+#: 10 ms against the taps' 58 ms; depthwise at rate 6: 0.9 ms against 1.9 ms padded first).
 MIN_TAP_RATE = 8
 
 
@@ -160,11 +161,10 @@ def _sum(tensors: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def _wide_atrous(conv: nn.Module) -> bool:
-    """Whether :class:`AtrousTaps` computes ``conv``: a plain (one group, stride 1, zero-padded)
-    conv with an odd kernel larger than 1×1, "same" padding and rates of at least
-    :data:`MIN_TAP_RATE`."""
-    if type(conv) is not nn.Conv2d or conv.groups != 1 or conv.padding_mode != "zeros":
+def _same_wide(conv: nn.Module) -> bool:
+    """A stride-1, zero-padded ``nn.Conv2d`` with an odd kernel larger than 1×1, "same"
+    padding and rates of at least :data:`MIN_TAP_RATE`."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
         return False
     kh, kw = conv.kernel_size
     rates, padding = conv.dilation, conv.padding
@@ -174,19 +174,51 @@ def _wide_atrous(conv: nn.Module) -> bool:
             and min(rates) >= MIN_TAP_RATE)
 
 
-def _atrous_taps_in_place(model: nn.Module) -> nn.Module:
-    """Replace, in place, every wide-rate atrous conv of ``model`` by :class:`AtrousTaps`."""
-    _replace_children(model, lambda m: AtrousTaps(m) if _wide_atrous(m) else None)
+class PaddedFirst(nn.Module):
+    """A zero-padded conv whose padding is written out: ``F.pad`` of the input, then the conv
+    without padding. The same function; for a depthwise conv of a wide rate oneDNN's bf16
+    kernel stays fast on the padded map (2048 channels at 33×33, rate 18: 3 ms against 47 ms)
+    where it leaves its fast path when asked to pad."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        pad_h, pad_w = conv.padding
+        self.pad = [pad_w, pad_w, pad_h, pad_h]
+        conv.padding = (0, 0)
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.pad))
+
+
+def _wide_rewrite(conv: nn.Module) -> nn.Module | None:
+    """What :func:`wide_atrous` puts in place of ``conv`` (None: nothing): a plain conv of a
+    wide rate computed by :class:`AtrousTaps`, a depthwise one padded first
+    (:class:`PaddedFirst`)."""
+    if not _same_wide(conv):
+        return None
+    if conv.groups == 1:
+        return AtrousTaps(conv)
+    if conv.groups == conv.in_channels == conv.out_channels:
+        return PaddedFirst(conv)
+    return None
+
+
+def _wide_atrous_in_place(model: nn.Module) -> nn.Module:
+    """:func:`wide_atrous` without the copy."""
+    _replace_children(model, _wide_rewrite)
     return model
 
 
-def atrous_taps(model: nn.Module) -> nn.Module:
+def wide_atrous(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with every atrous conv of rate >= :data:`MIN_TAP_RATE`
-    (the ASPP branches) computed as one 1×1 conv to all its taps and their shifted sums
-    (:class:`AtrousTaps`). Equal in exact arithmetic; for bf16 artifacts on AMX CPUs, whose
-    kernels slow down with the rate. In fp32 oneDNN's own atrous kernels are the faster, so the
-    pass is not among :data:`DEFAULT_PASSES`."""
-    return _atrous_taps_in_place(_fresh_eval_copy(model))
+    (the ASPP branches, Xception's exit flow) rewritten for kernels that slow down with the
+    rate: a plain conv as one 1×1 conv to all its taps and their shifted sums
+    (:class:`AtrousTaps`), a depthwise conv with its padding done first (:class:`PaddedFirst`).
+    Equal in exact arithmetic; for bf16 artifacts, where oneDNN's kernels slow down with the
+    rate. In fp32 its own atrous kernels are the faster, so the pass is not among
+    :data:`DEFAULT_PASSES`."""
+    return _wide_atrous_in_place(_fresh_eval_copy(model))
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -232,7 +264,7 @@ PASSES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "inference_only": _inference_only_in_place,
     "fold_batchnorm": _fold_in_place,
     "channels_last": _to_channels_last,
-    "atrous_taps": _atrous_taps_in_place,
+    "wide_atrous": _wide_atrous_in_place,
 }
 
 #: The passes :func:`optimize_for_inference` applies when none are named, in this order.

@@ -162,9 +162,10 @@ def inference_graph(module: nn.Module) -> nn.Module:
 
 def artifact_passes(request: Request) -> tuple[str, ...]:
     """The passes the graph of ``request``'s artifact goes through: :data:`GRAPH_PASSES`, and
-    for bf16 also ``atrous_taps`` (the ASPP's wide-rate convs as one 1×1 conv and shifted sums:
-    oneDNN's bf16 kernels for AMX slow down with the rate; :data:`specc.passes.MIN_TAP_RATE`)."""
-    return GRAPH_PASSES + (("atrous_taps",) if request.precision == "bf16" else ())
+    for bf16 also ``wide_atrous`` (plain convs of a wide rate as one 1×1 conv and shifted sums,
+    depthwise ones padded first: oneDNN's bf16 kernels slow down with the rate;
+    :data:`specc.passes.MIN_TAP_RATE`)."""
+    return GRAPH_PASSES + (("wide_atrous",) if request.precision == "bf16" else ())
 
 
 def _source_graph(job: Job, request: Request) -> nn.Module:

@@ -24,11 +24,12 @@ from specc.passes import (
     DEFAULT_PASSES,
     MIN_TAP_RATE,
     AtrousTaps,
-    atrous_taps,
+    PaddedFirst,
     channels_last,
     fold_batchnorm,
     inference_only,
     optimize_for_inference,
+    wide_atrous,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +206,7 @@ def test_unknown_pass_is_named() -> None:
     (30, 17, (8, 24), 3, True),
     (40, 44, 10, 5, False),
 ])
-def test_atrous_taps_equals_the_conv(shape: tuple) -> None:
+def test_atrous_taps_equal_the_conv(shape: tuple) -> None:
     height, width, rate, kernel, bias = shape
     rates = rate if isinstance(rate, tuple) else (rate, rate)
     torch.manual_seed(0)
@@ -228,37 +229,57 @@ def test_atrous_taps_equals_the_conv(shape: tuple) -> None:
             assert (exported.module()(y) - conv(y)).abs().max().item() <= 1e-5
 
 
-def test_atrous_taps_takes_only_wide_same_convs() -> None:
-    """Only plain stride-1 "same" convs of rate >= MIN_TAP_RATE: not a narrower rate (oneDNN's
-    own kernel is faster there), a depthwise or strided conv, other padding, or a 1×1."""
+@pytest.mark.parametrize("rates", [12, (8, 30)])
+def test_depthwise_padded_first_equals_the_conv(rates: int | tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, 3, groups=6, padding=rates, dilation=rates).eval()
+    x = torch.randn(2, 6, 21, 17)
+    with torch.no_grad():
+        want = conv(x)
+        padded = PaddedFirst(copy.deepcopy(conv))
+        assert padded.conv.padding == (0, 0)
+        assert (padded(x) - want).abs().max().item() <= 1e-6
+        assert (torch.jit.script(padded)(x) - want).abs().max().item() <= 1e-6
+
+
+def test_wide_atrous_takes_only_wide_same_convs() -> None:
+    """Plain convs (as AtrousTaps) and depthwise ones (padded first), stride 1, "same", rate >=
+    MIN_TAP_RATE: not a narrower rate (oneDNN's own kernels are faster there), a grouped or
+    strided conv, other padding, or a 1×1."""
     wide = nn.Conv2d(4, 4, 3, padding=MIN_TAP_RATE, dilation=MIN_TAP_RATE)
+    depthwise = nn.Conv2d(4, 4, 3, padding=12, dilation=12, groups=4)
     left = [
         nn.Conv2d(4, 4, 3, padding=MIN_TAP_RATE - 1, dilation=MIN_TAP_RATE - 1),
-        nn.Conv2d(4, 4, 3, padding=12, dilation=12, groups=4),
+        nn.Conv2d(4, 4, 3, padding=MIN_TAP_RATE - 1, dilation=MIN_TAP_RATE - 1, groups=4),
+        nn.Conv2d(4, 4, 3, padding=12, dilation=12, groups=2),
         nn.Conv2d(4, 4, 3, padding=12, dilation=12, stride=2),
         nn.Conv2d(4, 4, 3, padding=12, dilation=12, padding_mode="reflect"),
         nn.Conv2d(4, 4, 3, padding=6, dilation=12),
         nn.Conv2d(4, 4, 1, dilation=12),
     ]
-    original = nn.Sequential(wide, *left)
-    model = atrous_taps(original)
-    assert isinstance(model[0], AtrousTaps)
-    assert [type(m) for m in model[1:]] == [nn.Conv2d] * len(left)
-    assert type(original[0]) is nn.Conv2d  # the caller's model is left alone
+    original = nn.Sequential(wide, depthwise, *left)
+    model = wide_atrous(original)
+    assert isinstance(model[0], AtrousTaps) and isinstance(model[1], PaddedFirst)
+    assert [type(m) for m in model[2:]] == [nn.Conv2d] * len(left)
+    assert type(original[0]) is nn.Conv2d and original[1].padding == (12, 12)  # left alone
 
 
-def test_atrous_taps_rewrites_the_aspp_and_agrees(reference: nn.Module,
+def test_wide_atrous_rewrites_the_aspp_and_agrees(reference: nn.Module,
                                                   request: pytest.FixtureRequest) -> None:
-    """On every spec: the plain ASPP convs of rate >= MIN_TAP_RATE become AtrousTaps (ResNet-50's
-    rates 12, 24 and 36; not Xception's separable ones, none of the demo's 2, 4, 6), and the
-    network's output is unchanged at a size where the taps of rate 12 fall partly on the map and
-    those of rate 36 wholly off it."""
-    wide = sorted(name for name, m in reference.named_modules()
-                  if isinstance(m, nn.Conv2d) and m.groups == 1 and m.dilation[0] >= MIN_TAP_RATE)
-    assert len(wide) == {"resnet50": 3}.get(request.node.callspec.params["reference"], 0)
-    rewritten = atrous_taps(reference)
-    assert sorted(name for name, m in rewritten.named_modules()
-                  if isinstance(m, AtrousTaps)) == wide
-    assert all("aspp" in name for name in wide)
+    """On every spec, the atrous convs of rate >= MIN_TAP_RATE are rewritten: ResNet-50's
+    three ASPP convs (rates 12, 24, 36) as taps, Xception's depthwise convs of the ASPP (12, 18)
+    and of the exit flow (8) padded first, none of the demo's (2, 4, 6). The network's output is
+    unchanged at a size where some taps fall partly on the map and others wholly off it."""
+    want = {
+        "resnet50": [("aspp.convs.1.conv", "AtrousTaps"), ("aspp.convs.2.conv", "AtrousTaps"),
+                     ("aspp.convs.3.conv", "AtrousTaps")],
+        "xception": [("aspp.convs.2.depthwise", "PaddedFirst"),
+                     ("aspp.convs.3.depthwise", "PaddedFirst"),
+                     ("backbone.exit2.0.sep3.depthwise", "PaddedFirst")],
+        "demo": [],
+    }[request.node.callspec.params["reference"]]
+    rewritten = wide_atrous(reference)
+    assert sorted((name, type(m).__name__) for name, m in rewritten.named_modules()
+                  if isinstance(m, AtrousTaps | PaddedFirst)) == want
     x = image((161, 161))
     assert_agrees(out(rewritten, x), out(reference, x))

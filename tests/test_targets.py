@@ -83,7 +83,7 @@ def listing(folder: Path) -> dict[str, Any]:
 @pytest.mark.skipif(not cpu_info().has_bf16, reason="bf16 artifacts need a CPU with native bf16")
 def test_bf16_openvino_computes_the_wide_atrous_convs_as_taps(tmp_path: Path) -> None:
     """On a CPU with native bf16: a bf16 artifact of a network with wide ASPP rates is made from
-    the graph with ``atrous_taps`` (so listed), and agrees with the fp32 reference at bf16's
+    the graph with ``wide_atrous`` (so listed), and agrees with the fp32 reference at bf16's
     precision (random weights: logits close, classes nearly all the same)."""
     torch.manual_seed(0)  # the built module's initial weights
     comp = build(load_spec(DEMO, [*SMALL, "aspp.rates=[8, 12, 16]"]))
@@ -93,7 +93,7 @@ def test_bf16_openvino_computes_the_wide_atrous_convs_as_taps(tmp_path: Path) ->
     build_to(comp, tmp_path, deploy=deploy)
     entry = listing(tmp_path / comp.spec.name)["artifacts"][-1]
     assert entry["precision"] == "bf16"
-    assert entry["passes"] == ["inference_only", "fold_batchnorm", "atrous_taps"]
+    assert entry["passes"] == ["inference_only", "fold_batchnorm", "wide_atrous"]
     # bf16's 8-bit mantissa on random weights: close logits, nearly the same classes
     check = entry["check"]
     assert check["max_abs_diff"] <= 0.05 * check["output_scale"]
@@ -147,7 +147,7 @@ def test_every_artifact_is_listed_with_its_check(built: tuple[Any, Path]) -> Non
         for name in entry["files"]:
             assert (folder / name).is_file()
         assert entry["shape_constraints"]["batch"] == "dynamic"
-        assert entry["passes"] == ["inference_only", "fold_batchnorm"]  # no atrous_taps: not bf16
+        assert entry["passes"] == ["inference_only", "fold_batchnorm"]  # no wide_atrous: not bf16
         assert entry["versions"]["torch"] == torch.__version__.split("+")[0] or \
             entry["versions"]["torch"] in torch.__version__
     for name in ("model.pt2", "model.onnx", "model-openvino-fp32.xml"):
