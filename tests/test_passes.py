@@ -206,7 +206,7 @@ def test_unknown_pass_is_named() -> None:
     (30, 17, (8, 24), 3, True),
     (40, 44, 10, 5, False),
 ])
-def test_atrous_taps_equal_the_conv(shape: tuple) -> None:
+def test_atrous_taps_equals_the_conv(shape: tuple) -> None:
     height, width, rate, kernel, bias = shape
     rates = rate if isinstance(rate, tuple) else (rate, rate)
     torch.manual_seed(0)
