@@ -161,11 +161,23 @@ def inference_graph(module: nn.Module) -> nn.Module:
 
 
 def artifact_passes(request: Request) -> tuple[str, ...]:
-    """The passes the graph of ``request``'s artifact goes through: :data:`GRAPH_PASSES`, and
-    for bf16 also ``wide_atrous`` (plain convs of a wide rate as one 1×1 conv and shifted sums,
+    """The passes the graph of ``request``'s artifact goes through: :data:`GRAPH_PASSES`; for
+    bf16 also ``wide_atrous`` (plain convs of a wide rate as one 1×1 conv and shifted sums,
     depthwise ones padded first: oneDNN's bf16 kernels slow down with the rate;
-    :data:`specc.passes.MIN_TAP_RATE`)."""
-    return GRAPH_PASSES + (("wide_atrous",) if request.precision == "bf16" else ())
+    :data:`specc.passes.MIN_TAP_RATE`); for ``aoti`` fp32 also ``channels_last``
+    (:func:`channels_last_input`)."""
+    wide = ("wide_atrous",) if request.precision == "bf16" else ()
+    return GRAPH_PASSES + wide + (("channels_last",) if channels_last_input(request) else ())
+
+
+def channels_last_input(request: Request) -> bool:
+    """Whether ``request``'s artifact is compiled for channels-last images (its graph and its
+    example input in that layout; the loader hands it images so, and ``artifacts.json`` says
+    it). Inductor does not choose that layout by itself for a graph of dynamic size; so
+    compiled, the ``aoti`` fp32 artifact ran 1.27× faster for MobileNetV2 and 1.08× for
+    ResNet-50 at 257×257 (BENCHMARKS.md). bf16 gained nothing from it, and int8 graphs keep
+    the layout torchao's quantizer was made for."""
+    return request.target == "aoti" and request.precision == "fp32"
 
 
 def _source_graph(job: Job, request: Request) -> nn.Module:
@@ -177,11 +189,14 @@ def _source_graph(job: Job, request: Request) -> nn.Module:
     return optimize_for_inference(job.graph, extra) if extra else job.graph
 
 
-def example_input(size: Sequence[int], batch: int = 2) -> torch.Tensor:
-    """The example a graph is exported with: a batch of 2 (so batch 1 is not specialized)."""
+def example_input(size: Sequence[int], batch: int = 2,
+                  channels_last: bool = False) -> torch.Tensor:
+    """The example a graph is exported with: a batch of 2 (so batch 1 is not specialized), in
+    the channels-last layout when asked."""
     import torch
 
-    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def fixed_geometry(model: nn.Module) -> bool:
@@ -193,19 +208,21 @@ def fixed_geometry(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def export_program(model: nn.Module, size: Sequence[int]) -> Any:
+def export_program(model: nn.Module, size: Sequence[int], channels_last: bool = False) -> Any:
     """``torch.export`` of ``model`` (an inference graph) with a dynamic batch, height and width
     (``Dim.AUTO``: a dimension the graph ties to a value or a range stays so, and
     :func:`shape_bounds` reports it). A model of :func:`fixed_geometry` is exported at ``size``
     with a dynamic batch only, as DeepLab's own exported graphs take 513×513; evaluation pads
-    smaller images up to it (:class:`runtime.evaluate.Alignment`)."""
+    smaller images up to it (:class:`runtime.evaluate.Alignment`). With ``channels_last`` the
+    example input is channels-last (the graph's weights should be too: the ``channels_last``
+    pass)."""
     import torch
     from torch.export import Dim
 
     dims = {0: Dim.AUTO} if fixed_geometry(model) else {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
     with torch.no_grad(), _quiet():
-        return torch.export.export(model, (example_input(size),), dynamic_shapes=(dims,),
-                                   strict=False)
+        return torch.export.export(model, (example_input(size, channels_last=channels_last),),
+                                   dynamic_shapes=(dims,), strict=False)
 
 
 def shape_bounds(program: Any) -> dict[str, list[int | None]]:
@@ -365,10 +382,10 @@ def _write_aoti(job: Job, request: Request) -> None:
 
     if request.precision == "int8":
         program = _int8_program(job)
-    elif request.precision == "bf16":
-        program = export_program(_bf16_graph(_source_graph(job, request)), job.size)
     else:
-        program = job.program
+        graph = _source_graph(job, request)
+        program = export_program(_bf16_graph(graph) if request.precision == "bf16" else graph,
+                                 job.size, channels_last=channels_last_input(request))
     with torch.no_grad(), _quiet():
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(job.folder / request.file),
@@ -417,11 +434,11 @@ def _output(result: Any) -> Any:
     return result["out"] if isinstance(result, dict) else result
 
 
-def _runner(path: Path, target: str, precision: str,
-            threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _runner(path: Path, target: str, precision: str, threads: int | None = None,
+            channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from an fp32 image batch to fp32 logits, running the artifact at ``path``
     (onnxruntime and OpenVINO on ``threads`` threads when given; torch's own setting rules the
-    others)."""
+    others), handing it channels-last images when it was compiled for them."""
     import numpy as np
     import torch
 
@@ -432,6 +449,8 @@ def _runner(path: Path, target: str, precision: str,
     if target == "aoti":
         with _quiet():
             compiled = torch._inductor.aoti_load_package(str(path))
+        if channels_last:
+            return lambda x: _output(compiled(x.contiguous(memory_format=torch.channels_last)))
         return lambda x: _output(compiled(x))
     if target == "onnx":
         import onnxruntime as ort
@@ -463,7 +482,8 @@ class ArtifactModule:
                  threads: int | None = None) -> None:
         self.path, self.entry, self.info = path, entry, info
         self.training = False
-        self._run = _runner(path, entry["target"], entry["precision"], threads)
+        self._run = _runner(path, entry["target"], entry["precision"], threads,
+                            entry.get("input_memory_format") == "channels_last")
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
@@ -622,7 +642,8 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         scripted, _ = read_torchscript(path)
         run = lambda x: scripted.eval()(x)["out"]  # noqa: E731
     else:
-        run = _runner(path, request.target, request.precision)
+        run = _runner(path, request.target, request.precision,
+                      channels_last=channels_last_input(request))
     with torch.no_grad():
         gots = [run(x) for x in check_images]
     bounds = shape_bounds(job.program) if job else {
@@ -641,6 +662,7 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         "bytes": sum(p.stat().st_size for p in _artifact_files(path)),
         "check": check,
         "shape_constraints": shape_constraints(bounds),
+        "input_memory_format": "channels_last" if channels_last_input(request) else "contiguous",
         "input_bounds": bounds,
         "seconds": round(seconds, 1),
         "versions": versions(),

@@ -245,10 +245,21 @@ def test_aoti_package_compiles_for_this_cpu_and_equals_the_model(tmp_path: Path)
     folder = tmp_path / comp.spec.name
     entry = listing(folder)["artifacts"][0]
     assert entry["file"] == "model-aoti-fp32.pt2" and entry["check"]["argmax_agreement"] == 1.0
+    # compiled for channels-last images: the graph's layout is a pass, the input's is recorded
+    assert entry["passes"] == ["inference_only", "fold_batchnorm", "channels_last"]
+    assert entry["input_memory_format"] == "channels_last"
     y = torch.randn(1, 3, 41, 57, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = comp.module(y)["out"]
-    got = load_artifact(folder / "model-aoti-fp32.pt2")(y)["out"]
+    artifact = load_artifact(folder / "model-aoti-fp32.pt2")
+    for image in (y, y.contiguous(memory_format=torch.channels_last)):  # either layout given
+        got = artifact(image)["out"]
+        assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+    # loaded by hand, as a deployer would, the package takes contiguous images too
+    raw = torch._inductor.aoti_load_package(str(folder / "model-aoti-fp32.pt2"))
+    with torch.no_grad():
+        got = raw(y)
+    got = got["out"] if isinstance(got, dict) else got
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
@@ -268,6 +279,7 @@ def test_aoti_int8_is_quantized_checked_and_loads(tmp_path: Path) -> None:
     folder = tmp_path / comp.spec.name
     entry = listing(folder)["artifacts"][0]
     assert entry["file"] == "model-aoti-int8.pt2" and entry["precision"] == "int8"
+    assert entry["input_memory_format"] == "contiguous"  # the layout the quantizer targets
     with torch.no_grad():
         want = comp.module(x)["out"]
     got = load_artifact(folder / "model-aoti-int8.pt2")(x)["out"]
