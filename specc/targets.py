@@ -463,15 +463,55 @@ def _runner(path: Path, target: str, precision: str, threads: int | None = None,
         return lambda x: torch.from_numpy(
             session.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
     if target == "openvino":
-        import openvino as ov
-
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
-        return lambda x: torch.from_numpy(compiled(x.numpy())[0].copy())
+        return OpenVinoRunner(path, config)
     raise SpeccError(f"{path}: not a deployment artifact")
+
+
+class OpenVinoRunner:
+    """An OpenVINO IR compiled for the CPU, and again for each input shape that comes twice.
+
+    The IR takes a dynamic batch, height and width; OpenVINO plans its kernels better for a
+    static shape (MobileNetV2 v3+ at 257×257: 1.2× faster so; BENCHMARKS.md). A shape seen the
+    first time runs on the dynamic model; from its second time on, on a model reshaped to it
+    (compiling takes a fraction of a second). The :data:`STATIC_SHAPES` most recent such models
+    are kept, so evaluating images of many sizes compiles only the sizes that repeat."""
+
+    #: How many static-shape compilations are kept.
+    STATIC_SHAPES = 4
+
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        import openvino as ov
+
+        self.path, self.config = path, config
+        self.core = ov.Core()
+        self.dynamic = self.core.compile_model(str(path), "CPU", config)
+        self.seen: set[tuple[int, ...]] = set()
+        self.static: dict[tuple[int, ...], Any] = {}
+
+    def compiled_for(self, shape: tuple[int, ...]) -> Any:
+        """The compiled model that runs inputs of ``shape``."""
+        if shape in self.static:
+            self.static[shape] = self.static.pop(shape)  # the most recent goes last
+            return self.static[shape]
+        if shape not in self.seen:
+            self.seen.add(shape)
+            return self.dynamic
+        model = self.core.read_model(str(self.path))
+        model.reshape(list(shape))
+        if len(self.static) >= self.STATIC_SHAPES:
+            del self.static[next(iter(self.static))]
+        self.static[shape] = self.core.compile_model(model, "CPU", self.config)
+        return self.static[shape]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        compiled = self.compiled_for(tuple(x.shape))
+        return torch.from_numpy(compiled(x.numpy())[0].copy())
 
 
 class ArtifactModule:

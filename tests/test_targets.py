@@ -178,6 +178,31 @@ def test_fp32_artifacts_equal_the_model_at_other_sizes(built: tuple[Any, Path],
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
+def test_openvino_compiles_a_repeated_shape_statically(built: tuple[Any, Path]) -> None:
+    """A shape seen once runs on the dynamic model; seen again, on one reshaped to it (the
+    most recent few kept); every run equals the compiled module."""
+    from specc.targets import OpenVinoRunner
+
+    comp, folder = built
+    artifact = load_artifact(folder / "model-openvino-fp32.xml")
+    runner = artifact._run
+    assert isinstance(runner, OpenVinoRunner)
+    shapes = [(1, 3, 33 + 8 * i, 41) for i in range(OpenVinoRunner.STATIC_SHAPES + 1)]
+    for shape in [shapes[0], shapes[0], shapes[0], *shapes[1:], *shapes[1:]]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(shape[2]))
+        was_static = shape in runner.static
+        got = artifact(x)["out"]
+        with torch.no_grad():
+            want = comp.module(x)["out"]
+        assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+        if was_static:
+            static = runner.static[shape]
+            assert [d.get_length() for d in static.input(0).get_partial_shape()] == list(shape)
+    assert runner.dynamic.input(0).get_partial_shape().is_dynamic
+    # the first shape was compiled on its second call, then pushed out by the later ones
+    assert list(runner.static) == shapes[1:]
+
+
 def test_aux_head_is_not_in_the_inference_graph(built: tuple[Any, Path]) -> None:
     import onnx
 
