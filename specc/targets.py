@@ -526,15 +526,18 @@ class ArtifactModule:
                  threads: int | None = None) -> None:
         self.path, self.entry, self.info = path, entry, info
         self.training = False
+        self._channels_last = entry.get("input_memory_format") == "channels_last"
         self._run = _runner(path, entry["target"], entry["precision"], threads,
-                            entry.get("input_memory_format") == "channels_last")
+                            self._channels_last)
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
 
         check_input(self.path, self.entry.get("input_bounds"), images.shape)
+        # one copy at most, into the layout the artifact was compiled for
+        layout = torch.channels_last if self._channels_last else torch.contiguous_format
         with torch.inference_mode():
-            return {"out": self._run(images.float().contiguous().cpu())}
+            return {"out": self._run(images.float().cpu().contiguous(memory_format=layout))}
 
     def eval(self) -> ArtifactModule:
         return self
