@@ -1,7 +1,7 @@
 """Training speed: specc's training step path against a plain hand-written loop, same model.
 
     python benchmarks/train_speed.py [SPEC] [--set k=v]... [--iters 20] [--rounds 5]
-        [--threads N] [--variant 'LABEL:k=v,k=v']...
+        [--threads N] [--baseline] [--native-batchnorm] [--variant 'LABEL:k=v,k=v']...
 
 One process, one generated model (``specc.api``), the same initial weights for every variant:
 
@@ -21,6 +21,9 @@ One process, one generated model (``specc.api``), the same initial weights for e
 * with ``--baseline``, the specc path as it was before the speed-ups (contiguous fp32, every
   synthetic sample generated on every read, batches read in the loop; the augmentation is
   today's, which gives the same batches in 0.57 of the time of the v2 pipeline it replaced);
+* with ``--native-batchnorm``, the specc path channels-last with the CPU's native batch-norm
+  statistics (without :func:`specc.train_passes.exact_batchnorm`), to show what the exact
+  statistics cost;
 * each ``--variant`` — the specc path with more ``--set`` overrides (e.g. today's defaults
   switched off, to measure what each one brings in the same process).
 
@@ -115,16 +118,20 @@ def read_every_sample(dataset: object) -> None:
 
 
 def specc_path(doc: object, model: nn.Module, run_dir: Path, warm: bool,
-               read_ahead: bool | None = None) -> Callable[[int], float]:
+               read_ahead: bool | None = None,
+               exact_batchnorm: bool = True) -> Callable[[int], float]:
     """``runtime.train``'s loader and step over ``model``, set up as ``_train`` sets them up;
     with ``warm``, after one pass over the data set (the state of a run past its first epoch),
     else with the synthetic set generating every sample it is asked for. ``read_ahead``: as
     ``batch_stream`` decides for this process (None, what ``specc train`` does), or forced on
     (a background thread reads one or two batches ahead) or off (the loop reads).
+    ``exact_batchnorm=False``: channels-last without the exact batch-norm statistics.
     """
     spec, tr = doc.spec, doc.spec.train
     amp_dtype, channels_last = train_mod.step_settings(doc, CPU.device)
-    if channels_last:
+    if exact_batchnorm:
+        model = train_mod.prepare_for_steps(model, channels_last, CPU.device)
+    elif channels_last:
         model = model.to(memory_format=torch.channels_last)
     for bn in train_mod.batchnorms(model):
         bn.momentum = 1.0 - tr.bn_decay
@@ -179,6 +186,9 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="add the specc path as it was before the speed-ups: contiguous "
                         "fp32, every synthetic sample generated on every read")
+    parser.add_argument("--native-batchnorm", action="store_true",
+                        help="add the specc path channels-last with the native batch-norm "
+                        "statistics (no exact_batchnorm pass)")
     parser.add_argument("--variant", action="append", default=[],
                         help="another specc variant, 'LABEL:k=v,k=v'")
     args = parser.parse_args()
@@ -212,6 +222,11 @@ def main() -> None:
         runners.append(Runner("specc, previous defaults (contiguous, samples generated on "
                               "every read)", specc_path(baseline_doc, copy.deepcopy(base),
                                                         run_dir, warm=False, read_ahead=False)))
+    if args.native_batchnorm:
+        cl_doc = load_spec(args.spec, [*args.sets, "train.channels_last=true"])
+        runners.append(Runner("specc, channels-last with native batch-norm statistics",
+                              specc_path(cl_doc, copy.deepcopy(base), run_dir, warm,
+                                         exact_batchnorm=False)))
     for text in args.variant:
         label, sets = parse_variant(text)
         variant_doc = load_spec(args.spec, [*args.sets, *sets])

@@ -65,6 +65,7 @@ from specc.errors import SpeccError, TrainingError
 from specc.fsutil import atomic_write_text
 from specc.hardware import usable_cores
 from specc.spec_train import LossSpec
+from specc.train_passes import exact_batchnorm
 
 METRICS = "metrics.jsonl"
 #: The run's record of how it was set up: effective batch, parameter groups, loss, --init.
@@ -246,8 +247,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     comp = compile_spec(doc)
     seed_everything(tr.seed)
     model, started_from = _make_model(comp, ctx, init, report)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_for_steps(model, channels_last, ctx.device)
 
     # -- optimizer: SGD + momentum; the poly schedule sets the lr every step (times lr_mult)
     groups = finetune.lr_groups(model, tr.weight_decay, tr.lr_mult)
@@ -520,7 +520,8 @@ class Tuning:
 
 def step_settings(doc: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """How the steps run on ``device``: the autocast dtype of ``train.precision`` (None: fp32)
-    and whether images and weights are channels-last (``train.channels_last``).
+    and whether images and weights are channels-last (``train.channels_last``; unset: on the
+    CPU, where it makes the demo's step 1.15–1.2× faster, and not on CUDA).
 
     Raises:
         SpecError: at ``train.precision``, a precision this device does not compute in natively
@@ -534,7 +535,21 @@ def step_settings(doc: Any, device: torch.device) -> tuple[torch.dtype | None, b
         raise doc.raw.sources.error(
             ("train", "precision"), f"expected a precision this machine computes in natively, "
             f"found {tr.precision!r}: {err}") from None
-    return amp_dtype, tr.channels_last
+    channels_last = tr.channels_last if tr.channels_last is not None else device.type == "cpu"
+    return amp_dtype, channels_last
+
+
+def prepare_for_steps(model: nn.Module, channels_last: bool, device: torch.device) -> nn.Module:
+    """``model`` as the steps train it: with ``channels_last``, its weights in that memory format
+    and, on the CPU, its batch norms computing their batch statistics as exactly as in the
+    contiguous layout (:func:`specc.train_passes.exact_batchnorm`). Before the optimizer is
+    made."""
+    if not channels_last:
+        return model
+    model = model.to(memory_format=torch.channels_last)
+    if device.type == "cpu":
+        exact_batchnorm(model)
+    return model
 
 
 def _check_compile(doc: Any, device: torch.device) -> None:

@@ -89,9 +89,11 @@ class TrainSpec(_Base):
         "fp32", description="Arithmetic of the forward pass: fp32, bf16 autocast (CUDA, or a CPU "
         "with native bf16: AVX-512 bf16 or AMX) or fp16 autocast with loss scaling (CUDA). "
         "Formerly train.amp, whose 'none' means fp32.")
-    channels_last: bool = Field(
-        False, description="channels_last memory format for weights and images, on CPU and "
-        "CUDA (faster convolutions; dropout then draws its mask in another order).")
+    channels_last: bool | None = Field(
+        None, description="channels_last memory format for weights and images (faster "
+        "convolutions; dropout then draws its mask in another order). Default (null): on the "
+        "CPU, where batch norm then computes its statistics with specc's exact pass; off on "
+        "CUDA.")
     seed: int = Field(0, ge=0, lt=2**32, description="Seed for weights, sampling and augmentation.")
     workers: int = Field(2, ge=0, le=256, description="Data-loading worker processes; 0 reads "
                          "in the training process (ahead, in a thread, where the step leaves a "
