@@ -1,6 +1,6 @@
 """The CPU demo, end to end: ``specc train`` then ``specc eval`` on the demo spec, timed.
 
-    python benchmarks/demo.py [--out runs/demo-bench] [--threads N]
+    python benchmarks/demo.py [--out runs/demo-bench] [--threads N] [--set key=value]...
 
 Runs the two commands exactly as a user would (separate processes, so start-up is counted),
 then prints the wall time of each, the CPU time they used, the validation mIoU and pixel
@@ -53,6 +53,9 @@ def main() -> None:
                         help="run folder (replaced)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads per process (OMP_NUM_THREADS); default: torch's")
+    parser.add_argument("--set", dest="sets", action="append", default=[],
+                        help="a spec override for the training run, e.g. "
+                        "train.channels_last=false (repeatable)")
     opts = parser.parse_args()
 
     env = dict(os.environ)
@@ -60,10 +63,12 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = str(opts.threads)
     shutil.rmtree(opts.out, ignore_errors=True)
     load_before = os.getloadavg()[0]
-    print(f"demo: {SPEC.relative_to(REPO)} -> {opts.out}  ({os.cpu_count()} CPUs, load "
-          f"{load_before:.1f}, threads {opts.threads or 'default'})", flush=True)
+    print(f"demo: {SPEC.relative_to(REPO)} {' '.join(opts.sets)} -> {opts.out}  "
+          f"({os.cpu_count()} CPUs, load {load_before:.1f}, threads {opts.threads or 'default'})",
+          flush=True)
 
-    train_wall, train_cpu, _ = run(["train", str(SPEC), "--out", str(opts.out)], env)
+    overrides = [arg for value in opts.sets for arg in ("--set", value)]
+    train_wall, train_cpu, _ = run(["train", str(SPEC), "--out", str(opts.out), *overrides], env)
     eval_wall, eval_cpu, out = run(
         ["eval", str(SPEC), "--checkpoint", str(opts.out), "--json"], env)
     report = json.loads(out)
