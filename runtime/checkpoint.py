@@ -22,7 +22,8 @@ What specc deletes: only what it wrote itself, recognised by its exact names —
 folders ``checkpoint-`` + 7 digits (:data:`CHECKPOINT_NAME`), interrupted saves
 ``.checkpoint-<7 digits>.<8 random characters>.partial`` (:data:`PARTIAL_NAME`) and the temporary
 link ``.checkpoint.<pid>.link`` (:data:`LINK_TEMP_NAME`) — and of those folders only ones that
-hold nothing but a checkpoint's own files. A user's ``checkpoint-best/`` or ``.checkpoint-notes/``
+hold nothing but a checkpoint's own files (an interrupted save's folder also the temporary file
+the weights were being written to, :data:`WRITER_TEMP_NAME`). A user's ``checkpoint-best/`` or ``.checkpoint-notes/``
 is never touched.
 
 What a run folder is: a folder is a specc run folder when it holds ``spec.json`` with the
@@ -66,6 +67,10 @@ CHECKPOINT_FILES = frozenset({WEIGHTS, STATE, SPEC})
 #: Names specc gives what it writes into a run folder, and so may delete (nothing else).
 CHECKPOINT_NAME = re.compile(r"checkpoint-\d{7}")
 PARTIAL_NAME = re.compile(r"\.checkpoint-\d{7}\.[A-Za-z0-9_]{8}\.partial")
+#: The temporary file safetensors writes the weights to before renaming it (``.tmp`` and six
+#: random characters, in the same folder): what a save killed while writing the weights leaves
+#: in its partial folder besides the checkpoint's own files.
+WRITER_TEMP_NAME = re.compile(r"\.tmp[A-Za-z0-9_]{6}")
 LINK_TEMP_NAME = re.compile(r"\.checkpoint\.\d+\.link")
 
 
@@ -178,11 +183,13 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
             "folder of an earlier run")
 
 
-def _own_checkpoint_folder(folder: Path) -> bool:
-    """A folder that holds only a checkpoint's own files (so specc may delete it)."""
+def _own_checkpoint_folder(folder: Path, partial: bool = False) -> bool:
+    """A folder that holds only a checkpoint's own files (so specc may delete it); a
+    ``partial`` one (an interrupted save) may also hold the weights writer's temporary file."""
     try:
         return folder.is_dir() and not folder.is_symlink() and all(
-            p.name in CHECKPOINT_FILES and p.is_file() for p in folder.iterdir())
+            (p.name in CHECKPOINT_FILES or (partial and WRITER_TEMP_NAME.fullmatch(p.name)))
+            and p.is_file() for p in folder.iterdir())
     except OSError:
         return False
 
@@ -194,8 +201,9 @@ def _prune(run_dir: Path, keep: Path) -> None:
         name = entry.name
         if LINK_TEMP_NAME.fullmatch(name) and entry.is_symlink():
             entry.unlink(missing_ok=True)
-        elif ((CHECKPOINT_NAME.fullmatch(name) and name != keep.name)
-              or PARTIAL_NAME.fullmatch(name)) and _own_checkpoint_folder(entry):
+        elif ((CHECKPOINT_NAME.fullmatch(name) and name != keep.name
+               and _own_checkpoint_folder(entry))
+              or (PARTIAL_NAME.fullmatch(name) and _own_checkpoint_folder(entry, partial=True))):
             shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -49,6 +49,8 @@ def test_saving_deletes_only_specc_own_names(tmp_path: Path) -> None:
         ".checkpoint-notes/todo.txt": "keep",
         "checkpoint-00000023/state.pt": "a name with 8 digits",
         ".checkpoint-0000002.abcdefgh.partial/diary.txt": "not a checkpoint's file",
+        ".checkpoint-0000002.qrstuvwx.partial/.tmpnotes.txt": "not the writer's name",
+        "checkpoint-0000009/.tmpS1O2uT": "a temporary name outside a partial save",
         "checkpoint-0000001x/model.safetensors": "almost",
     }
     for rel, text in mine.items():
@@ -57,11 +59,15 @@ def test_saving_deletes_only_specc_own_names(tmp_path: Path) -> None:
     stale = run / ".checkpoint-0000003.abcdefgh.partial"  # an interrupted save of specc's
     stale.mkdir()
     (stale / ckpt.STATE).write_bytes(b"half")
+    # killed while writing the weights: safetensors' temporary file, not yet renamed
+    killed = run / ".checkpoint-0000003.ijklmnop.partial"
+    killed.mkdir()
+    (killed / ".tmpS1O2uT").write_bytes(b"half the weights")
     _save(run, 2)
     _save(run, 4)
     for rel, text in mine.items():
         assert (run / rel).read_text() == text, rel
-    assert not stale.exists()
+    assert not stale.exists() and not killed.exists()
     assert not (run / "checkpoint-0000001").exists() and not (run / "checkpoint-0000002").exists()
     assert os.readlink(run / "checkpoint") == "checkpoint-0000004"
 
