@@ -109,7 +109,7 @@ def network(spec: Path, warmup: int) -> None:
                  for out, grad, _ in results.values()]
         print(f"| {name} | " + " | ".join(cells) + " |")
     # parameters whose float64 gradient is not zero to rounding (a BN bias before another BN)
-    live = [n for n, g in ref_params.items() if g.norm() > 1e-9 * max(1.0, g.numel())]
+    live = [n for n, g in ref_params.items() if g.norm() > 1e-9]
     medians = [statistics.median(rel(params[n], ref_params[n]) for n in live)
                for _, _, params in results.values()]
     print("| parameters' gradients (median) | " + " | ".join(f"{m:.1e}" for m in medians) + " |")

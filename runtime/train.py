@@ -521,7 +521,7 @@ class Tuning:
 def step_settings(doc: Any, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """How the steps run on ``device``: the autocast dtype of ``train.precision`` (None: fp32)
     and whether images and weights are channels-last (``train.channels_last``; unset: on the
-    CPU, where it makes the demo's step 1.15–1.2× faster, and not on CUDA).
+    CPU, where it makes the demo's step about 1.15× faster, and not on CUDA).
 
     Raises:
         SpecError: at ``train.precision``, a precision this device does not compute in natively
