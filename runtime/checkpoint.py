@@ -23,8 +23,8 @@ folders ``checkpoint-`` + 7 digits (:data:`CHECKPOINT_NAME`), interrupted saves
 ``.checkpoint-<7 digits>.<8 random characters>.partial`` (:data:`PARTIAL_NAME`) and the temporary
 link ``.checkpoint.<pid>.link`` (:data:`LINK_TEMP_NAME`) — and of those folders only ones that
 hold nothing but a checkpoint's own files (an interrupted save's folder also the temporary file
-the weights were being written to, :data:`WRITER_TEMP_NAME`). A user's ``checkpoint-best/`` or ``.checkpoint-notes/``
-is never touched.
+the weights were being written to, :data:`WRITER_TEMP_NAME`). A user's ``checkpoint-best/`` or
+``.checkpoint-notes/`` is never touched.
 
 What a run folder is: a folder is a specc run folder when it holds ``spec.json`` with the
 record :func:`specc.artifacts.spec_info` writes (a spec ``name``, ``architecture_sha256`` and

@@ -14,7 +14,7 @@ from torch import nn
 
 from specc.modules.conv_bn_act import ConvBNAct
 from specc.modules.separable_conv import SeparableConv
-from specc.train_passes import ExactBatchNorm2d, exact_batchnorm
+from specc.train_passes import MIN_EXACT_COUNT, ExactBatchNorm2d, exact_batchnorm
 
 CL = torch.channels_last
 
@@ -90,7 +90,10 @@ def test_only_plain_batchnorm2d_is_rewritten() -> None:
     model = nn.Sequential(nn.BatchNorm1d(4), nn.SyncBatchNorm(4), nn.GroupNorm(2, 4),
                           nn.BatchNorm2d(4, affine=False, track_running_stats=False))
     assert exact_batchnorm(model) == ["3"]
-    x = torch.randn(3, 4, 6, 6).contiguous(memory_format=CL)
+    # 2·33·33 values per channel: over MIN_EXACT_COUNT, so the exact path runs without running
+    # statistics to update
+    x = torch.randn(2, 4, 33, 33).contiguous(memory_format=CL)
+    assert x.numel() // x.shape[1] >= MIN_EXACT_COUNT
     model[3].train()
     expected = nn.functional.batch_norm(x.double(), None, None, training=True)
     torch.testing.assert_close(model[3](x).double(), expected, rtol=1e-6, atol=1e-6)
