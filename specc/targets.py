@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from specc.errors import SpeccError
 from specc.hardware import CpuInfo, cpu_info
+from specc.openvino_static import drop_padding_taps
 
 if TYPE_CHECKING:
     import torch
@@ -482,7 +483,9 @@ class OpenVinoRunner:
     static shape (MobileNetV2 v3+ at 257×257: 1.2× faster so; BENCHMARKS.md). A shape seen the
     first time runs on the dynamic model; from its second time on, on a model reshaped to it
     (compiling takes a fraction of a second). The :data:`STATIC_SHAPES` most recent such models
-    are kept, so evaluating images of many sizes compiles only the sizes that repeat."""
+    are kept, so evaluating images of many sizes compiles only the sizes that repeat. With the
+    size known, the atrous convs' taps that read only padding are dropped first
+    (:func:`specc.openvino_static.drop_padding_taps`)."""
 
     #: How many static-shape compilations are kept.
     STATIC_SHAPES = 4
@@ -506,6 +509,7 @@ class OpenVinoRunner:
             return self.dynamic
         model = self.core.read_model(str(self.path))
         model.reshape(list(shape))
+        drop_padding_taps(model)
         if len(self.static) >= self.STATIC_SHAPES:
             del self.static[next(iter(self.static))]
         self.static[shape] = self.core.compile_model(model, "CPU", self.config)
