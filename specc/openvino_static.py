@@ -1,18 +1,32 @@
 """Rewrites of an OpenVINO model reshaped to one input size, made before it is compiled.
 
 An artifact's IR takes any height and width; :class:`specc.targets.OpenVinoRunner` compiles it
-again for an input size that repeats. With every size known, an atrous conv whose rate reaches
-past its feature map reads only zero padding with its outer taps: at a 257×257 input,
-ResNet-50's rate-36 ASPP branch sees a 33×33 map, so of its 3×3 kernel only the centre ever
-touches the map (DeepLabv3 §3.3: a rate near the map's size degenerates to a 1×1 conv). The
-result is the same, but the kernels do not all know it: OpenVINO's AMX int8 kernel slows down as
-the rate grows (that conv took 10 ms where its centre tap as a 1×1 conv takes well under one).
-:func:`drop_padding_taps` cuts such kernels down to the taps that can reach the map.
+again for an input size that repeats, after :func:`optimize_static`. Both rewrites concern the
+wide atrous convs of an ASPP, and both compute the same function:
+
+- :func:`split_int8_atrous`. OpenVINO's int8 kernel for a conv of a wide rate is several times
+  slower than for the same arithmetic undilated (2 cores with AMX, ResNet-50 at 513×513: the
+  2048 → 256 ASPP convs of rates 12, 24 and 36 on the 65×65 map took 19, 38 and 50 ms of a
+  204 ms network, where a 512 → 512 3×3 conv of rate 4 on the same map, half their arithmetic,
+  took 7). Such a conv becomes one int8 1×1 conv per tap, each output shifted into place and
+  summed.
+- :func:`drop_padding_taps`. With the size known, an atrous conv whose rate reaches past its map
+  reads only zero padding with its outer taps: at a 257×257 input, ResNet-50's rate-36 branch
+  sees a 33×33 map, so only the centre of its 3×3 kernel ever touches it (DeepLabv3 §3.3: a rate
+  near the map's size degenerates to a 1×1 conv). Such kernels are cut down to the taps that can
+  reach the map.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+#: The smallest atrous rate at which :func:`split_int8_atrous` computes an int8 conv tap by tap.
+#: Below it OpenVINO's int8 kernel keeps its speed (ResNet-50's rate-4 convs run at the rate of
+#: its 1×1 ones); at rate 12 on a 65×65 map splitting is level with the kernel, at 24 and 36
+#: well ahead of it.
+MIN_SPLIT_RATE = 8
 
 #: Operations a conv's weights may pass through between their constant and the conv: the
 #: decompression NNCF writes for int8 weights (int8 → f32, minus the zero point, times the scale).
@@ -33,6 +47,54 @@ def reachable_taps(kernel: int, rate: int, padding: tuple[int, int], size: int) 
     return reach
 
 
+@dataclass(frozen=True)
+class AtrousGeometry:
+    """A stride-1, zero-padded "same" conv on a map of known size: its kernel, its rates and
+    how many taps on each side of the centre reach the map (:func:`reachable_taps`), per axis."""
+
+    kernel: tuple[int, int]
+    rates: tuple[int, int]
+    reach: tuple[int, int]
+
+    def reaches_all(self) -> bool:
+        return self.reach == (self.kernel[0] // 2, self.kernel[1] // 2)
+
+    def reaching_taps(self) -> list[tuple[int, int]]:
+        """The (row, column) of every tap that reaches the map."""
+        (ch, cw), (rh, rw) = (self.kernel[0] // 2, self.kernel[1] // 2), self.reach
+        return [(row, col) for row in range(ch - rh, ch + rh + 1)
+                for col in range(cw - rw, cw + rw + 1)]
+
+
+def _same_atrous(conv: Any) -> AtrousGeometry | None:
+    """``conv``'s geometry when it is a plain (not grouped) stride-1 "same" conv with odd
+    kernels and a static input; None otherwise."""
+    if conv.get_type_name() != "Convolution":
+        return None
+    data_shape, weight_shape = conv.get_input_partial_shape(0), conv.get_input_partial_shape(1)
+    if data_shape.is_dynamic or weight_shape.is_dynamic or len(data_shape) != 4:
+        return None
+    attributes = conv.get_attributes()
+    if (attributes["strides"] != [1, 1]
+            or attributes.get("auto_pad", "explicit").lower() not in ("explicit", "notset")):
+        return None
+    size = list(data_shape.to_shape())[2:]
+    kernel = list(weight_shape.to_shape())[-2:]
+    rates, begin, end = attributes["dilations"], attributes["pads_begin"], attributes["pads_end"]
+    reach = [reachable_taps(kernel[a], rates[a], (begin[a], end[a]), size[a]) for a in (0, 1)]
+    if reach[0] is None or reach[1] is None:
+        return None
+    return AtrousGeometry((kernel[0], kernel[1]), (rates[0], rates[1]), (reach[0], reach[1]))
+
+
+def _carrying(node: Any, kernel: list[int]) -> list[int]:
+    """Which inputs of ``node`` are shaped like a conv's weights: static, at least 4-D, with
+    the ``kernel``'s height and width last."""
+    return [i for i, value in enumerate(node.input_values())
+            if value.get_partial_shape().is_static and len(value.get_partial_shape()) >= 4
+            and list(value.get_partial_shape().to_shape())[-2:] == kernel]
+
+
 def _weight_path(conv: Any) -> list[Any] | None:
     """The nodes from ``conv``'s weight constant to the conv, the constant first; None when the
     weights are not a constant reached through :data:`WEIGHT_PATH_TYPES` with the kernel's two
@@ -45,13 +107,10 @@ def _weight_path(conv: Any) -> list[Any] | None:
             return None
         if node.get_type_name() not in WEIGHT_PATH_TYPES:
             return None
-        carrying = [v.get_node() for v in node.input_values()
-                    if v.get_partial_shape().is_static
-                    and len(v.get_partial_shape()) >= 4
-                    and list(v.get_partial_shape().to_shape())[-2:] == kernel]
+        carrying = _carrying(node, kernel)
         if len(carrying) != 1:
             return None
-        node = carrying[0]
+        node = node.input_value(carrying[0]).get_node()
         path.append(node)
     if len(node.output(0).get_target_inputs()) != 1:
         return None
@@ -84,32 +143,97 @@ def drop_padding_taps(model: Any) -> int:
 
     rewritten = 0
     for conv in model.get_ordered_ops():
-        if conv.get_type_name() != "Convolution":
-            continue
-        data_shape, weight_shape = conv.get_input_partial_shape(0), conv.get_input_partial_shape(1)
-        if data_shape.is_dynamic or weight_shape.is_dynamic or len(data_shape) != 4:
-            continue
-        attributes = conv.get_attributes()
-        if (attributes["strides"] != [1, 1]
-                or attributes.get("auto_pad", "explicit").lower() not in ("explicit", "notset")):
-            continue
-        size = list(data_shape.to_shape())[2:]
-        kernel = list(weight_shape.to_shape())[-2:]
-        rates, begin, end = attributes["dilations"], attributes["pads_begin"], attributes["pads_end"]
-        reach = [reachable_taps(kernel[a], rates[a], (begin[a], end[a]), size[a]) for a in (0, 1)]
-        if None in reach or reach == [k // 2 for k in kernel]:
+        geometry = _same_atrous(conv)
+        if geometry is None or geometry.reaches_all():
             continue
         path = _weight_path(conv)
         if path is None:
             continue
-        centre = [k // 2 for k in kernel]
-        _cut_weights(path, *(slice(c - r, c + r + 1) for c, r in zip(centre, reach, strict=True)))
-        pads = [r * rate for r, rate in zip(reach, rates, strict=True)]
-        smaller = ops.convolution(conv.input_value(0), conv.input_value(1), [1, 1], pads, pads,
-                                  [rate if r else 1 for r, rate in zip(reach, rates, strict=True)])
+        (ch, cw), (rh, rw) = (geometry.kernel[0] // 2, geometry.kernel[1] // 2), geometry.reach
+        _cut_weights(path, slice(ch - rh, ch + rh + 1), slice(cw - rw, cw + rw + 1))
+        pads = [r * rate for r, rate in zip(geometry.reach, geometry.rates, strict=True)]
+        smaller = ops.convolution(
+            conv.input_value(0), conv.input_value(1), [1, 1], pads, pads,
+            [rate if r else 1 for r, rate in zip(geometry.reach, geometry.rates, strict=True)])
         smaller.set_friendly_name(conv.get_friendly_name())
         conv.output(0).replace(smaller.output(0))
         rewritten += 1
     if rewritten:
         model.validate_nodes_and_infer_types()
     return rewritten
+
+
+def _is_int8_weight(constant: Any) -> bool:
+    return constant.get_element_type().get_type_name() in ("i8", "u8")
+
+
+def _tap_weights(path: list[Any], row: int, col: int) -> Any:
+    """The output of a copy of ``path`` (weight constant to conv) carrying only the tap at
+    ``row``, ``col`` of the kernel: the constant's slice, then the same decompression."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    make = {"Convert": lambda inputs, node: ops.convert(inputs[0], node.get_output_element_type(0)),
+            "Subtract": lambda inputs, node: ops.subtract(*inputs),
+            "Multiply": lambda inputs, node: ops.multiply(*inputs)}
+    constant = path[0]
+    kernel = list(constant.get_output_partial_shape(0).to_shape())[-2:]
+    taps = np.ascontiguousarray(constant.get_data()[..., row:row + 1, col:col + 1])
+    output = ops.constant(taps, dtype=constant.get_element_type()).output(0)
+    for node in path[1:]:
+        inputs = list(node.input_values())
+        inputs[_carrying(node, kernel)[0]] = output
+        output = make[node.get_type_name()](inputs, node).output(0)
+    return output
+
+
+def _shifted(t: Any, dy: int, dx: int) -> Any:
+    """``t`` moved so that position p holds what was at p + (dy, dx), zeros where that lies
+    outside: one Pad, cropping on one side what it adds on the other."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    if dy == 0 and dx == 0:
+        return t
+    return ops.pad(t, np.array([0, 0, -dy, -dx], np.int64), np.array([0, 0, dy, dx], np.int64),
+                   "constant", np.array(0, np.float32)).output(0)
+
+
+def split_int8_atrous(model: Any) -> int:
+    """Compute every stride-1, zero-padded "same" conv of rate >= :data:`MIN_SPLIT_RATE` whose
+    weights are stored as int8 (an NNCF int8 IR) as one 1×1 conv per tap that reaches the map
+    (its int8 weights sliced from the stored ones, decompressed the same way), each output
+    shifted by the tap's offset and summed in f32. The input's quantization is untouched, so
+    each tap's conv is an int8 one; only the sum of the taps' dequantized outputs is rounded
+    differently. ``model`` has a static input shape. Returns how many convs were rewritten."""
+    import openvino.opset13 as ops
+
+    rewritten = 0
+    for conv in model.get_ordered_ops():
+        geometry = _same_atrous(conv)
+        if geometry is None or max(geometry.rates) < MIN_SPLIT_RATE:
+            continue
+        path = _weight_path(conv)
+        if path is None or not _is_int8_weight(path[0]):
+            continue
+        total = None
+        for row, col in geometry.reaching_taps():
+            dy, dx = ((row - geometry.kernel[0] // 2) * geometry.rates[0],
+                      (col - geometry.kernel[1] // 2) * geometry.rates[1])
+            node = ops.convolution(conv.input_value(0), _tap_weights(path, row, col),
+                                   [1, 1], [0, 0], [0, 0], [1, 1])
+            node.set_friendly_name(f"{conv.get_friendly_name()}/tap_{row}_{col}")
+            tap = _shifted(node.output(0), dy, dx)
+            total = tap if total is None else ops.add(total, tap).output(0)
+        conv.output(0).replace(total)
+        rewritten += 1
+    if rewritten:
+        model.validate_nodes_and_infer_types()
+    return rewritten
+
+
+def optimize_static(model: Any) -> dict[str, int]:
+    """Both rewrites on ``model`` (static input shape), :func:`split_int8_atrous` first (it
+    leaves out the taps that read only padding itself); how many convs each rewrote."""
+    split = split_int8_atrous(model)
+    return {"split_int8_atrous": split, "drop_padding_taps": drop_padding_taps(model)}

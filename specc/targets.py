@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from specc.errors import SpeccError
 from specc.hardware import CpuInfo, cpu_info
-from specc.openvino_static import drop_padding_taps
+from specc.openvino_static import optimize_static
 
 if TYPE_CHECKING:
     import torch
@@ -484,8 +484,9 @@ class OpenVinoRunner:
     first time runs on the dynamic model; from its second time on, on a model reshaped to it
     (compiling takes a fraction of a second). The :data:`STATIC_SHAPES` most recent such models
     are kept, so evaluating images of many sizes compiles only the sizes that repeat. With the
-    size known, the atrous convs' taps that read only padding are dropped first
-    (:func:`specc.openvino_static.drop_padding_taps`)."""
+    size known, the wide atrous convs are rewritten first
+    (:func:`specc.openvino_static.optimize_static`: int8 ones tap by tap, the taps that read
+    only padding dropped)."""
 
     #: How many static-shape compilations are kept.
     STATIC_SHAPES = 4
@@ -509,7 +510,7 @@ class OpenVinoRunner:
             return self.dynamic
         model = self.core.read_model(str(self.path))
         model.reshape(list(shape))
-        drop_padding_taps(model)
+        optimize_static(model)
         if len(self.static) >= self.STATIC_SHAPES:
             del self.static[next(iter(self.static))]
         self.static[shape] = self.core.compile_model(model, "CPU", self.config)

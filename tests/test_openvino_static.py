@@ -1,5 +1,6 @@
-"""Atrous taps that read only padding, dropped from an OpenVINO model reshaped to one input size
-(:mod:`specc.openvino_static`), in fp32 and int8, and by the runner that compiles such sizes."""
+"""The rewrites of an OpenVINO model reshaped to one input size (:mod:`specc.openvino_static`):
+atrous taps that read only padding dropped (fp32 and int8), int8 atrous convs computed tap by
+tap, and the runner that makes both when it compiles a repeated size."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from specc.openvino_static import drop_padding_taps, reachable_taps
+from specc.openvino_static import (
+    drop_padding_taps,
+    optimize_static,
+    reachable_taps,
+    split_int8_atrous,
+)
 
 ov = pytest.importorskip("openvino")
 
@@ -53,10 +59,12 @@ class Atrous(nn.Module):
 
 
 def kernels(model: Any) -> dict[str, list[int]]:
-    """Each conv of ``model`` by its PyTorch module's name: its kernel's height and width."""
+    """Each conv of ``model`` by its PyTorch module's name: its kernel's height and width (the
+    one-tap convs a conv was split into left out)."""
     out = {}
     for op in model.get_ordered_ops():
-        if op.get_type_name() in ("Convolution", "GroupConvolution"):
+        if (op.get_type_name() in ("Convolution", "GroupConvolution")
+                and "/tap_" not in op.get_friendly_name()):
             name = next(n for n in ("wide", "narrow", "depthwise", "project")
                         if n in op.get_friendly_name())
             out[name] = list(op.get_input_partial_shape(1).to_shape())[-2:]
@@ -105,24 +113,31 @@ def runtime_precisions(compiled_model: Any) -> dict[str, str]:
     return out
 
 
+def int8_ir(tmp_path: Path, shape: tuple[int, ...]) -> tuple[Atrous, Path]:
+    """:class:`Atrous` quantized by NNCF and saved as an artifact stores it (int8 weights)."""
+    nncf = pytest.importorskip("nncf")
+    module = Atrous().eval()
+    model = ov.convert_model(module, example_input=torch.zeros(shape))
+    data = nncf.Dataset([image(shape, seed) for seed in range(4)])
+    quantized = nncf.quantize(model, data, subset_size=4)
+    ov.save_model(quantized, str(tmp_path / "int8.xml"), compress_to_fp16=False)
+    return module, tmp_path / "int8.xml"
+
+
+def read_static(path: Path, shape: tuple[int, ...]) -> Any:
+    model = ov.Core().read_model(str(path))
+    model.reshape(list(shape))
+    return model
+
+
 def test_int8_weights_are_cut_where_they_are_stored_so_the_conv_stays_int8(
         tmp_path: Path) -> None:
     """NNCF's int8 IR stores each conv's weights as int8 and decompresses them on the way to the
     conv; cut at the constant, the conv is still recognised as an int8 one, now with a 1×1
     kernel, and computes what the full kernel did."""
-    nncf = pytest.importorskip("nncf")
-    module = Atrous().eval()
     shape = (1, 16, 6, 6)
-    model = ov.convert_model(module, example_input=torch.zeros(shape))
-    data = nncf.Dataset([image(shape, seed) for seed in range(4)])
-    quantized = nncf.quantize(model, data, subset_size=4)
-    ov.save_model(quantized, str(tmp_path / "int8.xml"), compress_to_fp16=False)  # as an artifact stores it
-
-    core = ov.Core()
-    full = core.read_model(str(tmp_path / "int8.xml"))
-    full.reshape(list(shape))
-    cut = core.read_model(str(tmp_path / "int8.xml"))
-    cut.reshape(list(shape))
+    _, path = int8_ir(tmp_path, shape)
+    full, cut = read_static(path, shape), read_static(path, shape)
     assert drop_padding_taps(cut) == 1
     assert kernels(cut)["wide"] == [1, 1]
     a, b = compiled(full), compiled(cut)
@@ -135,6 +150,39 @@ def test_int8_weights_are_cut_where_they_are_stored_so_the_conv_stays_int8(
     assert runtime_precisions(b)[wide[0]] in ("u8", "i8")
 
 
+def test_int8_atrous_convs_are_computed_tap_by_tap(tmp_path: Path) -> None:
+    """The rate-8 conv on a 6×11 map: its three taps that reach the map (the middle row; the
+    rows ±8 read only padding) as three int8 1×1 convs, shifted and summed. The rate-2 and
+    depthwise convs stay; the result is as close to the fp32 module as the int8 conv was."""
+    shape = (1, 16, 6, 11)
+    module, path = int8_ir(tmp_path, shape)
+    full, split = read_static(path, shape), read_static(path, shape)
+    assert optimize_static(split) == {"split_int8_atrous": 1, "drop_padding_taps": 0}
+    convs = [op for op in split.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    taps = sorted(op.get_friendly_name().rsplit("/", 1)[1] for op in convs
+                  if "/tap_" in op.get_friendly_name())
+    assert taps == ["tap_1_0", "tap_1_1", "tap_1_2"]
+    assert all(list(op.get_input_partial_shape(1).to_shape()) == [24, 16, 1, 1]
+               for op in convs if "/tap_" in op.get_friendly_name())
+    assert "wide" not in kernels(split)
+    assert kernels(split)["narrow"] == [3, 3] and kernels(split)["depthwise"] == [3, 3]
+    a, b = compiled(full), compiled(split)
+    precisions = runtime_precisions(b)
+    tap_precisions = [p for name, p in precisions.items() if "/tap_" in name]
+    assert len(tap_precisions) == 3 and set(tap_precisions) <= {"u8", "i8"}, precisions
+    x = image(shape, 9)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    scale = np.abs(want).max()
+    int8_error = np.abs(a(x)[0] - want).max() / scale
+    split_error = np.abs(b(x)[0] - want).max() / scale
+    assert 0 < int8_error < 0.1
+    assert split_error <= 1.5 * int8_error
+    # fp32 weights are not int8 ones: an fp32 IR keeps its convs
+    fp32 = ov.convert_model(module, example_input=torch.zeros(shape))
+    assert split_int8_atrous(fp32) == 0
+
+
 def test_the_runner_drops_them_when_it_compiles_a_repeated_size(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """:class:`specc.targets.OpenVinoRunner` runs a size seen once on the dynamic model, and a
@@ -144,12 +192,12 @@ def test_the_runner_drops_them_when_it_compiles_a_repeated_size(
 
     cut: list[dict[str, list[int]]] = []
 
-    def watched(model: Any) -> int:
-        count = drop_padding_taps(model)
+    def watched(model: Any) -> dict[str, int]:
+        counts = optimize_static(model)
         cut.append(kernels(model))
-        return count
+        return counts
 
-    monkeypatch.setattr(specc.targets, "drop_padding_taps", watched)
+    monkeypatch.setattr(specc.targets, "optimize_static", watched)
     module = Atrous().eval()
     model = ov.convert_model(module, example_input=torch.zeros(1, 16, 12, 12),
                              input=[-1, 16, -1, -1])
