@@ -4,12 +4,12 @@ An artifact's IR takes any height and width; :class:`specc.targets.OpenVinoRunne
 again for an input size that repeats, after :func:`optimize_static`. Both rewrites concern the
 wide atrous convs of an ASPP, and both compute the same function:
 
-- :func:`split_int8_atrous`. OpenVINO's int8 kernel for a conv of a wide rate is several times
-  slower than for the same arithmetic undilated (2 cores with AMX, ResNet-50 at 513×513: the
-  2048 → 256 ASPP convs of rates 12, 24 and 36 on the 65×65 map took 19, 38 and 50 ms of a
-  204 ms network, where a 512 → 512 3×3 conv of rate 4 on the same map, half their arithmetic,
-  took 7). Such a conv becomes one int8 1×1 conv per tap, each output shifted into place and
-  summed.
+- :func:`split_int8_atrous`. On a CPU with AMX, OpenVINO's int8 kernel for a conv of a wide
+  rate is several times slower than for the same arithmetic undilated (2 cores, ResNet-50 at
+  513×513: the 2048 → 256 ASPP convs of rates 12, 24 and 36 on the 65×65 map took 19, 38 and
+  50 ms of a 204 ms network, where a 512 → 512 3×3 conv of rate 4 on the same map, half their
+  arithmetic, took 7). Such a conv becomes one int8 1×1 conv per tap, each output shifted into
+  place and summed.
 - :func:`drop_padding_taps`. With the size known, an atrous conv whose rate reaches past its map
   reads only zero padding with its outer taps: at a 257×257 input, ResNet-50's rate-36 branch
   sees a 33×33 map, so only the centre of its 3×3 kernel ever touches it (DeepLabv3 §3.3: a rate
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from specc.hardware import CpuInfo, cpu_info
 
 #: The smallest atrous rate at which :func:`split_int8_atrous` computes an int8 conv tap by tap.
 #: Below it OpenVINO's int8 kernel keeps its speed (ResNet-50's rate-4 convs run at the rate of
@@ -232,8 +234,12 @@ def split_int8_atrous(model: Any) -> int:
     return rewritten
 
 
-def optimize_static(model: Any) -> dict[str, int]:
-    """Both rewrites on ``model`` (static input shape), :func:`split_int8_atrous` first (it
-    leaves out the taps that read only padding itself); how many convs each rewrote."""
-    split = split_int8_atrous(model)
+def optimize_static(model: Any, cpu: CpuInfo | None = None) -> dict[str, int]:
+    """The rewrites for ``model`` (static input shape) on ``cpu`` (this machine's by default);
+    how many convs each rewrote. :func:`split_int8_atrous` only where the CPU has AMX, the one
+    kind measured: elsewhere OpenVINO's int8 kernel may keep its speed at a wide rate while
+    skipping the padding, which the taps cannot. It runs first, leaving out the taps that read
+    only padding itself; :func:`drop_padding_taps` then takes the rest."""
+    cpu = cpu or cpu_info()
+    split = split_int8_atrous(model) if cpu.has_amx else 0
     return {"split_int8_atrous": split, "drop_padding_taps": drop_padding_taps(model)}
