@@ -21,6 +21,8 @@ from specc.openvino_static import (
 )
 
 ov = pytest.importorskip("openvino")
+#: One OpenVINO runtime for the module's models, as an application keeps one.
+CORE = ov.Core()
 
 AVX512 = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
 AMX = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "amx_tile",
@@ -63,18 +65,23 @@ class Atrous(nn.Module):
         return self.project(torch.cat([wide, torch.relu(self.narrow(x))], 1))
 
 
-def ir(module: nn.Module, shape: tuple[int, ...], dynamic: bool = False) -> Any:
-    """``module`` as an artifact's IR is made: exported by ``torch.export`` (with a dynamic
-    batch, height and width when asked), converted by OpenVINO."""
+def ir(module: nn.Module, shape: tuple[int, ...], folder: Path, dynamic: bool = False) -> Any:
+    """``module`` as an artifact's IR is made and stored: exported by ``torch.export`` (with a
+    dynamic batch, height and width when asked), converted by OpenVINO, saved into ``folder``
+    and read back (so that nothing in it shares memory with PyTorch's tensors); its sizes fixed
+    to ``shape`` unless ``dynamic``."""
     from torch.export import Dim
 
     dims = ({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},) if dynamic else None
     with torch.no_grad():
         program = torch.export.export(module, (torch.zeros(shape),), dynamic_shapes=dims,
                                       strict=False)
-    model = ov.convert_model(program)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.xml"
+    ov.save_model(ov.convert_model(program), str(path), compress_to_fp16=False)
+    model = CORE.read_model(str(path))
     if not dynamic:
-        model.reshape(list(shape))  # export leaves the IR's sizes open: fix them, as the runner does
+        model.reshape(list(shape))
     return model
 
 
@@ -102,7 +109,7 @@ def image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def compiled(model: Any) -> Any:
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return CORE.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
 @pytest.mark.parametrize(("size", "wide"), [
@@ -111,11 +118,12 @@ def compiled(model: Any) -> Any:
     ((9, 9), [3, 3]),    # all of them reach a 9×9 map: nothing to drop
 ])
 def test_fp32_convs_lose_only_the_taps_that_read_padding(size: tuple[int, int],
-                                                          wide: list[int]) -> None:
+                                                          wide: list[int],
+                                                          tmp_path: Path) -> None:
     module = Atrous().eval()
     shape = (2, 16, *size)
-    model = ir(module, shape)
-    before = compiled(model)
+    before = compiled(ir(module, shape, tmp_path / "a"))  # its own IR: compiled, it may use
+    model = ir(module, shape, tmp_path / "b")              # the IR's weights
     assert drop_padding_taps(model) == int(wide != [3, 3])
     # the plain conv of rate 2 reaches every map here; depthwise convs are left as they are
     assert kernels(model) == {"wide": wide, "narrow": [3, 3], "depthwise": [3, 3],
@@ -149,7 +157,7 @@ def int8_ir(tmp_path: Path, shape: tuple[int, ...]) -> tuple[Atrous, Path]:
     """:class:`Atrous` quantized by NNCF and saved as an artifact stores it (int8 weights)."""
     nncf = pytest.importorskip("nncf")
     module = Atrous().eval()
-    model = ir(module, shape)
+    model = ir(module, shape, tmp_path / "fp32")
     data = nncf.Dataset([image(shape, seed) for seed in range(4)])
     quantized = nncf.quantize(model, data, subset_size=4)
     ov.save_model(quantized, str(tmp_path / "int8.xml"), compress_to_fp16=False)
@@ -157,7 +165,7 @@ def int8_ir(tmp_path: Path, shape: tuple[int, ...]) -> tuple[Atrous, Path]:
 
 
 def read_static(path: Path, shape: tuple[int, ...]) -> Any:
-    model = ov.Core().read_model(str(path))
+    model = CORE.read_model(str(path))
     model.reshape(list(shape))
     return model
 
@@ -212,7 +220,7 @@ def test_int8_atrous_convs_are_computed_tap_by_tap(tmp_path: Path) -> None:
     assert 0 < int8_error < 0.1
     assert split_error <= 1.5 * int8_error
     # fp32 weights are not int8 ones: an fp32 IR keeps its convs
-    fp32 = ir(module, shape)
+    fp32 = ir(module, shape, tmp_path / "fp32")
     assert split_int8_atrous(fp32) == 0
 
 
@@ -232,8 +240,7 @@ def test_the_runner_drops_them_when_it_compiles_a_repeated_size(
 
     monkeypatch.setattr(specc.targets, "optimize_static", watched)
     module = Atrous().eval()
-    model = ir(module, (2, 16, 12, 12), dynamic=True)
-    ov.save_model(model, str(tmp_path / "model.xml"), compress_to_fp16=False)
+    ir(module, (2, 16, 12, 12), tmp_path, dynamic=True)
     runner = OpenVinoRunner(tmp_path / "model.xml", {"INFERENCE_PRECISION_HINT": "f32"})
     x = torch.from_numpy(image((1, 16, 5, 7)))
     with torch.no_grad():
