@@ -239,7 +239,9 @@ def optimize_static(model: Any, cpu: CpuInfo | None = None) -> dict[str, int]:
     how many convs each rewrote. :func:`split_int8_atrous` only where the CPU has AMX, the one
     kind measured: elsewhere OpenVINO's int8 kernel may keep its speed at a wide rate while
     skipping the padding, which the taps cannot. It runs first, leaving out the taps that read
-    only padding itself; :func:`drop_padding_taps` then takes the rest."""
+    only padding itself; :func:`drop_padding_taps` then takes the rest. Both change ``model``
+    in place and free the weight constants they replace: compile it afterwards, never before (a
+    compiled model may keep using those constants)."""
     cpu = cpu or cpu_info()
     split = split_int8_atrous(model) if cpu.has_amx else 0
     return {"split_int8_atrous": split, "drop_padding_taps": drop_padding_taps(model)}
