@@ -58,14 +58,28 @@ class AtrousGeometry:
     rates: tuple[int, int]
     reach: tuple[int, int]
 
+    @property
+    def centre(self) -> tuple[int, int]:
+        """The kernel's centre tap (row, column)."""
+        return self.kernel[0] // 2, self.kernel[1] // 2
+
     def reaches_all(self) -> bool:
-        return self.reach == (self.kernel[0] // 2, self.kernel[1] // 2)
+        return self.reach == self.centre
+
+    def reaching(self, axis: int) -> slice:
+        """The taps along ``axis`` (0: rows, 1: columns) that reach the map."""
+        return slice(self.centre[axis] - self.reach[axis], self.centre[axis] + self.reach[axis] + 1)
 
     def reaching_taps(self) -> list[tuple[int, int]]:
         """The (row, column) of every tap that reaches the map."""
-        (ch, cw), (rh, rw) = (self.kernel[0] // 2, self.kernel[1] // 2), self.reach
-        return [(row, col) for row in range(ch - rh, ch + rh + 1)
-                for col in range(cw - rw, cw + rw + 1)]
+        rows, cols = self.reaching(0), self.reaching(1)
+        return [(row, col) for row in range(rows.start, rows.stop)
+                for col in range(cols.start, cols.stop)]
+
+    def offset(self, row: int, col: int) -> tuple[int, int]:
+        """Where tap (row, column) reads, relative to the output position: rate × its distance
+        from the centre."""
+        return ((row - self.centre[0]) * self.rates[0], (col - self.centre[1]) * self.rates[1])
 
 
 def _same_atrous(conv: Any) -> AtrousGeometry | None:
@@ -151,8 +165,7 @@ def drop_padding_taps(model: Any) -> int:
         path = _weight_path(conv)
         if path is None:
             continue
-        (ch, cw), (rh, rw) = (geometry.kernel[0] // 2, geometry.kernel[1] // 2), geometry.reach
-        _cut_weights(path, slice(ch - rh, ch + rh + 1), slice(cw - rw, cw + rw + 1))
+        _cut_weights(path, geometry.reaching(0), geometry.reaching(1))
         pads = [r * rate for r, rate in zip(geometry.reach, geometry.rates, strict=True)]
         smaller = ops.convolution(
             conv.input_value(0), conv.input_value(1), [1, 1], pads, pads,
@@ -220,12 +233,10 @@ def split_int8_atrous(model: Any) -> int:
             continue
         total = None
         for row, col in geometry.reaching_taps():
-            dy, dx = ((row - geometry.kernel[0] // 2) * geometry.rates[0],
-                      (col - geometry.kernel[1] // 2) * geometry.rates[1])
             node = ops.convolution(conv.input_value(0), _tap_weights(path, row, col),
                                    [1, 1], [0, 0], [0, 0], [1, 1])
             node.set_friendly_name(f"{conv.get_friendly_name()}/tap_{row}_{col}")
-            tap = _shifted(node.output(0), dy, dx)
+            tap = _shifted(node.output(0), *geometry.offset(row, col))
             total = tap if total is None else ops.add(total, tap).output(0)
         conv.output(0).replace(total)
         rewritten += 1
