@@ -56,5 +56,11 @@ class WeightsError(SpeccError):
     """Weights that do not fit a model: lists what is missing, unexpected or of the wrong shape."""
 
 
+class SpeccWarning(UserWarning):
+    """Something the user should know that does not stop the command (an int8 artifact run on a
+    CPU whose int8 arithmetic it was not quantized for); the command line prints it as one
+    ``warning:`` line."""
+
+
 class TrainingError(SpeccError):
     """Training cannot go on (a non-finite loss, a checkpoint of another architecture, ...)."""

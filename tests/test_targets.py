@@ -76,6 +76,87 @@ def test_int8_activations_are_seven_bits_without_vnni() -> None:
         assert (config.weight.quant_min, config.weight.quant_max) == (-128, 127)
 
 
+def plain_conv_weights(xml: Path) -> list[Any]:
+    """The int8 weight constants of an IR's plain (not grouped) convolutions, each found by
+    walking back from the conv's weight input to its constant."""
+    import openvino as ov
+
+    found = []
+    for op in ov.Core().read_model(str(xml)).get_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_type_name() != "Constant":
+            node = node.input_value(0).get_node()
+        if node.get_element_type() == ov.Type.i8:
+            found.append(node.get_data())
+    return found
+
+
+def test_openvino_int8_weights_are_half_range_without_vnni(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built on a CPU without VNNI, an ``openvino`` int8 IR keeps every plain conv's int8
+    weights within half the range (|w| <= 64: NNCF's overflow fix for all layers), so OpenVINO's
+    AVX2 products do not saturate; with VNNI (NNCF's default: only the first layer halved) most
+    convs use the full range. ``artifacts.json`` says which."""
+    import specc.targets as targets
+
+    comp = build(load_spec(DEMO, SMALL))
+    randomized(comp.module)
+    calibration = tuple(spec_images(comp.spec, 4, split="train"))
+    vnni = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
+    widest = {}
+    for name, cpu in (("avx2", AVX2), ("vnni", vnni)):
+        monkeypatch.setattr(targets, "cpu_info", lambda cpu=cpu: cpu)
+        deploy = Deployment(tuple(parse_requests(["openvino:int8"], cpu=cpu)),
+                            tuple(spec_images(comp.spec, 1, split="val")), "val", calibration)
+        build_to(comp, tmp_path / name, deploy=deploy)
+        folder = tmp_path / name / comp.spec.name
+        weights = plain_conv_weights(folder / "model-openvino-int8.xml")
+        assert len(weights) >= 10
+        widest[name] = [int(abs(w.astype("int32")).max()) for w in weights]
+        scheme = listing(folder)["artifacts"][-1]["int8"]
+        assert scheme["quantizer"] == "nncf"
+        assert scheme["for_cpus_without_vnni"] == (name == "avx2")
+    assert max(widest["avx2"]) <= 64
+    assert sum(w > 64 for w in widest["vnni"]) > len(widest["vnni"]) // 2
+
+
+def test_an_int8_artifact_for_vnni_cpus_warns_on_a_cpu_without(
+        built: tuple[Any, Path], cli: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened on a CPU without VNNI, an int8 artifact quantized for VNNI CPUs (full-range ints)
+    warns that it may saturate; the command line prints one ``warning:`` line and goes on.
+    Without the mismatch, nothing is said."""
+    import warnings
+
+    import specc.targets as targets
+    from specc.errors import SpeccWarning
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built[1], copy)
+    info = listing(copy)
+    for entry in info["artifacts"]:
+        if entry["precision"] == "int8":
+            entry["int8"] = {**entry["int8"], "for_cpus_without_vnni": False}
+    (copy / ARTIFACTS).write_text(json.dumps(info))
+    int8 = copy / "model-openvino-int8.xml"
+
+    monkeypatch.setattr(targets, "cpu_info", lambda: AVX2)
+    with pytest.warns(SpeccWarning, match="int8 sums may saturate"):
+        load_artifact(int8)
+    result = cli("eval", DEMO, *[a for s in SMALL for a in ("--set", s)], "--checkpoint", int8)
+    assert result.code == 0, result.err
+    assert [line for line in result.err.splitlines() if line.startswith("warning:")] == [
+        f"warning: {int8}: " + targets.saturation_note(info["artifacts"][-1], AVX2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpeccWarning)
+        load_artifact(copy / "model-openvino-fp32.xml")  # not int8
+        load_artifact(built[1] / "model-openvino-int8.xml")  # quantized on the CPU it runs on
+        monkeypatch.setattr(targets, "cpu_info", lambda: BF16)
+        load_artifact(int8)  # a CPU with VNNI
+
+
 def listing(folder: Path) -> dict[str, Any]:
     return json.loads((folder / ARTIFACTS).read_text())
 
@@ -156,6 +237,9 @@ def test_every_artifact_is_listed_with_its_check(built: tuple[Any, Path]) -> Non
         assert check["argmax_agreement"] >= 0.999
     int8 = by_file["model-openvino-int8.xml"]["check"]
     assert int8["argmax_agreement"] >= 0.9
+    assert by_file["model-openvino-int8.xml"]["int8"]["for_cpus_without_vnni"] == (
+        not cpu_info().has_vnni)
+    assert by_file["model.onnx"]["int8"] is None
     # The mIoU on the labelled check images: equal for fp32, measured for int8.
     assert by_file["model.onnx"]["check"]["miou"] == by_file["model.onnx"]["check"][
         "reference_miou"]
@@ -305,6 +389,9 @@ def test_aoti_int8_is_quantized_checked_and_loads(tmp_path: Path) -> None:
     entry = listing(folder)["artifacts"][0]
     assert entry["file"] == "model-aoti-int8.pt2" and entry["precision"] == "int8"
     assert entry["input_memory_format"] == "contiguous"  # the layout the quantizer targets
+    top = 255 if cpu_info().has_vnni else 127
+    assert entry["int8"] == {"quantizer": "torchao X86InductorQuantizer",
+                             "activation_range": [0, top], "for_cpus_without_vnni": top == 127}
     with torch.no_grad():
         want = comp.module(x)["out"]
     got = load_artifact(folder / "model-aoti-int8.pt2")(x)["out"]

@@ -11,13 +11,16 @@ its message (file:line:col, key, expected, found) and exits 2, never with a trac
 from __future__ import annotations
 
 import sys
+import warnings
+from collections.abc import Callable
+from typing import TextIO
 
 import typer
 
 from specc.cli import bench, compiler, runtime
 from specc.cli.render import err, error_text, os_error_text
 from specc.cli.zoo import zoo
-from specc.errors import SpeccError
+from specc.errors import SpeccError, SpeccWarning
 
 app = typer.Typer(
     name="specc",
@@ -39,13 +42,30 @@ for _name, _command in (
     app.command(_name)(_command)
 
 
+def _warning_printer(shown_by: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints specc's own warnings as one ``warning:`` line and
+    hands the others to ``shown_by``."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        if issubclass(category, SpeccWarning):
+            err.print(f"warning: {message}", markup=False)
+        else:
+            shown_by(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors print one message and exit 2.
 
     Besides a :class:`SpeccError`, an ``OSError`` that reaches this far (a full disk, a folder
     removed or made read-only while the command ran) and a ``MemoryError`` are the machine's
-    answer to the user's input, not bugs: they print the path and the reason, exit 2.
+    answer to the user's input, not bugs: they print the path and the reason, exit 2. A
+    :class:`~specc.errors.SpeccWarning` prints as one ``warning:`` line and the command goes on.
     """
+    shown_by = warnings.showwarning
+    warnings.showwarning = _warning_printer(shown_by)
     try:
         app(args=argv, prog_name="specc")
     except SpeccError as exc:
@@ -61,3 +81,5 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(130)
+    finally:
+        warnings.showwarning = shown_by
