@@ -1,0 +1,85 @@
+"""OpenVINO int8 with full-range and half-range weights: speed and agreement on this CPU.
+
+    python benchmarks/int8_ranges.py [--spec zoo/torchvision_deeplabv3_resnet50]
+        [--sizes 257 513] [--repeats 7]
+
+NNCF quantizes an ``openvino`` int8 IR with one of two weight ranges
+(:func:`specc.targets.nncf_overflow_fix`): ``first_layer_only`` (NNCF's default, what specc
+uses on CPUs with VNNI: only the first conv's weights in half the int8 range) and ``enable``
+(every plain conv's weights in half the range, what specc uses without VNNI, where the int8
+products saturate). This builds the spec's artifact both ways (random weights and batch-norm
+statistics, 16 calibration images of the spec's data, random ones when it is not at hand) and
+times them at each size in one process, interleaved after a warm-up
+(:func:`specc.bench.measure`), each compiled for that size as ``OpenVinoRunner`` compiles it.
+The first row, the fp32 artifact, is the reference of the speed-ups and the argmax agreement.
+Prints the CPU model and its instruction-set features. Accuracy on trained weights is measured
+with ``specc eval`` (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from deploy import randomize
+from openvino_static import compiled
+
+import specc.targets as targets
+from runtime.calibration import random_images, spec_images
+from specc.api import build, load_spec
+from specc.bench import Candidate, measure
+from specc.build import Deployment, build_to
+from specc.errors import DataError
+from specc.hardware import cpu_info
+from specc.openvino_static import optimize_static
+
+REPO = Path(__file__).resolve().parents[1]
+FIXES = ("first_layer_only", "enable")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", default="zoo/torchvision_deeplabv3_resnet50")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[257, 513])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    print(f"CPU: {cpu_info().summary()}; torch {torch.__version__}; "
+          f"{torch.get_num_threads()} threads")
+    spec_path = REPO / "specs" / f"{args.spec}.yaml"
+    comp = build(load_spec(spec_path))
+    randomize(comp.module)
+    try:
+        calibration = tuple(spec_images(comp.spec, 16, split=comp.spec.data.train_split))
+    except DataError:
+        calibration = tuple(random_images(comp.spec.input.size, 16))
+    checks = tuple(random_images(comp.spec.input.size, 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        xmls = {}
+        for fix in (None, *FIXES):
+            precision = "fp32" if fix is None else "int8"
+            targets.nncf_overflow_fix = lambda cpu, fix=fix: fix  # this build's weight range
+            out = Path(tmp) / (fix or "fp32")
+            build_to(comp, out, deploy=Deployment(
+                tuple(targets.parse_requests([f"openvino:{precision}"])), checks, "random",
+                calibration, progress=print))
+            xmls[fix] = (out / comp.spec.name / f"model-openvino-{precision}.xml", precision)
+        for size in args.sizes:
+            macs = build(load_spec(spec_path, [f"input.size=[{size}, {size}]"])).manifest["macs"]
+            x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+            candidates = [Candidate(f"int8, overflow_fix={fix}" if fix else "fp32",
+                                    compiled(xml, size, precision, optimize_static),
+                                    precision=precision)
+                          for fix, (xml, precision) in xmls.items()]
+            print(f"\n{args.spec} at 1×3×{size}×{size}")
+            print("| artifact | median ms | vs fp32 | argmax vs fp32 |")
+            print("|---|---|---|---|")
+            for row in measure(candidates, x, macs=macs, repeats=args.repeats):
+                print(f"| {row['name']} | {row['median_ms']:.1f} | {row['speedup']:.2f}× | "
+                      f"{row['argmax_agreement'] * 100:.2f} % |")
+
+
+if __name__ == "__main__":
+    main()
