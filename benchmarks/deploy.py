@@ -2,14 +2,14 @@
 
     python benchmarks/deploy.py [--spec zoo/torchvision_deeplabv3_resnet50] [--sizes 257 513]
         [--targets export aoti onnx openvino] [--precisions fp32] [--repeats 10] [--json F]
-        [--set key=value ...]
+        [--seed 0] [--set key=value ...]
 
-For one spec: its compiled module with random weights and batch-norm statistics (for a zoo spec
-of torchvision's, torchvision's own model gets the same weights). The artifacts are built once
-(`specc build --target`, dynamic height and width) into a temporary folder and timed at every
-size. Beside them: torchvision's eager model; `torch.compile` (inductor, freezing, channels_last)
-of the inference graph; and, with OpenVINO installed, OpenVINO's conversion of torchvision's
-model at each precision asked for. All in one process, interleaved repeats after a warm-up
+For one spec: its compiled module with random weights (drawn from ``--seed``) and batch-norm
+statistics (for a zoo spec of torchvision's, torchvision's own model gets the same weights).
+The artifacts are built once (`specc build --target`, dynamic height and width) into a
+temporary folder and timed at every size. Beside them: torchvision's eager model;
+`torch.compile` (inductor, freezing, channels_last) of the inference graph; and, with OpenVINO
+installed, OpenVINO's conversion of torchvision's model at each precision asked for. All in one process, interleaved repeats after a warm-up
 (:func:`specc.bench.measure`); speed-ups are against torchvision's eager model where there is
 one, else the reference. Prints the CPU model and its instruction-set features.
 """
@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="Leave out torch.compile.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of the random weights (a run's agreement figures repeat).")
     parser.add_argument("--set", nargs="*", default=[], dest="overrides",
                         help="Spec overrides (key=value), e.g. input.size=[257,257] for a spec "
                              "built for one size (aspp.image_pooling.kernel: fixed).")
@@ -99,6 +101,7 @@ def main() -> None:
 
     cpu = cpu_info()
     print(f"CPU: {cpu.summary()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    torch.manual_seed(args.seed)  # the compiled module's initial (random) weights
     comp = build(load_spec(REPO / "specs" / f"{args.spec}.yaml", args.overrides))
     module = randomize(comp.module)
     twin = torchvision_twin(comp, module)

@@ -4,10 +4,10 @@
         [--sizes 257 513] [--repeats 7]
 
 NNCF quantizes an ``openvino`` int8 IR with one of two weight ranges
-(:func:`specc.targets.nncf_overflow_fix`): ``first_layer_only`` (NNCF's default, what specc
-uses on CPUs with VNNI: only the first conv's weights in half the int8 range) and ``enable``
-(every plain conv's weights in half the range, what specc uses without VNNI, where the int8
-products saturate). This builds the spec's artifact both ways (random weights and batch-norm
+(:func:`specc.targets.nncf_overflow_fix`): ``specc build --int8-range full`` gives NNCF's
+default, ``first_layer_only`` (only the first conv's weights in half the int8 range; the
+default on CPUs with VNNI), and ``--int8-range half`` gives ``enable`` (every plain conv's
+weights in half the range; the default without VNNI, where the int8 products saturate). This builds the spec's artifact both ways (random weights and batch-norm
 statistics, 16 calibration images of the spec's data, random ones when it is not at hand) and
 times them at each size in one process, interleaved after a warm-up
 (:func:`specc.bench.measure`), each compiled for that size as ``OpenVinoRunner`` compiles it.
@@ -26,7 +26,6 @@ import torch
 from deploy import randomize
 from openvino_static import compiled
 
-import specc.targets as targets
 from runtime.calibration import random_images, spec_images
 from specc.api import build, load_spec
 from specc.bench import Candidate, measure
@@ -34,9 +33,10 @@ from specc.build import Deployment, build_to
 from specc.errors import DataError
 from specc.hardware import cpu_info
 from specc.openvino_static import optimize_static
+from specc.targets import nncf_overflow_fix, parse_requests
 
 REPO = Path(__file__).resolve().parents[1]
-FIXES = ("first_layer_only", "enable")
+RANGES = ("full", "half")
 
 
 def main() -> None:
@@ -58,21 +58,21 @@ def main() -> None:
     checks = tuple(random_images(comp.spec.input.size, 2))
     with tempfile.TemporaryDirectory() as tmp:
         xmls = {}
-        for fix in (None, *FIXES):
-            precision = "fp32" if fix is None else "int8"
-            targets.nncf_overflow_fix = lambda cpu, fix=fix: fix  # this build's weight range
-            out = Path(tmp) / (fix or "fp32")
+        for int8_range in (None, *RANGES):
+            precision = "fp32" if int8_range is None else "int8"
+            out = Path(tmp) / (int8_range or "fp32")
             build_to(comp, out, deploy=Deployment(
-                tuple(targets.parse_requests([f"openvino:{precision}"])), checks, "random",
-                calibration, progress=print))
-            xmls[fix] = (out / comp.spec.name / f"model-openvino-{precision}.xml", precision)
+                tuple(parse_requests([f"openvino:{precision}"])), checks, "random",
+                calibration, progress=print, int8_range=int8_range or "auto"))
+            name = (f"int8, overflow_fix={nncf_overflow_fix(int8_range == 'half')}"
+                    if int8_range else "fp32")
+            xmls[name] = (out / comp.spec.name / f"model-openvino-{precision}.xml", precision)
         for size in args.sizes:
             macs = build(load_spec(spec_path, [f"input.size=[{size}, {size}]"])).manifest["macs"]
             x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
-            candidates = [Candidate(f"int8, overflow_fix={fix}" if fix else "fp32",
-                                    compiled(xml, size, precision, optimize_static),
+            candidates = [Candidate(name, compiled(xml, size, precision, optimize_static),
                                     precision=precision)
-                          for fix, (xml, precision) in xmls.items()]
+                          for name, (xml, precision) in xmls.items()]
             print(f"\n{args.spec} at 1×3×{size}×{size}")
             print("| artifact | median ms | vs fp32 | argmax vs fp32 |")
             print("|---|---|---|---|")

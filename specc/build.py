@@ -111,6 +111,8 @@ class Deployment:
     progress: Callable[[str], None] = lambda _: None
     #: The mIoU of a list of logits, one per check image, where the images have labels.
     score: Callable[[list[Any]], float] | None = None
+    #: int8 ranges: ``auto``, ``full`` or ``half`` (:func:`specc.targets.half_int8_range`).
+    int8_range: str = "auto"
 
 
 def _write_deployment(comp: Compilation, module: Any, staging: Path,
@@ -121,7 +123,8 @@ def _write_deployment(comp: Compilation, module: Any, staging: Path,
 
     entries = write_targets(module, comp.spec.input.size, deploy.requests, staging,
                             check_images=deploy.check_images, calibration=deploy.calibration,
-                            progress=deploy.progress, score=deploy.score)
+                            progress=deploy.progress, score=deploy.score,
+                            int8_range=deploy.int8_range)
     _write_text(staging / ARTIFACTS, artifacts_json(spec_info(comp.doc), entries,
                                                     deploy.check_source))
     names = [ARTIFACTS]

@@ -315,6 +315,8 @@ class Job:
     size: tuple[int, int]
     folder: Path
     calibration: Sequence[torch.Tensor]
+    #: int8 with the ranges that do not saturate without VNNI (:func:`half_int8_range`).
+    half_int8: bool = False
 
 
 def _write_export(job: Job, request: Request) -> None:
@@ -343,56 +345,79 @@ def _bf16_graph(graph: nn.Module) -> nn.Module:
     return Bf16(graph).eval()
 
 
-def int8_quantizer(cpu: CpuInfo) -> Any:
+def int8_quantizer(half: bool) -> Any:
     """torchao's X86 inductor quantizer with its default static config (per-channel symmetric
-    int8 weights, uint8 per-tensor activations from histograms), the activations reduced to 7
-    bits (0..127) on a CPU without int8 dot-product instructions (VNNI). There oneDNN multiplies
-    uint8 by int8 with AVX2's ``vpmaddubsw``, whose int16 sums saturate at full range: the
-    trained demo's int8 artifact scored 94.3 % mIoU on AMX and 86.8 % when the same package ran
-    oneDNN's AVX2 kernels (``ONEDNN_MAX_CPU_ISA=AVX2``); with 7-bit activations 94.3 % on both
-    (torchao's documentation advises reduce_range for such CPUs)."""
+    int8 weights, uint8 per-tensor activations from histograms), with ``half`` the activations
+    reduced to 7 bits (0..127), for a CPU without int8 dot-product instructions (VNNI,
+    :func:`half_int8_range`). There oneDNN multiplies uint8 by int8 with AVX2's
+    ``vpmaddubsw``, whose int16 sums saturate at full range: the trained demo's int8 artifact
+    scored 94.3 % mIoU on AMX and 86.8 % when the same package ran oneDNN's AVX2 kernels
+    (``ONEDNN_MAX_CPU_ISA=AVX2``); with 7-bit activations 94.3 % on both (torchao's
+    documentation advises reduce_range for such CPUs). On an AVX2-only CPU, the demo trained
+    there lost 0.28 point so (93.50 % against 93.78 % in fp32)."""
     with _quiet():  # importing torchao logs a deprecation note from torch's pytree
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(
-        reduce_range=not cpu.has_vnni))
+        reduce_range=half))
     return quantizer
 
 
-def nncf_overflow_fix(cpu: CpuInfo) -> str:
-    """NNCF's ``OverflowFix`` for an ``openvino`` int8 IR quantized on ``cpu``: the weights of
-    every plain conv and matmul (not the depthwise convs) in half the int8 range (``enable``)
-    on a CPU without VNNI, where OpenVINO's int8 kernels multiply with AVX2's saturating
-    ``vpmaddubsw`` as oneDNN's do (see :func:`int8_quantizer`); NNCF's default, only the first
-    conv's (``first_layer_only``), elsewhere. The demo trained on an AVX2-only CPU scored 93.8 % mIoU in fp32 there, 93.3 % as
-    int8 with ``enable`` and 89.3 % with NNCF's default."""
-    return "first_layer_only" if cpu.has_vnni else "enable"
+#: ``--int8-range``: ``half`` keeps int8 products from saturating on CPUs without VNNI, ``full``
+#: uses the whole range (for CPUs with VNNI or AMX only), ``auto`` picks for the building CPU.
+INT8_RANGES = ("auto", "full", "half")
 
 
-def int8_scheme(request: Request, cpu: CpuInfo) -> dict[str, Any] | None:
-    """What ``artifacts.json`` records of an int8 artifact's quantization on ``cpu`` (None for
-    other precisions): the ranges that decide whether it saturates on a CPU without VNNI."""
+def half_int8_range(int8_range: str, cpu: CpuInfo | None = None) -> bool:
+    """Whether int8 artifacts are quantized with the ranges that do not saturate on a CPU
+    without VNNI: ``int8_range`` (one of :data:`INT8_RANGES`), ``auto`` meaning ``half`` where
+    ``cpu`` (this machine's by default) has no VNNI.
+
+    Raises:
+        SpeccError: an unknown value.
+    """
+    if int8_range not in INT8_RANGES:
+        raise SpeccError(f"--int8-range: expected one of {', '.join(INT8_RANGES)}, found "
+                         f"{int8_range!r}")
+    if int8_range == "auto":
+        return not (cpu or cpu_info()).has_vnni
+    return int8_range == "half"
+
+
+def nncf_overflow_fix(half: bool) -> str:
+    """NNCF's ``OverflowFix`` for an ``openvino`` int8 IR: with ``half`` (for CPUs without
+    VNNI, :func:`half_int8_range`) the weights of every plain conv and matmul (not the
+    depthwise convs) in half the int8 range (``enable``), since OpenVINO's int8 kernels there
+    multiply with AVX2's saturating ``vpmaddubsw`` as oneDNN's do (see :func:`int8_quantizer`);
+    otherwise NNCF's default, only the first conv's (``first_layer_only``). The demo trained on
+    an AVX2-only CPU scored 93.8 % mIoU in fp32 there, 93.3 % as int8 with ``enable`` and
+    89.3 % with NNCF's default."""
+    return "enable" if half else "first_layer_only"
+
+
+def int8_scheme(request: Request, half: bool) -> dict[str, Any] | None:
+    """What ``artifacts.json`` records of an int8 artifact's quantization (None for other
+    precisions): the ranges, which decide whether it saturates on a CPU without VNNI."""
     if request.precision != "int8":
         return None
     if request.target == "openvino":
-        fix = nncf_overflow_fix(cpu)
-        return {"quantizer": "nncf", "overflow_fix": fix,
-                "for_cpus_without_vnni": fix == "enable"}
-    activations = int8_quantizer(cpu).global_config.input_activation
+        return {"quantizer": "nncf", "overflow_fix": nncf_overflow_fix(half),
+                "for_cpus_without_vnni": half}
+    activations = int8_quantizer(half).global_config.input_activation
     return {"quantizer": "torchao X86InductorQuantizer",
             "activation_range": [activations.quant_min, activations.quant_max],
-            "for_cpus_without_vnni": activations.quant_max <= 127}
+            "for_cpus_without_vnni": half}
 
 
 def _int8_program(job: Job) -> Any:
     """The inference graph quantized to int8 with torchao's pt2e flow for X86 inductor
-    (:func:`int8_quantizer` for this machine, which the package is compiled for): prepared,
-    calibrated on ``job.calibration``, converted, and exported again (as
+    (:func:`int8_quantizer` with the job's ranges; the package is compiled for this machine):
+    prepared, calibrated on ``job.calibration``, converted, and exported again (as
     :func:`export_program` exports the fp32 graph)."""
     import torch
 
-    quantizer = int8_quantizer(cpu_info())
+    quantizer = int8_quantizer(job.half_int8)
     with _quiet():
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     with torch.no_grad(), _quiet():
@@ -440,7 +465,7 @@ def _write_openvino(job: Job, request: Request) -> None:
 
         data = nncf.Dataset([image.numpy() for image in job.calibration])
         advanced = nncf.AdvancedQuantizationParameters(
-            overflow_fix=nncf.OverflowFix(nncf_overflow_fix(cpu_info())))
+            overflow_fix=nncf.OverflowFix(nncf_overflow_fix(job.half_int8)))
         with _quiet():
             model = nncf.quantize(model, data, subset_size=max(1, len(job.calibration)),
                                   advanced_parameters=advanced)
@@ -618,7 +643,7 @@ def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModul
 
 def saturation_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
     """Why an int8 artifact (its ``artifacts.json`` entry) may lose accuracy on ``cpu``: it was
-    quantized on a CPU with VNNI, with full-range ints, and this CPU has none, so its int8
+    quantized with full-range ints (for CPUs with VNNI) and this CPU has none, so its int8
     products saturate (:func:`int8_quantizer`, :func:`nncf_overflow_fix`). None when it fits."""
     if entry.get("precision") != "int8" or cpu.has_vnni:
         return None
@@ -626,8 +651,8 @@ def saturation_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
     if scheme.get("for_cpus_without_vnni"):
         return None
     return ("int8 artifact quantized for CPUs with VNNI (int8 dot products); this CPU has "
-            "none, so its int8 sums may saturate and accuracy drop by points. Build it on this "
-            "CPU (or one like it) for 7-bit activations / half-range weights")
+            "none, so its int8 sums may saturate and accuracy drop by points. Build it with "
+            "--int8-range half (the default on a CPU without VNNI)")
 
 
 def file_sha256(path: Path) -> str:
@@ -667,22 +692,24 @@ def write_targets(module: nn.Module, size: Sequence[int], requests: Sequence[Req
                   folder: Path, *, check_images: Sequence[torch.Tensor],
                   calibration: Sequence[torch.Tensor] = (),
                   progress: Callable[[str], None] = lambda _: None,
-                  score: Callable[[list[torch.Tensor]], float] | None = None
-                  ) -> list[dict[str, Any]]:
+                  score: Callable[[list[torch.Tensor]], float] | None = None,
+                  int8_range: str = "auto") -> list[dict[str, Any]]:
     """Write every requested artifact except ``torchscript`` (the build writes that) into
     ``folder``, load each back and check it against ``module`` on ``check_images``; with
     ``score`` (the check images have labels), each check also gives the artifact's mIoU beside
-    the reference's, so the cost of bf16 or int8 is measured.
+    the reference's, so the cost of bf16 or int8 is measured. int8 artifacts are quantized with
+    ``int8_range`` (:func:`half_int8_range`).
 
     Returns one entry per artifact (including ``torchscript``, checked too) for
     ``artifacts.json``.
 
     Raises:
-        SpeccError: an int8 request without calibration images, or an exporter's failure
-        (naming the target and what it said).
+        SpeccError: an int8 request without calibration images, an unknown ``int8_range``, or
+        an exporter's failure (naming the target and what it said).
     """
     import torch
 
+    half = half_int8_range(int8_range)
     needs_export = [r for r in requests if r.target != "torchscript"]
     if any(r.precision == "int8" for r in requests) and not calibration:
         raise SpeccError("--precision int8 needs calibration images (--calibration N > 0)")
@@ -694,7 +721,7 @@ def write_targets(module: nn.Module, size: Sequence[int], requests: Sequence[Req
     if needs_export:
         progress("inference graph: export (dynamic batch, height and width)")
         graph = inference_graph(module)
-        job = Job(graph, _exported(graph, size), tuple(size), folder, calibration)
+        job = Job(graph, _exported(graph, size), tuple(size), folder, calibration, half)
     for request in requests:
         start = time.perf_counter()
         if request.target != "torchscript":
@@ -759,7 +786,7 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         "check": check,
         "shape_constraints": shape_constraints(bounds),
         "input_memory_format": "channels_last" if channels_last_input(request) else "contiguous",
-        "int8": int8_scheme(request, cpu_info()),
+        "int8": int8_scheme(request, job.half_int8 if job else False),
         "input_bounds": bounds,
         "seconds": round(seconds, 1),
         "versions": versions(),

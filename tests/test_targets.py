@@ -65,15 +65,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
 
 
 def test_int8_activations_are_seven_bits_without_vnni() -> None:
-    """AVX2's u8·s8 multiply saturates with full-range activations: 0..127 there, 0..255 with
-    VNNI (or AMX); weights are int8 either way."""
-    from specc.targets import int8_quantizer
+    """AVX2's u8·s8 multiply saturates with full-range activations: ``--int8-range auto`` gives
+    0..127 there, 0..255 with VNNI (or AMX); ``half`` and ``full`` hold on any CPU; weights are
+    int8 either way. An unknown range is refused."""
+    from specc.targets import half_int8_range, int8_quantizer
 
     vnni = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
-    for cpu, top in ((AVX2, 127), (vnni, 255), (BF16, 255)):
-        config = int8_quantizer(cpu).global_config
+    for int8_range, cpu, top in (("auto", AVX2, 127), ("auto", vnni, 255), ("auto", BF16, 255),
+                                 ("full", AVX2, 255), ("half", BF16, 127)):
+        config = int8_quantizer(half_int8_range(int8_range, cpu)).global_config
         assert (config.input_activation.quant_min, config.input_activation.quant_max) == (0, top)
         assert (config.weight.quant_min, config.weight.quant_max) == (-128, 127)
+    with pytest.raises(SpeccError, match=r"--int8-range: expected one of auto, full, half, "
+                                         r"found 'wide'"):
+        half_int8_range("wide", AVX2)
 
 
 def plain_conv_weights(xml: Path) -> list[Any]:
@@ -93,33 +98,29 @@ def plain_conv_weights(xml: Path) -> list[Any]:
     return found
 
 
-def test_openvino_int8_weights_are_half_range_without_vnni(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Built on a CPU without VNNI, an ``openvino`` int8 IR keeps every plain conv's int8
-    weights within half the range (|w| <= 64: NNCF's overflow fix for all layers), so OpenVINO's
-    AVX2 products do not saturate; with VNNI (NNCF's default: only the first layer halved) most
-    convs use the full range. ``artifacts.json`` says which."""
-    import specc.targets as targets
-
+def test_openvino_int8_weights_are_half_range_for_cpus_without_vnni(tmp_path: Path) -> None:
+    """``--int8-range half`` (the default on CPUs without VNNI) keeps every plain conv's int8
+    weights of an ``openvino`` IR within half the range (|w| <= 64: NNCF's overflow fix for all
+    layers), so OpenVINO's AVX2 products do not saturate; ``full`` (NNCF's default: only the
+    first layer halved) lets most convs use the whole range. ``artifacts.json`` says which."""
     comp = build(load_spec(DEMO, SMALL))
     randomized(comp.module)
     calibration = tuple(spec_images(comp.spec, 4, split="train"))
-    vnni = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
     widest = {}
-    for name, cpu in (("avx2", AVX2), ("vnni", vnni)):
-        monkeypatch.setattr(targets, "cpu_info", lambda cpu=cpu: cpu)
-        deploy = Deployment(tuple(parse_requests(["openvino:int8"], cpu=cpu)),
-                            tuple(spec_images(comp.spec, 1, split="val")), "val", calibration)
-        build_to(comp, tmp_path / name, deploy=deploy)
-        folder = tmp_path / name / comp.spec.name
+    for int8_range in ("half", "full"):
+        deploy = Deployment(tuple(parse_requests(["openvino:int8"])),
+                            tuple(spec_images(comp.spec, 1, split="val")), "val", calibration,
+                            int8_range=int8_range)
+        build_to(comp, tmp_path / int8_range, deploy=deploy)
+        folder = tmp_path / int8_range / comp.spec.name
         weights = plain_conv_weights(folder / "model-openvino-int8.xml")
         assert len(weights) >= 10
-        widest[name] = [int(abs(w.astype("int32")).max()) for w in weights]
-        scheme = listing(folder)["artifacts"][-1]["int8"]
-        assert scheme["quantizer"] == "nncf"
-        assert scheme["for_cpus_without_vnni"] == (name == "avx2")
-    assert max(widest["avx2"]) <= 64
-    assert sum(w > 64 for w in widest["vnni"]) > len(widest["vnni"]) // 2
+        widest[int8_range] = [int(abs(w.astype("int32")).max()) for w in weights]
+        assert listing(folder)["artifacts"][-1]["int8"] == {
+            "quantizer": "nncf", "for_cpus_without_vnni": int8_range == "half",
+            "overflow_fix": "enable" if int8_range == "half" else "first_layer_only"}
+    assert max(widest["half"]) <= 64
+    assert sum(w > 64 for w in widest["full"]) > len(widest["full"]) // 2
 
 
 def test_an_int8_artifact_for_vnni_cpus_warns_on_a_cpu_without(
@@ -324,6 +325,10 @@ def test_build_command_refuses_bad_targets_before_building(cli: Any, tmp_path: P
     assert not (tmp_path / "o").exists()
     result = cli("build", "--all", "--check", "--target", "export")
     assert result.code == 2 and "takes no --target" in result.err
+    result = cli("build", DEMO, "--target", "openvino:int8", "--int8-range", "wide", "--out",
+                 tmp_path / "o")
+    assert result.code == 2 and "--int8-range: expected one of auto, full, half" in result.err
+    assert not (tmp_path / "o").exists()
 
 
 def test_bench_times_the_model_its_passes_and_the_build_artifacts(

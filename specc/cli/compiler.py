@@ -29,7 +29,7 @@ from specc.fsutil import atomic_write_bytes, output_file, output_folder, reporti
 from specc.graphviz import collapsed, layers, render_dot, render_matplotlib, to_dot
 from specc.importers import import_weights
 from specc.spec import json_schema
-from specc.targets import Request, check_libraries, parse_requests
+from specc.targets import Request, check_libraries, half_int8_range, parse_requests
 
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a spec value: key.path=value (YAML), e.g. backbone.output_stride=8.")]
@@ -87,6 +87,10 @@ def build(
                                 "on.")] = 32,
     check_images: Annotated[int, typer.Option(
         min=1, max=10_000, help="Images each artifact is checked on against the model.")] = 4,
+    int8_range: Annotated[str, typer.Option(
+        help="int8 ranges: half (7-bit activations for aoti, half-range weights for openvino: "
+             "no saturation on CPUs without VNNI, such as AVX2-only ones), full (for CPUs "
+             "with VNNI or AMX only) or auto (half where this CPU has no VNNI).")] = "auto",
 ) -> None:
     """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript), and
     deployment artifacts with --target."""
@@ -96,6 +100,7 @@ def build(
     if not paths:
         raise SpeccError("nothing to build: give spec files or --all")
     requests = parse_requests(target or [], precision)
+    half_int8_range(int8_range)  # refuse an unknown value before anything is built
     if requests and check:
         raise SpeccError("--check compares the committed files; it takes no --target")
     check_libraries(requests)
@@ -108,7 +113,8 @@ def build(
             render.err.print(note, markup=False)
         if strict and comp.warnings:
             raise SpeccError(f"{path}: warnings found and --strict given")
-        deploy = _deployment(comp, requests, calibration, check_images) if requests else None
+        deploy = (_deployment(comp, requests, calibration, check_images, int8_range)
+                  if requests else None)
         result = build_to(comp, out_dir, weights=weights, check=check, deploy=deploy)
         if check:
             if result:
@@ -123,7 +129,7 @@ def build(
 
 
 def _deployment(comp: Compilation, requests: list[Request], calibration: int,
-                count: int) -> Deployment:
+                count: int, int8_range: str = "auto") -> Deployment:
     """The artifacts of ``--target`` with their check and calibration images
     (:func:`runtime.calibration.check_images`)."""
     from runtime.calibration import check_images
@@ -132,7 +138,7 @@ def _deployment(comp: Compilation, requests: list[Request], calibration: int,
                           any(r.precision == "int8" for r in requests))
     return Deployment(tuple(requests), images.checks, images.source, images.calibration,
                       progress=lambda text: render.err.print(f"  {text}", markup=False),
-                      score=images.score)
+                      score=images.score, int8_range=int8_range)
 
 
 def info(
