@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from runtime.calibration import random_images, spec_images
-from specc.api import build, load_spec
+from specc.api import Compilation, build, load_spec
 from specc.bench import Candidate, logits_of, measure, torchvision_twin
 from specc.build import Deployment, build_to
 from specc.errors import DataError
@@ -42,6 +43,24 @@ def randomize(module: torch.nn.Module) -> torch.nn.Module:
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     return module.eval()
+
+
+def random_compilation(spec: str, overrides: Sequence[str] = (), seed: int = 0) -> Compilation:
+    """``specs/<spec>.yaml`` compiled, with random weights drawn from ``seed`` and batch-norm
+    statistics that are not the identity (:func:`randomize`)."""
+    torch.manual_seed(seed)  # the compiled module's initial (random) weights
+    comp = build(load_spec(REPO / "specs" / f"{spec}.yaml", list(overrides)))
+    randomize(comp.module)
+    return comp
+
+
+def calibration_images(comp: Compilation, count: int = 16) -> tuple[torch.Tensor, ...]:
+    """``count`` images of the spec's training data for int8, random ones where the data is not
+    at hand."""
+    try:
+        return tuple(spec_images(comp.spec, count, split=comp.spec.data.train_split))
+    except DataError:
+        return tuple(random_images(comp.spec.input.size, count))
 
 
 def openvino_of(model: torch.nn.Module, size: int, precision: str) -> Candidate | None:
@@ -101,18 +120,14 @@ def main() -> None:
 
     cpu = cpu_info()
     print(f"CPU: {cpu.summary()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
-    torch.manual_seed(args.seed)  # the compiled module's initial (random) weights
-    comp = build(load_spec(REPO / "specs" / f"{args.spec}.yaml", args.overrides))
-    module = randomize(comp.module)
+    comp = random_compilation(args.spec, args.overrides, args.seed)
+    module = comp.module
     twin = torchvision_twin(comp, module)
     texts = [t if t not in ("aoti", "openvino") else f"{t}:{p}"
              for t in args.targets for p in (args.precisions if t in ("aoti", "openvino")
                                              else ["fp32"])]
     requests = parse_requests(texts)
-    try:
-        calibration = tuple(spec_images(comp.spec, 16, split=comp.spec.data.train_split))
-    except DataError:
-        calibration = tuple(random_images(comp.spec.input.size, 16))
+    calibration = calibration_images(comp)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         checks = tuple(random_images(comp.spec.input.size, 2))

@@ -23,14 +23,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from deploy import randomize
+from deploy import calibration_images, random_compilation
 from openvino_static import compiled
 
-from runtime.calibration import random_images, spec_images
+from runtime.calibration import random_images
 from specc.api import build, load_spec
 from specc.bench import Candidate, measure
 from specc.build import Deployment, build_to
-from specc.errors import DataError
 from specc.hardware import cpu_info
 from specc.openvino_static import optimize_static
 from specc.targets import nncf_overflow_fix, parse_requests
@@ -49,12 +48,8 @@ def main() -> None:
     print(f"CPU: {cpu_info().summary()}; torch {torch.__version__}; "
           f"{torch.get_num_threads()} threads")
     spec_path = REPO / "specs" / f"{args.spec}.yaml"
-    comp = build(load_spec(spec_path))
-    randomize(comp.module)
-    try:
-        calibration = tuple(spec_images(comp.spec, 16, split=comp.spec.data.train_split))
-    except DataError:
-        calibration = tuple(random_images(comp.spec.input.size, 16))
+    comp = random_compilation(args.spec)
+    calibration = calibration_images(comp)
     checks = tuple(random_images(comp.spec.input.size, 2))
     with tempfile.TemporaryDirectory() as tmp:
         xmls = {}

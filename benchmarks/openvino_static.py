@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from deploy import randomize
+from deploy import calibration_images, random_compilation
 
-from runtime.calibration import random_images, spec_images
+from runtime.calibration import random_images
 from specc.api import build, load_spec
 from specc.bench import Candidate, measure
 from specc.build import Deployment, build_to
-from specc.errors import DataError
 from specc.hardware import cpu_info
 from specc.openvino_static import drop_padding_taps, optimize_static, split_int8_atrous
 from specc.targets import parse_requests
@@ -70,12 +69,8 @@ def main() -> None:
     print(f"CPU: {cpu_info().summary()}; torch {torch.__version__}; "
           f"{torch.get_num_threads()} threads")
     spec_path = REPO / "specs" / f"{args.spec}.yaml"
-    comp = build(load_spec(spec_path))
-    randomize(comp.module)
-    try:
-        calibration = tuple(spec_images(comp.spec, 16, split=comp.spec.data.train_split))
-    except DataError:
-        calibration = tuple(random_images(comp.spec.input.size, 16))
+    comp = random_compilation(args.spec)
+    calibration = calibration_images(comp)
     requests = parse_requests([f"openvino:{p}" for p in args.precisions])
     with tempfile.TemporaryDirectory() as tmp:
         build_to(comp, Path(tmp), deploy=Deployment(
