@@ -137,10 +137,14 @@ def test_an_int8_artifact_for_vnni_cpus_warns_on_a_cpu_without(
     copy = tmp_path / "copy"
     shutil.copytree(built[1], copy)
     info = listing(copy)
-    for entry in info["artifacts"]:
-        if entry["precision"] == "int8":
-            entry["int8"] = {**entry["int8"], "for_cpus_without_vnni": False}
-    (copy / ARTIFACTS).write_text(json.dumps(info))
+
+    def listed_for_cpus_without_vnni(safe: bool) -> None:
+        for entry in info["artifacts"]:
+            if entry["precision"] == "int8":
+                entry["int8"] = {**entry["int8"], "for_cpus_without_vnni": safe}
+        (copy / ARTIFACTS).write_text(json.dumps(info))
+
+    listed_for_cpus_without_vnni(False)
     int8 = copy / "model-openvino-int8.xml"
 
     monkeypatch.setattr(targets, "cpu_info", lambda: AVX2)
@@ -153,9 +157,11 @@ def test_an_int8_artifact_for_vnni_cpus_warns_on_a_cpu_without(
     with warnings.catch_warnings():
         warnings.simplefilter("error", SpeccWarning)
         load_artifact(copy / "model-openvino-fp32.xml")  # not int8
-        load_artifact(built[1] / "model-openvino-int8.xml")  # quantized on the CPU it runs on
         monkeypatch.setattr(targets, "cpu_info", lambda: BF16)
         load_artifact(int8)  # a CPU with VNNI
+        monkeypatch.setattr(targets, "cpu_info", lambda: AVX2)
+        listed_for_cpus_without_vnni(True)
+        load_artifact(int8)  # half ranges, made for such a CPU
 
 
 def listing(folder: Path) -> dict[str, Any]:
