@@ -56,8 +56,8 @@ def test_a_set_too_large_for_the_cache_is_generated_on_every_read(
 ONE_STEP = ["train.iters=1", "data.crop=[33,33]", "aspp.projection.dropout=0"]
 #: A small DeepLabv3+ for the compiled step: a stem and three one-unit residual stages with batch
 #: norm, an atrous stage, ASPP and decoder. Compiling the tiny MobileNetV2's 17 blocks forward
-#: and backward took most of the test's four minutes on two AVX2 cores; inductor's time grows
-#: with the number of layers, not their width.
+#: and backward took 2 to 4.5 minutes on two AVX2 cores under the suite's load, this network 35 to
+#: 45 s: inductor's time grows with the number of layers, not their width.
 COMPILE_SPEC = """\
 name: compile_check
 num_classes: 5
