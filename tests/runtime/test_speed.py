@@ -191,9 +191,13 @@ def test_compiled_training_steps_like_the_eager_ones(tmp_path: Path) -> None:
 
     spec = tmp_path / "small.yaml"
     spec.write_text(COMPILE_SPEC, encoding="utf-8")
-    runs = {}
+    graphs = torch._dynamo.utils.counters["stats"]
+    runs, traced = {}, {}
     for flag in ("true", "false"):
         runs[flag] = tmp_path / flag
+        before = graphs["unique_graphs"]
         train(load_spec(spec, [f"train.compile={flag}"]), runs[flag], reporter=runkit.quiet(),
               device="cpu")
+        traced[flag] = graphs["unique_graphs"] - before
+    assert traced["true"] > 0 and traced["false"] == 0  # the step really was compiled
     assert_same_step(runs["true"], runs["false"])
