@@ -56,8 +56,8 @@ def test_a_set_too_large_for_the_cache_is_generated_on_every_read(
 ONE_STEP = ["train.iters=1", "data.crop=[33,33]", "aspp.projection.dropout=0"]
 #: A small DeepLabv3+ for the compiled step: a stem and three one-unit residual stages with batch
 #: norm, an atrous stage, ASPP and decoder. Compiling the tiny MobileNetV2's 17 blocks forward
-#: and backward took 2 to 4.5 minutes on two AVX2 cores under the suite's load, this network 35 to
-#: 45 s: inductor's time grows with the number of layers, not their width.
+#: and backward took 2 to 4.5 minutes on two AVX2 cores under the suite's load, this network 34 to
+#: 42 s: inductor's time grows with the number of layers, not their width.
 COMPILE_SPEC = """\
 name: compile_check
 num_classes: 5
@@ -187,8 +187,6 @@ def test_compile_without_a_cxx_compiler_is_refused(
                     or not any(shutil.which(c) for c in train_mod.CXX),
                     reason="torch.compile cannot run here")
 def test_compiled_training_steps_like_the_eager_ones(tmp_path: Path) -> None:
-    from runtime.train import train
-
     spec = tmp_path / "small.yaml"
     spec.write_text(COMPILE_SPEC, encoding="utf-8")
     graphs = torch._dynamo.utils.counters["stats"]
@@ -196,8 +194,8 @@ def test_compiled_training_steps_like_the_eager_ones(tmp_path: Path) -> None:
     for flag in ("true", "false"):
         runs[flag] = tmp_path / flag
         before = graphs["unique_graphs"]
-        train(load_spec(spec, [f"train.compile={flag}"]), runs[flag], reporter=runkit.quiet(),
-              device="cpu")
+        train_mod.train(load_spec(spec, [f"train.compile={flag}"]), runs[flag],
+                        reporter=runkit.quiet(), device="cpu")
         traced[flag] = graphs["unique_graphs"] - before
     assert traced["true"] > 0 and traced["false"] == 0  # the step really was compiled
     assert_same_step(runs["true"], runs["false"])
