@@ -5,10 +5,12 @@
 
 Builds the spec's ``openvino`` artifacts (random weights and batch-norm statistics; int8
 calibrated on 16 images of the spec's data, random ones when it is not at hand) and compiles
-each for 1×3×S×S four ways: as converted (the IR reshaped, nothing else: what a deployer gets
-from OpenVINO alone), after :func:`specc.openvino_static.drop_padding_taps`, after
-:func:`specc.openvino_static.split_int8_atrous`, and after both
-(:func:`specc.openvino_static.optimize_static`, what ``OpenVinoRunner`` compiles). All in one
+each for 1×3×S×S in several ways: as converted (the IR reshaped, nothing else: what a deployer
+gets from OpenVINO alone), after each rewrite of :mod:`specc.openvino_static` alone
+(:func:`~specc.openvino_static.drop_padding_taps`,
+:func:`~specc.openvino_static.split_int8_atrous` for int8,
+:func:`~specc.openvino_static.winograd_convs` for fp32), and after
+:func:`~specc.openvino_static.optimize_static` (what ``OpenVinoRunner`` compiles on this CPU). All in one
 process, interleaved repeats after a warm-up (:func:`specc.bench.measure`); speed-ups and
 argmax agreement are against the same precision as converted. Prints the CPU model and its
 instruction-set features.
@@ -30,7 +32,12 @@ from specc.api import build, load_spec
 from specc.bench import Candidate, measure
 from specc.build import Deployment, build_to
 from specc.hardware import cpu_info
-from specc.openvino_static import drop_padding_taps, optimize_static, split_int8_atrous
+from specc.openvino_static import (
+    drop_padding_taps,
+    optimize_static,
+    split_int8_atrous,
+    winograd_convs,
+)
 from specc.targets import parse_requests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +47,12 @@ WAYS: dict[str, Callable[[Any], Any]] = {
     "as converted": lambda model: None,
     "drop_padding_taps": drop_padding_taps,
     "split_int8_atrous": split_int8_atrous,
-    "both (optimize_static)": optimize_static,
+    "winograd_convs": winograd_convs,
+    "optimize_static (what the runner compiles)": optimize_static,
 }
+
+#: The rewrites that apply to one precision only: the others leave its IR as it is.
+ONLY_FOR = {split_int8_atrous: "int8", winograd_convs: "fp32"}
 
 
 def compiled(xml: Path, size: int, precision: str, rewrite: Callable[[Any], Any]
@@ -52,8 +63,11 @@ def compiled(xml: Path, size: int, precision: str, rewrite: Callable[[Any], Any]
     core = ov.Core()
     model = core.read_model(str(xml))
     model.reshape([1, 3, size, size])
-    rewrite(model)
     hint = "bf16" if precision == "bf16" else "f32"
+    if rewrite is optimize_static:
+        optimize_static(model, precision=hint)
+    else:
+        rewrite(model)
     net = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     return lambda x: torch.from_numpy(net(x.numpy())[0].copy())
 
@@ -84,8 +98,8 @@ def main() -> None:
             print("| precision | compiled | median ms | vs as converted | argmax |")
             print("|---|---|---|---|---|")
             for request in requests:
-                ways = {name: rewrite for name, rewrite in WAYS.items()  # no int8: no split
-                        if request.precision == "int8" or rewrite is not split_int8_atrous}
+                ways = {name: rewrite for name, rewrite in WAYS.items()
+                        if ONLY_FOR.get(rewrite, request.precision) == request.precision}
                 candidates = [Candidate(name, compiled(folder / request.file, size,
                                                        request.precision, rewrite),
                                         precision=request.precision)

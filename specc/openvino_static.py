@@ -1,8 +1,8 @@
 """Rewrites of an OpenVINO model reshaped to one input size, made before it is compiled.
 
 An artifact's IR takes any height and width; :class:`specc.targets.OpenVinoRunner` compiles it
-again for an input size that repeats, after :func:`optimize_static`. Both rewrites concern the
-wide atrous convs of an ASPP, and both compute the same function:
+again for an input size that repeats, after :func:`optimize_static`. Each rewrite computes the
+same function (up to rounding) faster at that size:
 
 - :func:`split_int8_atrous`. On a CPU with AMX, OpenVINO's int8 kernel for a conv of a wide
   rate is several times slower than for the same arithmetic undilated (2 cores, ResNet-50 at
@@ -15,14 +15,21 @@ wide atrous convs of an ASPP, and both compute the same function:
   sees a 33×33 map, so only the centre of its 3×3 kernel ever touches it (DeepLabv3 §3.3: a rate
   near the map's size degenerates to a 1×1 conv). Such kernels are cut down to the taps that can
   reach the map.
+- :func:`winograd_convs`. In fp32 OpenVINO's direct 3×3 convs already run near the CPU's peak
+  (2 AVX2 cores: about 95 G multiply-adds/s), so only less arithmetic makes them faster.
+  Winograd's F(m, 3) (:mod:`specc.winograd`) needs 4-5× fewer multiplies for the large ones:
+  their 3×3 convs are about two thirds of ResNet-50's time at 513×513, and the network ran
+  1.17-1.20× faster so on that CPU (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from specc.hardware import CpuInfo, cpu_info
+from specc.winograd import choose_tile, tiles, winograd_matrices
 
 #: The smallest atrous rate at which :func:`split_int8_atrous` computes an int8 conv tap by tap.
 #: Below it OpenVINO's int8 kernel keeps its speed (ResNet-50's rate-4 convs run at the rate of
@@ -245,14 +252,116 @@ def split_int8_atrous(model: Any) -> int:
     return rewritten
 
 
-def optimize_static(model: Any, cpu: CpuInfo | None = None) -> dict[str, int]:
-    """The rewrites for ``model`` (static input shape) on ``cpu`` (this machine's by default);
-    how many convs each rewrote. :func:`split_int8_atrous` only where the CPU has AMX, the one
-    kind measured: elsewhere OpenVINO's int8 kernel may keep its speed at a wide rate while
-    skipping the padding, which the taps cannot. It runs first, leaving out the taps that read
-    only padding itself; :func:`drop_padding_taps` then takes the rest. Both change ``model``
-    in place and free the weight constants they replace: compile it afterwards, never before (a
-    compiled model may keep using those constants)."""
+def _tiled(x: Any, axis: int, count: int, m: int) -> Any:
+    """``x`` with the sub-grid positions along ``axis`` (``count``·m + 2 of them) replaced by
+    two axes: ``count`` tiles of m + 2, each starting m after the one before (so they overlap
+    by two). The tiles' first m rows are one reshape; the two they share with the next tile
+    are strided slices beside them."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    shape = list(x.get_partial_shape().to_shape())
+
+    def split(t: Any, inner: int) -> Any:
+        return ops.reshape(t, np.array([*shape[:axis], count, inner, *shape[axis + 1:]],
+                                       np.int64), False).output(0)
+
+    if count == 1:
+        return split(x, m + 2)
+    axes = np.array([axis], np.int64)
+    head = ops.slice(x, np.array([0]), np.array([count * m]), np.array([1]), axes)
+    halo = [split(ops.slice(x, np.array([m + k]), np.array([count * m + 1 + k]), np.array([m]),
+                            axes).output(0), 1) for k in (0, 1)]
+    return ops.concat([split(head.output(0), m), *halo], axis + 1).output(0)
+
+
+def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
+    """The stride-1 "same" 3×3 conv of ``rates`` with fp32 ``weights`` (out, in, 3, 3) on ``x``
+    (a static N×C×H×W output), computed by F(m, 3) over the rates' sub-grids
+    (:mod:`specc.winograd`). Channels go last first, so that every rearrangement moves whole
+    rows of channels, and come back first at the end (OpenVINO keeps its maps channels-last, so
+    neither is a real copy)."""
+    import numpy as np
+    import openvino.opset13 as ops
+
+    def i64(*values: int) -> Any:
+        return np.array(values, np.int64)
+
+    at, g, bt = (np.array(matrix, np.float64) for matrix in winograd_matrices(m))
+    n = m + 2
+    batch, channels, height, width = x.get_partial_shape().to_shape()
+    out = weights.shape[0]
+    (rh, rw) = rates
+    th, tw = tiles(height, rh, m), tiles(width, rw, m)
+    lh, lw = th * m + 2, tw * m + 2  # each sub-grid's length with its zero padding
+    x = ops.transpose(x, i64(0, 2, 3, 1))
+    x = ops.pad(x, i64(0, rh, rw, 0), i64(0, rh * lh - height - rh, rw * lw - width - rw, 0),
+                "constant", np.array(0, np.float32))
+    x = ops.reshape(x, i64(batch, lh, rh, lw, rw, channels), False).output(0)
+    x = _tiled(_tiled(x, 1, th, m), 4, tw, m)  # N, th, n, rh, tw, n, rw, C
+    tile_count = batch * rh * rw * th * tw
+    x = ops.transpose(x, i64(2, 5, 0, 3, 6, 1, 4, 7))  # n, n, N, rh, rw, th, tw, C
+    x = ops.reshape(x, i64(n * n, tile_count * channels), False)
+    # B^T d B for every tile and channel: one product with B^T ⊗ B^T
+    v = ops.matmul(ops.constant(np.kron(bt, bt).astype(np.float32)), x, False, False)
+    v = ops.reshape(v, i64(n * n, tile_count, channels), False)
+    # G w G^T, one (out × in) matrix per tile element
+    u = np.einsum("ak,oikl,bl->aboi", g, weights.astype(np.float64), g)
+    products = ops.matmul(v, ops.constant(u.reshape(n * n, out, channels).astype(np.float32)),
+                          False, True)
+    products = ops.reshape(products, i64(n * n, tile_count * out), False)
+    y = ops.matmul(ops.constant(np.kron(at, at).astype(np.float32)), products, False, False)
+    y = ops.reshape(y, i64(m, m, batch, rh, rw, th, tw, out), False)
+    y = ops.transpose(y, i64(2, 5, 0, 3, 6, 1, 4, 7))  # N, th, m, rh, tw, m, rw, out
+    y = ops.reshape(y, i64(batch, th * m * rh, tw * m * rw, out), False)
+    y = ops.slice(y, i64(0, 0), i64(height, width), i64(1, 1), i64(1, 2))
+    return ops.transpose(y, i64(0, 3, 1, 2)).output(0)
+
+
+def winograd_convs(model: Any, choose: Callable[[int, int, tuple[int, int], tuple[int, int]],
+                                                 int | None] = choose_tile) -> int:
+    """Compute each plain stride-1 "same" 3×3 conv of ``model`` (static input shape) whose fp32
+    weights are a constant, all of whose taps reach its map, and for which ``choose`` (by
+    default :func:`specc.winograd.choose_tile`: enough channels, arithmetic and saving) picks a
+    tile m, by Winograd's F(m, 3): the same function to about 4e-5 of its largest output.
+    Convs with int8 weights are left to the int8 kernels. Returns how many were rewritten."""
+    rewritten = 0
+    for conv in model.get_ordered_ops():
+        geometry = _same_atrous(conv)
+        if geometry is None or geometry.kernel != (3, 3) or not geometry.reaches_all():
+            continue
+        path = _weight_path(conv)
+        if path is None or len(path) != 1 or path[0].get_element_type().get_type_name() != "f32":
+            continue
+        weights = path[0].get_data()
+        size = tuple(conv.get_input_partial_shape(0).to_shape())[2:]
+        m = choose(weights.shape[1], weights.shape[0], size, geometry.rates)
+        if m is None:
+            continue
+        result = _winograd(conv.input_value(0), weights, geometry.rates, m)
+        result.get_node().set_friendly_name(f"{conv.get_friendly_name()}/winograd_{m}")
+        conv.output(0).replace(result)
+        rewritten += 1
+    if rewritten:
+        model.validate_nodes_and_infer_types()
+    return rewritten
+
+
+def optimize_static(model: Any, cpu: CpuInfo | None = None,
+                    precision: str = "f32") -> dict[str, int]:
+    """The rewrites for ``model`` (static input shape) compiled at OpenVINO's inference
+    ``precision`` (``f32`` or ``bf16``) on ``cpu`` (this machine's by default); how many convs
+    each rewrote. :func:`split_int8_atrous` only where the CPU has AMX, and
+    :func:`winograd_convs` only at f32 on an AVX2 CPU without AVX-512: each is made only on the
+    kind of CPU it was measured on (elsewhere OpenVINO's kernels run at other speeds relative to
+    the GEMM and copies they are replaced by; in bf16 the transforms would lose precision). The
+    int8 split runs first, leaving out the taps that read only padding itself, then Winograd on
+    the fp32 convs all of whose taps reach their map; :func:`drop_padding_taps` takes the rest.
+    All change ``model`` in place and free the weight constants they replace: compile it
+    afterwards, never before (a compiled model may keep using those constants)."""
     cpu = cpu or cpu_info()
     split = split_int8_atrous(model) if cpu.has_amx else 0
-    return {"split_int8_atrous": split, "drop_padding_taps": drop_padding_taps(model)}
+    winograd = (winograd_convs(model)
+                if precision == "f32" and cpu.has_avx2 and not cpu.has_avx512 else 0)
+    return {"split_int8_atrous": split, "winograd_convs": winograd,
+            "drop_padding_taps": drop_padding_taps(model)}

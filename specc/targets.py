@@ -563,7 +563,7 @@ class OpenVinoRunner:
             return self.dynamic
         model = self.core.read_model(str(self.path))
         model.reshape(list(shape))
-        optimize_static(model)
+        optimize_static(model, precision=self.config.get("INFERENCE_PRECISION_HINT", "f32"))
         if len(self.static) >= self.STATIC_SHAPES:
             del self.static[next(iter(self.static))]
         self.static[shape] = self.core.compile_model(model, "CPU", self.config)

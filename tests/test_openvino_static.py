@@ -1,6 +1,7 @@
 """The rewrites of an OpenVINO model reshaped to one input size (:mod:`specc.openvino_static`):
 atrous taps that read only padding dropped (fp32 and int8), int8 atrous convs computed tap by
-tap, and the runner that makes both when it compiles a repeated size."""
+tap, fp32 3×3 convs computed by Winograd's F(m, 3), and the runner that makes them when it
+compiles a repeated size."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from specc.openvino_static import (
     optimize_static,
     reachable_taps,
     split_int8_atrous,
+    winograd_convs,
 )
 
 ov = pytest.importorskip("openvino")
 #: One OpenVINO runtime for the module's models, as an application keeps one.
 CORE = ov.Core()
 
+AVX2 = CpuInfo("test CPU", frozenset({"avx2", "fma"}))
 AVX512 = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
 AMX = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "amx_tile",
                                      "amx_int8"}))
@@ -197,8 +200,10 @@ def test_int8_atrous_convs_are_computed_tap_by_tap(tmp_path: Path) -> None:
     full, split = read_static(path, shape), read_static(path, shape)
     # on a CPU without AMX the conv keeps OpenVINO's kernel (and loses its padding-only taps)
     kept = read_static(path, shape)
-    assert optimize_static(kept, AVX512) == {"split_int8_atrous": 0, "drop_padding_taps": 1}
-    assert optimize_static(split, AMX) == {"split_int8_atrous": 1, "drop_padding_taps": 0}
+    assert optimize_static(kept, AVX512) == {"split_int8_atrous": 0, "winograd_convs": 0,
+                                             "drop_padding_taps": 1}
+    assert optimize_static(split, AMX) == {"split_int8_atrous": 1, "winograd_convs": 0,
+                                           "drop_padding_taps": 0}
     convs = [op for op in split.get_ordered_ops() if op.get_type_name() == "Convolution"]
     taps = sorted(op.get_friendly_name().rsplit("/", 1)[1] for op in convs
                   if "/tap_" in op.get_friendly_name())
@@ -233,8 +238,8 @@ def test_the_runner_drops_them_when_it_compiles_a_repeated_size(
 
     cut: list[dict[str, list[int]]] = []
 
-    def watched(model: Any) -> dict[str, int]:
-        counts = optimize_static(model)
+    def watched(model: Any, **options: Any) -> dict[str, int]:
+        counts = optimize_static(model, **options)
         cut.append(kernels(model))
         return counts
 
@@ -249,3 +254,80 @@ def test_the_runner_drops_them_when_it_compiles_a_repeated_size(
         assert (runner(x) - want).abs().max().item() <= 1e-5 * want.abs().max().item()
     assert list(runner.static) == [(1, 16, 5, 7)]
     assert cut == [{"wide": [1, 1], "narrow": [3, 3], "depthwise": [3, 3], "project": [1, 1]}]
+
+
+def always(m: int) -> Any:
+    """A tile rule that computes every eligible conv with F(m, 3)."""
+    return lambda in_channels, out_channels, size, rates: m
+
+
+def winograd_nodes(model: Any) -> list[str]:
+    return sorted(op.get_friendly_name().rsplit("/", 1)[1] for op in model.get_ordered_ops()
+                  if "/winograd_" in op.get_friendly_name())
+
+
+@pytest.mark.parametrize(("shape", "rates", "m"), [
+    ((1, 8, 13, 20), (1, 1), 6),   # 3 × 4 tiles, neither side a multiple of 6
+    ((2, 8, 17, 9), (2, 3), 4),    # a batch of 2; different rates down and across
+    ((1, 8, 20, 20), (12, 12), 6),  # sub-grids of 2: one tile each
+    ((1, 8, 7, 7), (1, 1), 4),
+])
+def test_winograd_computes_the_conv(shape: tuple[int, ...], rates: tuple[int, int], m: int,
+                                    tmp_path: Path) -> None:
+    """A 3×3 conv (bias, ReLU after it) computed by F(m, 3) over the sub-grids of its rates:
+    the conv is gone from the graph and the result equals the module's to fp32 rounding."""
+    g = torch.Generator().manual_seed(sum(shape) + m)
+    conv = nn.Conv2d(shape[1], 12, 3, padding=rates, dilation=rates)
+    for p in conv.parameters():
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    module = nn.Sequential(conv, nn.ReLU()).eval()
+    model = ir(module, shape, tmp_path)
+    assert winograd_convs(model, always(m)) == 1
+    assert winograd_nodes(model) == [f"winograd_{m}"]
+    assert not [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    x = image(shape)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    got = compiled(model)(x)[0]
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize(("size", "rewritten"), [((9, 9), 2), ((6, 6), 1)])
+def test_winograd_takes_only_plain_fp32_convs_that_reach_their_map(
+        size: tuple[int, int], rewritten: int, tmp_path: Path) -> None:
+    """Of :class:`Atrous`'s convs, the plain 3×3 ones, the rate-8 one only where all its taps
+    reach the map (on 6×6 its outer taps read padding: :func:`drop_padding_taps` takes it);
+    never the depthwise or the 1×1 one, nor any conv with int8 weights."""
+    module = Atrous().eval()
+    shape = (1, 16, *size)
+    model = ir(module, shape, tmp_path / "fp32")
+    assert winograd_convs(model, always(6)) == rewritten
+    assert set(kernels(model)) == {"depthwise", "project"} | ({"wide"} if rewritten == 1 else set())
+    x = image(shape)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert np.abs(compiled(model)(x)[0] - want).max() <= 1e-4 * np.abs(want).max()
+    _, int8_path = int8_ir(tmp_path, shape)
+    assert winograd_convs(read_static(int8_path, shape), always(6)) == 0
+
+
+def test_winograd_only_at_fp32_on_the_cpus_it_was_measured_on(tmp_path: Path) -> None:
+    """With the default rule, a 256 → 256 conv on a 46×46 map (1.2 G multiply-adds) is
+    computed by F(6, 3) at f32 on an AVX2 CPU; in bf16, or on a CPU with AVX-512, it stays."""
+    g = torch.Generator().manual_seed(1)
+    module = nn.Conv2d(256, 256, 3, padding=1).eval()
+    for p in module.parameters():
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    shape = (1, 256, 46, 46)
+    ir(module, shape, tmp_path)
+    for cpu, precision, count in [(AVX2, "f32", 1), (AVX2, "bf16", 0), (AVX512, "f32", 0)]:
+        model = read_static(tmp_path / "model.xml", shape)
+        assert optimize_static(model, cpu, precision)["winograd_convs"] == count
+    model = read_static(tmp_path / "model.xml", shape)
+    optimize_static(model, AVX2)
+    assert winograd_nodes(model) == ["winograd_6"]
+    x = image(shape)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert np.abs(compiled(model)(x)[0] - want).max() <= 1e-4 * np.abs(want).max()
