@@ -252,35 +252,13 @@ def split_int8_atrous(model: Any) -> int:
     return rewritten
 
 
-def _tiled(x: Any, axis: int, count: int, m: int) -> Any:
-    """``x`` with the sub-grid positions along ``axis`` (``count``·m + 2 of them) replaced by
-    two axes: ``count`` tiles of m + 2, each starting m after the one before (so they overlap
-    by two). The tiles' first m rows are one reshape; the two they share with the next tile
-    are strided slices beside them."""
-    import numpy as np
-    import openvino.opset13 as ops
-
-    shape = list(x.get_partial_shape().to_shape())
-
-    def split(t: Any, inner: int) -> Any:
-        return ops.reshape(t, np.array([*shape[:axis], count, inner, *shape[axis + 1:]],
-                                       np.int64), False).output(0)
-
-    if count == 1:
-        return split(x, m + 2)
-    axes = np.array([axis], np.int64)
-    head = ops.slice(x, np.array([0]), np.array([count * m]), np.array([1]), axes)
-    halo = [split(ops.slice(x, np.array([m + k]), np.array([count * m + 1 + k]), np.array([m]),
-                            axes).output(0), 1) for k in (0, 1)]
-    return ops.concat([split(head.output(0), m), *halo], axis + 1).output(0)
-
-
 def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
     """The stride-1 "same" 3×3 conv of ``rates`` with fp32 ``weights`` (out, in, 3, 3) on ``x``
     (a static N×C×H×W output), computed by F(m, 3) over the rates' sub-grids
-    (:mod:`specc.winograd`). Channels go last first, so that every rearrangement moves whole
-    rows of channels, and come back first at the end (OpenVINO keeps its maps channels-last, so
-    neither is a real copy)."""
+    (:mod:`specc.winograd`). The map goes channels-last, so that the two gathers (every tile's
+    elements in, every output pixel out) move whole rows of channels; between them the input
+    transform, one GEMM per tile element with the transformed weights (nearly all the
+    arithmetic) and the output transform."""
     import numpy as np
     import openvino.opset13 as ops
 
@@ -291,31 +269,49 @@ def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
     n = m + 2
     batch, channels, height, width = x.get_partial_shape().to_shape()
     out = weights.shape[0]
-    (rh, rw) = rates
+    rh, rw = rates
     th, tw = tiles(height, rh, m), tiles(width, rw, m)
-    lh, lw = th * m + 2, tw * m + 2  # each sub-grid's length with its zero padding
-    x = ops.transpose(x, i64(0, 2, 3, 1))
-    x = ops.pad(x, i64(0, rh, rw, 0), i64(0, rh * lh - height - rh, rw * lw - width - rw, 0),
+    ph, pw = rh * (th * m + 2), rw * (tw * m + 2)  # the map padded to whole tiles
+    # padded first, then channels last: OpenVINO keeps the map channels-last already, so the
+    # transpose costs nothing (the other way round it copied the map twice, 50 ms in all)
+    x = ops.pad(x, i64(0, 0, rh, rw), i64(0, 0, ph - height - rh, pw - width - rw),
                 "constant", np.array(0, np.float32))
-    x = ops.reshape(x, i64(batch, lh, rh, lw, rw, channels), False).output(0)
-    x = _tiled(_tiled(x, 1, th, m), 4, tw, m)  # N, th, n, rh, tw, n, rw, C
+    x = ops.transpose(x, i64(0, 2, 3, 1))
+    x = ops.reshape(x, i64(batch * ph * pw, channels), False)
+    # every tile of every sub-grid, element (i, j) first: padded row (t·m + i)·rate + sub-grid
+    i, j, b, ah, aw, ty, tx = np.ogrid[:n, :n, :batch, :rh, :rw, :th, :tw]
+    rows, cols = (ty * m + i) * rh + ah, (tx * m + j) * rw + aw
+    x = ops.gather(x, (b * ph * pw + rows * pw + cols).astype(np.int64), np.array(0, np.int64))
     tile_count = batch * rh * rw * th * tw
-    x = ops.transpose(x, i64(2, 5, 0, 3, 6, 1, 4, 7))  # n, n, N, rh, rw, th, tw, C
     x = ops.reshape(x, i64(n * n, tile_count * channels), False)
     # B^T d B for every tile and channel: one product with B^T ⊗ B^T
     v = ops.matmul(ops.constant(np.kron(bt, bt).astype(np.float32)), x, False, False)
     v = ops.reshape(v, i64(n * n, tile_count, channels), False)
-    # G w G^T, one (out × in) matrix per tile element
-    u = np.einsum("ak,oikl,bl->aboi", g, weights.astype(np.float64), g)
-    products = ops.matmul(v, ops.constant(u.reshape(n * n, out, channels).astype(np.float32)),
-                          False, True)
+    # G w G^T, one (out × in) matrix per tile element, and one product per element: OpenVINO
+    # runs those with its GEMM, a batched product with a 3-D constant with a slower kernel
+    # (ResNet-50 at 513×513, 2 AVX2 cores: 1336 against 1369 ms)
+    u = np.einsum("ak,oikl,bl->aboi", g, weights.astype(np.float64), g).astype(np.float32)
+    parts = ops.split(v, np.array(0, np.int64), n * n)
+    products = ops.concat([
+        ops.matmul(ops.reshape(parts.output(e), i64(tile_count, channels), False),
+                   ops.constant(np.ascontiguousarray(u[e // n, e % n])), False, True)
+        for e in range(n * n)], 0)
     products = ops.reshape(products, i64(n * n, tile_count * out), False)
     y = ops.matmul(ops.constant(np.kron(at, at).astype(np.float32)), products, False, False)
-    y = ops.reshape(y, i64(m, m, batch, rh, rw, th, tw, out), False)
-    y = ops.transpose(y, i64(2, 5, 0, 3, 6, 1, 4, 7))  # N, th, m, rh, tw, m, rw, out
-    y = ops.reshape(y, i64(batch, th * m * rh, tw * m * rw, out), False)
-    y = ops.slice(y, i64(0, 0), i64(height, width), i64(1, 1), i64(1, 2))
+    # each output pixel from its tile: rows (i, j, b, ah, aw, ty, tx) of y
+    y = ops.reshape(y, i64(m * m * tile_count, out), False)
+    b, r, c = np.ogrid[:batch, :height, :width]
+    (ty, i, ah), (tx, j, aw) = _place(r, rh, m), _place(c, rw, m)
+    index = (((((i * m + j) * batch + b) * rh + ah) * rw + aw) * th + ty) * tw + tx
+    y = ops.gather(y, index.astype(np.int64), np.array(0, np.int64))
     return ops.transpose(y, i64(0, 3, 1, 2)).output(0)
+
+
+def _place(position: Any, rate: int, m: int) -> tuple[Any, Any, Any]:
+    """For each output ``position`` along one axis: the tile, the place in the tile and the
+    sub-grid that compute it."""
+    sub_grid, along = position % rate, position // rate
+    return along // m, along % m, sub_grid
 
 
 def winograd_convs(model: Any, choose: Callable[[int, int, tuple[int, int], tuple[int, int]],

@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-#: The output tile sizes m tried for each conv. Larger tiles do less arithmetic per output but
-#: round each sub-grid up further and lose precision (m = 6: about 4e-5 of the largest output
-#: in fp32, m = 4: 2e-5).
+#: The output tile sizes m tried for each conv: the one that saves most is taken. Larger tiles
+#: do less arithmetic per output but round each sub-grid up further and lose precision (m = 6:
+#: about 4e-5 of the largest output in fp32, m = 4: 2e-5).
 TILES = (4, 6)
 
 #: The interpolation points of F(m, 3), besides infinity: m + 1 of them are used, in this
@@ -34,20 +34,27 @@ POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fra
           Fraction(-1, 2))
 
 #: The fewest input and output channels of a rewritten conv. The transforms move every tile
-#: element through memory; with fewer channels that costs more than the products save (2 AVX2
-#: cores, OpenVINO: a 128 → 128 conv on a 65×65 map, 8.9 ms against 7.9 ms direct; 256 → 256,
-#: 21.3 ms against 28.7 ms).
-MIN_CHANNELS = 256
+#: element through memory; with fewer channels that costs what the products save (2 AVX2 cores,
+#: OpenVINO, ``benchmarks/winograd_convs.py``: 128 → 128 on a 65×65 map, 6.4 ms against 9.0
+#: direct; 64 → 64 on a 129×129 one, 10.7 against 10.1).
+MIN_CHANNELS = 128
 
 #: The fewest multiply-adds (direct) of a rewritten conv: below them the transforms' fixed cost
-#: eats the saving (256 → 256 of rate 2 on a 33×33 map, 0.64 G: level, 7.7 ms both ways;
-#: 512 → 512 of rate 2 on it, 2.6 G: 18.3 ms against 29.0 ms).
-MIN_MACS = 1_000_000_000
+#: eats the saving (128 → 128 on a 33×33 map, 0.16 G: level, 2.5 ms against 2.6).
+MIN_MACS = 500_000_000
 
 #: The least reduction in multiply-adds (direct over Winograd on the rounded-up tiles) for which
-#: a conv is rewritten (512 → 512 of rate 4 on a 65×65 map, 4.1× fewer: 57.7 ms against
-#: 106.6 ms; on a 33×33 map, 2.4× fewer: 29.0 ms against 26.1 ms, slower).
+#: a conv is rewritten (256 → 256 of rate 2 on a 33×33 map, 4.3× fewer: 5.6 ms against 7.8; of
+#: rate 4, 2.4× fewer: 9.1 ms against 7.7, slower).
 MIN_SAVING = 3.0
+
+#: Large convs pay from a smaller saving: with :data:`LARGE_MACS` multiply-adds or more, one of
+#: :data:`MIN_SAVING_LARGE` will do (512 → 512 of rate 4 on a 33×33 map, 2.6 G, 2.4× fewer: 21.7
+#: ms against 25.7; of rate 8 on a 65×65 map, 2.3× fewer: 84.2 against 96.0). Below it the
+#: padded tiles cost more than they save (2048 → 256 of rate 12 on a 33×33 map, 1.9× fewer:
+#: 95.4 ms against 40.4).
+LARGE_MACS = 2_000_000_000
+MIN_SAVING_LARGE = 2.2
 
 Matrix = list[list[Fraction]]
 
@@ -116,9 +123,10 @@ def choose_tile(in_channels: int, out_channels: int, size: tuple[int, int],
                 rates: tuple[int, int]) -> int | None:
     """The tile m (of :data:`TILES`) with which a stride-1 "same" 3×3 conv of ``rates`` on a map
     of ``size`` is computed, or None to keep it direct: it needs :data:`MIN_CHANNELS`,
-    :data:`MIN_MACS` and a :data:`MIN_SAVING`-fold saving."""
+    :data:`MIN_MACS` and a :data:`MIN_SAVING`-fold saving (:data:`MIN_SAVING_LARGE` from
+    :data:`LARGE_MACS` on). The constants were measured on 2 AVX2 cores in OpenVINO."""
     macs = 9 * in_channels * out_channels * size[0] * size[1]
     if min(in_channels, out_channels) < MIN_CHANNELS or macs < MIN_MACS:
         return None
     best, m = max((saving(size, rates, m), m) for m in TILES)
-    return m if best >= MIN_SAVING else None
+    return m if best >= (MIN_SAVING_LARGE if macs >= LARGE_MACS else MIN_SAVING) else None

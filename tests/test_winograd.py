@@ -66,15 +66,17 @@ def test_saving_counts_the_rounded_up_tiles() -> None:
 
 
 @pytest.mark.parametrize(("in_channels", "out_channels", "size", "rate", "tile"), [
-    (512, 512, 65, 4, 6),     # ResNet-50's layer4 at 513×513 (OS 8): 4.1× fewer multiplies
-    (512, 512, 65, 2, 6),
-    (2048, 256, 65, 12, 6),   # the rate-12 ASPP branch at 513×513
-    (256, 256, 65, 1, 6),
-    (512, 512, 33, 2, 6),     # layer4's first conv at 257×257
-    (2048, 256, 65, 24, None),  # sub-grids of 3: one tile of 8 for each, 1.8× fewer only
-    (512, 512, 33, 4, None),    # 2.4× fewer: measured slower than direct
-    (256, 256, 33, 2, None),    # 0.64 G multiply-adds: too little to pay for the transforms
-    (128, 128, 129, 1, None),   # too few channels
+    (512, 512, 65, 4, 6),       # ResNet-50's layer4 at 513×513 (OS 8): 4.1× fewer multiplies
+    (2048, 256, 65, 12, 6),     # the rate-12 ASPP branch at 513×513
+    (128, 128, 65, 1, 6),       # layer2 at 513×513: 0.62 G multiply-adds
+    (256, 256, 33, 2, 6),       # layer3 at 257×257
+    (512, 512, 33, 4, 6),       # layer4 at 257×257: 2.4× fewer, but 2.6 G multiply-adds
+    (512, 512, 65, 8, 6),       # 2.3× fewer, 10 G
+    (256, 256, 33, 4, None),    # 2.4× fewer on 0.64 G: measured slower than direct
+    (2048, 256, 33, 12, None),  # sub-grids of 3 in tiles of 6: 1.9× fewer, measured 2.4× slower
+    (2048, 256, 65, 24, None),  # 1.8× fewer
+    (128, 128, 33, 1, None),    # 0.16 G multiply-adds: too little to pay for the transforms
+    (64, 64, 129, 1, None),     # too few channels
 ])
 def test_a_tile_where_it_was_measured_to_pay(in_channels: int, out_channels: int, size: int,
                                             rate: int, tile: int | None) -> None:

@@ -1,0 +1,97 @@
+"""Single 3×3 convs in OpenVINO fp32: direct against Winograd's F(4, 3) and F(6, 3).
+
+    python benchmarks/winograd_convs.py [--repeats 9] [--convs IN,OUT,RATE,SIZE ...]
+
+Each conv (random weights, zero-padded "same", stride 1, on a 1×IN×SIZE×SIZE map) is an
+OpenVINO model of one ``Convolution``, compiled at f32 as it is and after
+:func:`specc.openvino_static.winograd_convs` with each tile of :data:`specc.winograd.TILES`; all
+of them timed in one process, interleaved after a warm-up. The default convs are ResNet-50's at
+257×257 and 513×513 (output stride 8) and the edges of :func:`specc.winograd.choose_tile`'s
+rule; the table says which tile the rule picks, so its constants can be checked on any CPU.
+Prints the CPU model and its instruction-set features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+from specc.hardware import cpu_info
+from specc.openvino_static import winograd_convs
+from specc.winograd import TILES, choose_tile, saving
+
+#: (input channels, output channels, rate, map size).
+CONVS = [
+    (512, 512, 4, 65), (512, 512, 2, 65), (256, 256, 2, 65), (256, 256, 1, 65),
+    (2048, 256, 12, 65), (2048, 256, 24, 65), (128, 128, 1, 65), (512, 512, 8, 65),
+    (512, 512, 2, 33), (512, 512, 4, 33), (256, 256, 2, 33), (256, 256, 4, 33),
+    (2048, 256, 12, 33), (128, 128, 1, 33), (64, 64, 1, 129),
+]
+
+
+def conv_model(in_channels: int, out_channels: int, rate: int, size: int, tile: int | None
+               ) -> Any:
+    """The conv as an OpenVINO model, rewritten with F(tile, 3) unless ``tile`` is None."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(in_channels + rate)
+    weights = (rng.standard_normal((out_channels, in_channels, 3, 3))
+               / np.sqrt(9 * in_channels)).astype(np.float32)
+    x = ops.parameter([1, in_channels, size, size], np.float32)
+    conv = ops.convolution(x, ops.constant(weights), [1, 1], [rate, rate], [rate, rate],
+                           [rate, rate])
+    model = ov.Model([conv], [x])
+    if tile is not None:
+        assert winograd_convs(model, lambda *_: tile) == 1
+    return model
+
+
+def main() -> None:
+    import openvino as ov
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--convs", nargs="*", default=None,
+                        help="IN,OUT,RATE,SIZE for each conv (default: ResNet-50's and more)")
+    args = parser.parse_args()
+    convs = ([tuple(int(v) for v in c.split(",")) for c in args.convs] if args.convs
+             else CONVS)
+    print(f"CPU: {cpu_info().summary()}; OpenVINO {ov.__version__}")
+    core = ov.Core()
+    print("| conv | rate | map | G multiply-adds | direct ms | "
+          + " | ".join(f"F({m}, 3) ms (saving)" for m in TILES) + " | rule picks |")
+    print("|---|---|---|---|---|" + "---|" * len(TILES) + "---|")
+    for cin, cout, rate, size in convs:
+        x = np.random.default_rng(size).standard_normal((1, cin, size, size)).astype(np.float32)
+        ways = [None, *TILES]
+        requests = [core.compile_model(conv_model(cin, cout, rate, size, tile), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"}
+                                       ).create_infer_request() for tile in ways]
+        for request in requests:  # warm-up
+            request.infer({0: x})
+        times: list[list[float]] = [[] for _ in ways]
+        for _ in range(args.repeats):
+            for request, timed in zip(requests, times, strict=True):
+                start = time.perf_counter()
+                request.infer({0: x})
+                timed.append(time.perf_counter() - start)
+        want = requests[0].get_output_tensor(0).data
+        for request in requests[1:]:
+            got = request.get_output_tensor(0).data
+            assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+        ms = [float(np.median(t)) * 1e3 for t in times]
+        macs = 9 * cin * cout * size * size / 1e9
+        cells = [f"{t:.1f} ({saving((size, size), (rate, rate), m):.1f}×)"
+                 for t, m in zip(ms[1:], TILES, strict=True)]
+        pick = choose_tile(cin, cout, (size, size), (rate, rate))
+        picked = f"F({pick}, 3)" if pick else "direct"
+        print(f"| {cin} → {cout} | {rate} | {size}×{size} | {macs:.2f} | {ms[0]:.1f} | "
+              + " | ".join(cells) + f" | {picked} |")
+
+
+if __name__ == "__main__":
+    main()
