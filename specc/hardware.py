@@ -73,17 +73,23 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str) -> CpuInfo:
     """A :class:`CpuInfo` from the text of ``/proc/cpuinfo`` (x86 ``flags`` or Arm
-    ``Features``; the first processor's entry names the model)."""
-    model, flags = "", set()
+    ``Features``; the first processor's entry names the model). On x86 the model name is
+    followed by the family and model numbers, which tell CPU generations apart where a virtual
+    machine names only the brand ("AMD EPYC (family 23, model 49)" is a Zen 2)."""
+    model, flags, numbers = "", set(), {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
         if key in ("model name", "hardware", "cpu model") and not model:
             model = value.strip()
+        elif key in ("cpu family", "model") and key not in numbers:
+            numbers[key] = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
-    return CpuInfo(model=model or platform.processor() or platform.machine() or "unknown CPU",
-                   features=frozenset(flags & set(FEATURES)))
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in numbers and "model" in numbers:
+        model = f"{model} (family {numbers['cpu family']}, model {numbers['model']})"
+    return CpuInfo(model=model, features=frozenset(flags & set(FEATURES)))
 
 
 @functools.cache

@@ -9,10 +9,16 @@ import pytest
 from specc.hardware import CpuInfo, cpu_info, parse_cpuinfo
 
 AVX2_ONLY = """processor\t: 0
-model name\t: AMD EPYC 7B13
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 49
+model name\t: AMD EPYC
 flags\t\t: fpu sse2 avx avx2 fma
 processor\t: 1
-model name\t: AMD EPYC 7B13
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 49
+model name\t: AMD EPYC
 flags\t\t: fpu sse2 avx avx2 fma
 """
 SAPPHIRE_RAPIDS = """processor\t: 0
@@ -27,10 +33,12 @@ Features\t: fp asimd asimddp bf16 i8mm sve
 
 def test_an_avx2_cpu_has_neither_native_bf16_nor_vnni() -> None:
     info = parse_cpuinfo(AVX2_ONLY)
-    assert info == CpuInfo(model="AMD EPYC 7B13", features=frozenset({"avx2", "fma"}))
+    # a VM's bare brand name, with the family and model that tell the generation (Zen 2)
+    assert info == CpuInfo(model="AMD EPYC (family 23, model 49)",
+                           features=frozenset({"avx2", "fma"}))
     assert info.has_avx2 and not (info.has_avx512 or info.has_bf16 or info.has_vnni
                                   or info.has_amx)
-    assert info.summary() == "AMD EPYC 7B13; features: avx2 fma"
+    assert info.summary() == "AMD EPYC (family 23, model 49); features: avx2 fma"
 
 
 def test_avx512_bf16_and_amx_are_found() -> None:
