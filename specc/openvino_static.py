@@ -16,10 +16,10 @@ same function (up to rounding) faster at that size:
   near the map's size degenerates to a 1×1 conv). Such kernels are cut down to the taps that can
   reach the map.
 - :func:`winograd_convs`. In fp32 OpenVINO's direct 3×3 convs already run near the CPU's peak
-  (2 AVX2 cores: about 95 G multiply-adds/s), so only less arithmetic makes them faster.
-  Winograd's F(m, 3) (:mod:`specc.winograd`) needs 4-5× fewer multiplies for the large ones:
-  their 3×3 convs are about two thirds of ResNet-50's time at 513×513, and the network ran
-  1.17-1.20× faster so on that CPU (BENCHMARKS.md).
+  (2 AVX2 cores: about 95 G multiply-adds/s, as its 1×1 convs do), so only less arithmetic
+  makes them faster. Winograd's F(6, 3) (:mod:`specc.winograd`) needs 4-5× fewer multiplies
+  for the large ones. ResNet-50's 3×3 convs took 1086 of its 1725 ms at 513×513 on that CPU;
+  with them rewritten it ran 1.29× faster (1.09× at 257×257; BENCHMARKS.md).
 """
 
 from __future__ import annotations
