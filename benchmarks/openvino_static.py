@@ -9,11 +9,11 @@ each for 1×3×S×S in several ways: as converted (the IR reshaped, nothing else
 gets from OpenVINO alone), after each rewrite of :mod:`specc.openvino_static` alone
 (:func:`~specc.openvino_static.drop_padding_taps`,
 :func:`~specc.openvino_static.split_int8_atrous` for int8,
-:func:`~specc.openvino_static.winograd_convs` for fp32), and after
-:func:`~specc.openvino_static.optimize_static` (what ``OpenVinoRunner`` compiles on this CPU). All in one
-process, interleaved repeats after a warm-up (:func:`specc.bench.measure`); speed-ups and
-argmax agreement are against the same precision as converted. Prints the CPU model and its
-instruction-set features.
+:func:`~specc.openvino_static.winograd_convs` for fp32, whatever the CPU), and after
+:func:`~specc.openvino_static.optimize_static` (what ``OpenVinoRunner`` compiles on this CPU).
+All in one process, interleaved repeats after a warm-up (:func:`specc.bench.measure`);
+speed-ups and argmax agreement are against the same precision as converted. Prints the CPU
+model and its instruction-set features.
 """
 
 from __future__ import annotations
