@@ -320,7 +320,9 @@ def winograd_convs(model: Any, choose: Callable[[int, int, tuple[int, int], tupl
     weights are a constant, all of whose taps reach its map, and for which ``choose`` (by
     default :func:`specc.winograd.choose_tile`: enough channels, arithmetic and saving) picks a
     tile m, by Winograd's F(m, 3): the same function to about 4e-5 of its largest output.
-    Convs with int8 weights are left to the int8 kernels. Returns how many were rewritten."""
+    Convs with int8 weights are left to the int8 kernels. It trades memory for speed: the
+    transformed weights are (m+2)²/9 times the conv's (ResNet-50 compiled for 513×513: 1.5 GB
+    resident instead of 0.5). Returns how many were rewritten."""
     rewritten = 0
     for conv in model.get_ordered_ops():
         geometry = _same_atrous(conv)
