@@ -5,7 +5,8 @@
 Each conv (random weights, zero-padded "same", stride 1, on a 1×IN×SIZE×SIZE map) is an
 OpenVINO model of one ``Convolution``, compiled at f32 as it is and after
 :func:`specc.openvino_static.winograd_convs` with each tile of :data:`specc.winograd.TILES`; all
-of them timed in one process, interleaved after a warm-up. The default convs are ResNet-50's at
+of them timed in one process, interleaved after a warm-up (:func:`specc.bench.measure`). The
+default convs are ResNet-50's at
 257×257 and 513×513 (output stride 8) and the edges of :func:`specc.winograd.choose_tile`'s
 rule; the table says which tile the rule picks, so its constants can be checked on any CPU.
 Prints the CPU model and its instruction-set features.
@@ -14,11 +15,13 @@ Prints the CPU model and its instruction-set features.
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
+from specc.bench import Candidate, measure
 from specc.hardware import cpu_info
 from specc.openvino_static import winograd_convs
 from specc.winograd import TILES, choose_tile, saving
@@ -50,6 +53,13 @@ def conv_model(in_channels: int, out_channels: int, rate: int, size: int, tile: 
     return model
 
 
+def compiled(core: Any, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` compiled at f32 for the CPU, as a function of torch tensors."""
+    request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+                                 ).create_infer_request()
+    return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+
+
 def main() -> None:
     import openvino as ov
 
@@ -66,30 +76,20 @@ def main() -> None:
           + " | ".join(f"F({m}, 3) ms (saving)" for m in TILES) + " | rule picks |")
     print("|---|---|---|---|---|" + "---|" * len(TILES) + "---|")
     for cin, cout, rate, size in convs:
-        x = np.random.default_rng(size).standard_normal((1, cin, size, size)).astype(np.float32)
-        ways = [None, *TILES]
-        requests = [core.compile_model(conv_model(cin, cout, rate, size, tile), "CPU",
-                                       {"INFERENCE_PRECISION_HINT": "f32"}
-                                       ).create_infer_request() for tile in ways]
-        for request in requests:  # warm-up
-            request.infer({0: x})
-        times: list[list[float]] = [[] for _ in ways]
-        for _ in range(args.repeats):
-            for request, timed in zip(requests, times, strict=True):
-                start = time.perf_counter()
-                request.infer({0: x})
-                timed.append(time.perf_counter() - start)
-        want = requests[0].get_output_tensor(0).data
-        for request in requests[1:]:
-            got = request.get_output_tensor(0).data
-            assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
-        ms = [float(np.median(t)) * 1e3 for t in times]
-        macs = 9 * cin * cout * size * size / 1e9
+        x = torch.randn(1, cin, size, size, generator=torch.Generator().manual_seed(size))
+        runs = [compiled(core, conv_model(cin, cout, rate, size, tile)) for tile in (None, *TILES)]
+        want = runs[0](x)
+        for run in runs[1:]:
+            assert (run(x) - want).abs().max() <= 1e-3 * want.abs().max()
+        candidates = [Candidate(name, run) for name, run
+                      in zip(["direct", *(f"F({m}, 3)" for m in TILES)], runs, strict=True)]
+        macs = 9 * cin * cout * size * size
+        ms = [row["median_ms"] for row in measure(candidates, x, macs=macs, repeats=args.repeats)]
         cells = [f"{t:.1f} ({saving((size, size), (rate, rate), m):.1f}×)"
                  for t, m in zip(ms[1:], TILES, strict=True)]
         pick = choose_tile(cin, cout, (size, size), (rate, rate))
         picked = f"F({pick}, 3)" if pick else "direct"
-        print(f"| {cin} → {cout} | {rate} | {size}×{size} | {macs:.2f} | {ms[0]:.1f} | "
+        print(f"| {cin} → {cout} | {rate} | {size}×{size} | {macs / 1e9:.2f} | {ms[0]:.1f} | "
               + " | ".join(cells) + f" | {picked} |")
 
 

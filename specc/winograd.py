@@ -35,25 +35,25 @@ POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fra
 
 #: The fewest input and output channels of a rewritten conv. The transforms move every tile
 #: element through memory; with fewer channels that costs about what the products save (2 AVX2
-#: cores, OpenVINO, ``benchmarks/winograd_convs.py``, two runs: 128 → 128 on a 65×65 map,
-#: 5.0–6.4 ms against 7.3–9.0 direct; 64 → 64 on a 129×129 one, 9.0–10.7 against 9.8–10.1).
+#: cores, OpenVINO, ``benchmarks/winograd_convs.py``, three runs: 128 → 128 on a 65×65 map,
+#: 5.0–7.7 ms against 7.3–9.0 direct; 64 → 64 on a 129×129 one, 9.0–10.8 against 9.8–10.6).
 MIN_CHANNELS = 128
 
 #: The fewest multiply-adds (direct) of a rewritten conv: below them a conv takes a couple of
 #: milliseconds either way and which is faster changes from run to run (128 → 128 on a 33×33
-#: map, 0.16 G: 1.5–2.6 ms against 2.0–2.6).
+#: map, 0.16 G: 1.5–2.7 ms against 2.0–2.7).
 MIN_MACS = 500_000_000
 
 #: The least reduction in multiply-adds (direct over Winograd on the rounded-up tiles) for which
-#: a conv is rewritten (256 → 256 of rate 2 on a 33×33 map, 4.3× fewer: 4.5–5.6 ms against
-#: 7.3–7.8; of rate 4, 2.4× fewer: 7.3–9.1 ms against 7.1–7.7, no faster).
+#: a conv is rewritten (256 → 256 of rate 2 on a 33×33 map, 4.3× fewer: 4.5–5.9 ms against
+#: 7.3–7.8; of rate 4, 2.4× fewer: 7.3–9.2 ms against 7.1–7.9, no faster).
 MIN_SAVING = 3.0
 
 #: Large convs pay from a smaller saving: with :data:`LARGE_MACS` multiply-adds or more, one of
 #: :data:`MIN_SAVING_LARGE` will do (512 → 512 of rate 4 on a 33×33 map, 2.6 G, 2.4× fewer:
-#: 20.5–21.7 ms against 25.7–25.9; of rate 8 on a 65×65 map, 2.3× fewer: 76.7–84.2 against
-#: 96.0–98.1). Below it the padded tiles cost more than they save (2048 → 256 of rate 12 on a
-#: 33×33 map, 1.9× fewer: 95.4–109.6 ms against 40.4–40.5).
+#: 20.5–24.3 ms against 25.7–26.6; of rate 8 on a 65×65 map, 2.3× fewer: 76.7–87.0 against
+#: 96.0–101.8). Below it the padded tiles cost more than they save (2048 → 256 of rate 12 on a
+#: 33×33 map, 1.9× fewer with F(4, 3): 95.4–110.1 ms against 40.4–45.4).
 LARGE_MACS = 2_000_000_000
 MIN_SAVING_LARGE = 2.2
 
