@@ -9,7 +9,7 @@ each for 1×3×S×S in several ways: as converted (the IR reshaped, nothing else
 gets from OpenVINO alone), after each rewrite of :mod:`specc.openvino_static` alone
 (:func:`~specc.openvino_static.drop_padding_taps`,
 :func:`~specc.openvino_static.split_int8_atrous` for int8,
-:func:`~specc.openvino_static.winograd_convs` for fp32, whatever the CPU), and after
+:func:`~specc.openvino_static.winograd_convs` for fp32 and int8, whatever the CPU), and after
 :func:`~specc.openvino_static.optimize_static` (what ``OpenVinoRunner`` compiles on this CPU).
 All in one process, interleaved repeats after a warm-up (:func:`specc.bench.measure`);
 speed-ups and argmax agreement are against the same precision as converted. Prints the CPU
@@ -53,7 +53,7 @@ WAYS: dict[str, Callable[[Any], Any]] = {
 }
 
 #: The rewrites that apply to one precision only: the others leave its IR as it is.
-ONLY_FOR = {split_int8_atrous: "int8", winograd_convs: "fp32"}
+ONLY_FOR = {split_int8_atrous: "int8", winograd_convs: "fp32 int8"}
 
 
 def compiled(xml: Path, size: int, precision: str, rewrite: Callable[[Any], Any]
@@ -107,7 +107,7 @@ def main() -> None:
                     print(f"| {request.precision} | skipped: {err} | | | |")
                     continue
                 ways = {name: rewrite for name, rewrite in WAYS.items()
-                        if ONLY_FOR.get(rewrite, request.precision) == request.precision}
+                        if request.precision in ONLY_FOR.get(rewrite, request.precision).split()}
                 candidates = [Candidate(name, compiled(folder / request.file, size,
                                                        request.precision, rewrite),
                                         precision=request.precision)

@@ -35,9 +35,12 @@ CONVS = [
 ]
 
 
-def conv_model(in_channels: int, out_channels: int, rate: int, size: int, tile: int | None
-               ) -> Any:
-    """The conv as an OpenVINO model, rewritten with F(tile, 3) unless ``tile`` is None."""
+def conv_model(in_channels: int, out_channels: int, rate: int, size: int, tile: int | None,
+               int8: bool = False) -> Any:
+    """The conv as an OpenVINO model, rewritten with F(tile, 3) unless ``tile`` is None. With
+    ``int8`` it is the conv as an NNCF int8 IR holds it: its input through a ReLU and a
+    256-level FakeQuantize, int8 weights decompressed by a scale per output channel, a bias,
+    a ReLU and the next conv's FakeQuantize after it (which OpenVINO fuses into the kernel)."""
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -45,11 +48,27 @@ def conv_model(in_channels: int, out_channels: int, rate: int, size: int, tile: 
     weights = (rng.standard_normal((out_channels, in_channels, 3, 3))
                / np.sqrt(9 * in_channels)).astype(np.float32)
     x = ops.parameter([1, in_channels, size, size], np.float32)
-    conv = ops.convolution(x, ops.constant(weights), [1, 1], [rate, rate], [rate, rate],
-                           [rate, rate])
+    if not int8:
+        conv = ops.convolution(x, ops.constant(weights), [1, 1], [rate, rate], [rate, rate],
+                               [rate, rate])
+    else:
+        def quantized(t: Any, high: float) -> Any:
+            low, top = np.array(0, np.float32), np.array(high, np.float32)
+            return ops.fake_quantize(ops.relu(t), low, top, low, top, 256)
+
+        # 7-bit weights, as NNCF stores them for CPUs without VNNI (their int8 kernels add
+        # pairs of products in 16 bits, which full-range weights can overflow)
+        scale = np.abs(weights).max(axis=(1, 2, 3), keepdims=True) / 63
+        stored = ops.constant(np.round(weights / scale).astype(np.int8))
+        decompressed = ops.multiply(ops.convert(stored, np.float32),
+                                    ops.constant(scale.astype(np.float32)))
+        conv = ops.convolution(quantized(x, 3.0), decompressed, [1, 1], [rate, rate],
+                               [rate, rate], [rate, rate])
+        bias = ops.constant(rng.standard_normal((1, out_channels, 1, 1)).astype(np.float32))
+        conv = quantized(ops.add(conv, bias), 4.0)
     model = ov.Model([conv], [x])
     if tile is not None:
-        assert winograd_convs(model, lambda *_: tile) == 1
+        assert winograd_convs(model, lambda *_, **__: tile) == 1
     return model
 
 
@@ -65,6 +84,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                        help="int8: each conv as an int8 IR holds it, direct with OpenVINO's "
+                             "int8 kernel")
     parser.add_argument("--convs", nargs="*", default=None,
                         help="IN,OUT,RATE,SIZE for each conv (default: ResNet-50's and more)")
     args = parser.parse_args()
@@ -77,17 +99,20 @@ def main() -> None:
     print("|---|---|---|---|---|" + "---|" * len(TILES) + "---|")
     for cin, cout, rate, size in convs:
         x = torch.randn(1, cin, size, size, generator=torch.Generator().manual_seed(size))
-        runs = [compiled(core, conv_model(cin, cout, rate, size, tile)) for tile in (None, *TILES)]
+        int8 = args.precision == "int8"
+        runs = [compiled(core, conv_model(cin, cout, rate, size, tile, int8))
+                for tile in (None, *TILES)]
         want = runs[0](x)
-        for run in runs[1:]:
-            assert (run(x) - want).abs().max() <= 1e-3 * want.abs().max()
+        for run in runs[1:]:  # int8: rounding may move an output by one quantization level
+            limit = 4.0 / 255 * 1.01 if int8 else 1e-3 * want.abs().max()
+            assert (run(x) - want).abs().max() <= limit
         candidates = [Candidate(name, run) for name, run
                       in zip(["direct", *(f"F({m}, 3)" for m in TILES)], runs, strict=True)]
         macs = 9 * cin * cout * size * size
         ms = [row["median_ms"] for row in measure(candidates, x, macs=macs, repeats=args.repeats)]
         cells = [f"{t:.1f} ({saving((size, size), (rate, rate), m):.1f}×)"
                  for t, m in zip(ms[1:], TILES, strict=True)]
-        pick = choose_tile(cin, cout, (size, size), (rate, rate))
+        pick = choose_tile(cin, cout, (size, size), (rate, rate), int8=int8)
         picked = f"F({pick}, 3)" if pick else "direct"
         print(f"| {cin} → {cout} | {rate} | {size}×{size} | {macs / 1e9:.2f} | {ms[0]:.1f} | "
               + " | ".join(cells) + f" | {picked} |")

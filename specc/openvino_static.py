@@ -19,7 +19,10 @@ same function (up to rounding) faster at that size:
   (2 AVX2 cores: about 95 G multiply-adds/s, as its 1×1 convs do), so only less arithmetic
   makes them faster. Winograd's F(6, 3) (:mod:`specc.winograd`) needs 4-5× fewer multiplies
   for the large ones. ResNet-50's 3×3 convs took 1086 of its 1725 ms at 513×513 on that CPU;
-  with them rewritten it ran 1.29× faster (1.09× at 257×257; BENCHMARKS.md).
+  with them rewritten it ran 1.29× faster (1.09× at 257×257; BENCHMARKS.md). On an AVX2 CPU
+  without VNNI OpenVINO's int8 kernels are only 1.1–1.6× faster than its fp32 ones, so the
+  large 3×3 convs of an int8 IR are computed so too, in f32 from their quantized input and
+  decompressed weights (ResNet-50's int8 IR at 513×513: 1.14× faster).
 """
 
 from __future__ import annotations
@@ -252,6 +255,26 @@ def split_int8_atrous(model: Any) -> int:
     return rewritten
 
 
+def _constant_value(value: Any) -> Any:
+    """The array ``value`` (an output) holds when it is a constant, or a constant through
+    :data:`WEIGHT_PATH_TYPES` (an int8 IR's decompression: i8 → f32, minus the zero point,
+    times the scale), computed in numpy; None when anything else feeds it."""
+    import numpy as np
+
+    node = value.get_node()
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node.get_data()
+    if kind not in WEIGHT_PATH_TYPES:
+        return None
+    inputs = [_constant_value(v) for v in node.input_values()]
+    if any(v is None for v in inputs):
+        return None
+    if kind == "Convert":
+        return inputs[0].astype(node.get_output_element_type(0).to_dtype())
+    return (np.subtract if kind == "Subtract" else np.multiply)(*inputs)
+
+
 def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
     """The stride-1 "same" 3×3 conv of ``rates`` with fp32 ``weights`` (out, in, 3, 3) on ``x``
     (a static N×C×H×W output), computed by F(m, 3) over the rates' sub-grids
@@ -314,26 +337,32 @@ def _place(position: Any, rate: int, m: int) -> tuple[Any, Any, Any]:
     return along // m, along % m, sub_grid
 
 
-def winograd_convs(model: Any, choose: Callable[[int, int, tuple[int, int], tuple[int, int]],
-                                                 int | None] = choose_tile) -> int:
-    """Compute each plain stride-1 "same" 3×3 conv of ``model`` (static input shape) whose fp32
-    weights are a constant, all of whose taps reach its map, and for which ``choose`` (by
-    default :func:`specc.winograd.choose_tile`: enough channels, arithmetic and saving) picks a
-    tile m, by Winograd's F(m, 3): the same function to about 4e-5 of its largest output.
-    Convs with int8 weights are left to the int8 kernels. It trades memory for speed: the
-    transformed weights are (m+2)²/9 times the conv's (ResNet-50 compiled for 513×513: 1.5 GB
-    resident instead of 0.5). Returns how many were rewritten."""
+def winograd_convs(model: Any, choose: Callable[..., int | None] = choose_tile,
+                   int8: bool = True) -> int:
+    """Compute each plain stride-1 "same" 3×3 conv of ``model`` (static input shape) whose
+    weights are a constant (through an int8 IR's decompression at most), all of whose taps
+    reach its map, and for which ``choose`` (by default :func:`specc.winograd.choose_tile`:
+    enough channels, arithmetic and saving) picks a tile m, by Winograd's F(m, 3) in f32: the
+    same function to about 4e-5 of its largest output. ``choose`` is called with the conv's
+    input and output channels, map size and rates, and ``int8=True`` for a conv with int8
+    weights: such a conv's quantized input is kept and its weights decompressed, so it computes
+    what the int8 kernel computes, in f32 and with less arithmetic, where the int8 kernel is
+    not fast enough to win (an AVX2 CPU without VNNI); ``int8=False`` leaves those convs to
+    the int8 kernels. It trades memory for speed: the
+    transformed weights are (m+2)²/9 times the conv's in f32 (ResNet-50 compiled for 513×513:
+    1.5 GB resident instead of 0.5). Returns how many were rewritten."""
     rewritten = 0
     for conv in model.get_ordered_ops():
         geometry = _same_atrous(conv)
         if geometry is None or geometry.kernel != (3, 3) or not geometry.reaches_all():
             continue
         path = _weight_path(conv)
-        if path is None or len(path) != 1 or path[0].get_element_type().get_type_name() != "f32":
+        weights = _constant_value(conv.input_value(1)) if path is not None else None
+        if weights is None or (_is_int8_weight(path[0]) and not int8):
             continue
-        weights = path[0].get_data()
         size = tuple(conv.get_input_partial_shape(0).to_shape())[2:]
-        m = choose(weights.shape[1], weights.shape[0], size, geometry.rates)
+        m = choose(weights.shape[1], weights.shape[0], size, geometry.rates,
+                   int8=_is_int8_weight(path[0]))
         if m is None:
             continue
         result = _winograd(conv.input_value(0), weights, geometry.rates, m)
@@ -350,16 +379,17 @@ def optimize_static(model: Any, cpu: CpuInfo | None = None,
     """The rewrites for ``model`` (static input shape) compiled at OpenVINO's inference
     ``precision`` (``f32`` or ``bf16``) on ``cpu`` (this machine's by default); how many convs
     each rewrote. :func:`split_int8_atrous` only where the CPU has AMX, and
-    :func:`winograd_convs` only at f32 on an AVX2 CPU without AVX-512: each is made only on the
-    kind of CPU it was measured on (elsewhere OpenVINO's kernels run at other speeds relative to
-    the GEMM and copies they are replaced by; in bf16 the transforms would lose precision). The
-    int8 split runs first, leaving out the taps that read only padding itself, then Winograd on
-    the fp32 convs all of whose taps reach their map; :func:`drop_padding_taps` takes the rest.
+    :func:`winograd_convs` only at f32 on an AVX2 CPU without AVX-512, and for int8 convs only
+    where it has no VNNI either: each is made only on the kind of CPU it was measured on
+    (elsewhere OpenVINO's kernels run at other speeds relative to the GEMM and copies they are
+    replaced by; in bf16 the transforms would lose precision). The int8 split runs first,
+    leaving out the taps that read only padding itself, then Winograd on the convs all of whose
+    taps reach their map; :func:`drop_padding_taps` takes the rest.
     All change ``model`` in place and free the weight constants they replace: compile it
     afterwards, never before (a compiled model may keep using those constants)."""
     cpu = cpu or cpu_info()
     split = split_int8_atrous(model) if cpu.has_amx else 0
-    winograd = (winograd_convs(model)
+    winograd = (winograd_convs(model, int8=not cpu.has_vnni)
                 if precision == "f32" and cpu.has_avx2 and not cpu.has_avx512 else 0)
     return {"split_int8_atrous": split, "winograd_convs": winograd,
             "drop_padding_taps": drop_padding_taps(model)}

@@ -12,7 +12,8 @@ An atrous conv of rate r is a plain 3×3 conv on each of the r×r interleaved su
 map (the outputs at rows ≡ a mod r read only the inputs at rows ≡ a mod r): the computation
 DeepLab's own code made by "space to batch". The same tiles serve any rate; each sub-grid is
 rounded up to whole tiles, which on a small map costs more than the algorithm saves, so the
-tile is chosen per conv from its channels, rate and map size (:func:`choose_tile`).
+tile is chosen per conv from its channels, rate and map size (:func:`choose_tile`), by one rule
+for fp32 convs and a stricter one for int8 ones, whose own kernels are faster.
 
 This module holds the arithmetic; :func:`specc.openvino_static.winograd_convs` rewrites an
 OpenVINO model with it.
@@ -21,6 +22,7 @@ OpenVINO model with it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 #: The output tile sizes m tried for each conv: the one that saves most is taken. Larger tiles
@@ -33,29 +35,62 @@ TILES = (4, 6)
 POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2),
           Fraction(-1, 2))
 
-#: The fewest input and output channels of a rewritten conv. The transforms move every tile
-#: element through memory; with fewer channels that costs about what the products save (2 AVX2
-#: cores, OpenVINO, ``benchmarks/winograd_convs.py``, three runs: 128 → 128 on a 65×65 map,
-#: 5.0–7.7 ms against 7.3–9.0 direct; 64 → 64 on a 129×129 one, 9.0–10.8 against 9.8–10.6).
-MIN_CHANNELS = 128
+@dataclass(frozen=True)
+class TileRule:
+    """When a conv is worth computing by Winograd: its fewest input and output channels, its
+    fewest multiply-adds (direct), and the least reduction in multiply-adds (direct over
+    Winograd on the rounded-up tiles). Large convs (``large_macs`` multiply-adds or more) may
+    pay from ``min_saving_large``; ``max_fan_in`` bounds the input channels per output channel
+    (the input transform moves every input channel of every tile, the products save per output
+    channel)."""
 
-#: The fewest multiply-adds (direct) of a rewritten conv: below them a conv takes a couple of
-#: milliseconds either way and which is faster changes from run to run (128 → 128 on a 33×33
-#: map, 0.16 G: 1.5–2.7 ms against 2.0–2.7).
-MIN_MACS = 500_000_000
+    min_channels: int
+    min_macs: int
+    min_saving: float
+    large_macs: int | None = None
+    min_saving_large: float | None = None
+    max_fan_in: float | None = None
 
-#: The least reduction in multiply-adds (direct over Winograd on the rounded-up tiles) for which
-#: a conv is rewritten (256 → 256 of rate 2 on a 33×33 map, 4.3× fewer: 4.5–5.9 ms against
-#: 7.3–7.8; of rate 4, 2.4× fewer: 7.3–9.2 ms against 7.1–7.9, no faster).
-MIN_SAVING = 3.0
+    def needed_saving(self, macs: int) -> float:
+        """The least saving that pays for a conv of ``macs`` multiply-adds."""
+        large = self.large_macs is not None and macs >= self.large_macs
+        return self.min_saving_large if large and self.min_saving_large else self.min_saving
 
-#: Large convs pay from a smaller saving: with :data:`LARGE_MACS` multiply-adds or more, one of
-#: :data:`MIN_SAVING_LARGE` will do (512 → 512 of rate 4 on a 33×33 map, 2.6 G, 2.4× fewer:
-#: 20.5–24.3 ms against 25.7–26.6; of rate 8 on a 65×65 map, 2.3× fewer: 76.7–87.0 against
-#: 96.0–101.8). Below it the padded tiles cost more than they save (2048 → 256 of rate 12 on a
-#: 33×33 map, 1.9× fewer with F(4, 3): 95.4–110.1 ms against 40.4–45.4).
-LARGE_MACS = 2_000_000_000
-MIN_SAVING_LARGE = 2.2
+
+#: The rule for fp32 convs, against OpenVINO's direct fp32 kernels (2 AVX2 cores,
+#: ``benchmarks/winograd_convs.py``, three runs):
+#:
+#: - 128 channels: the transforms move every tile element through memory; with fewer channels
+#:   that costs about what the products save (128 → 128 on a 65×65 map, 5.0–7.7 ms against
+#:   7.3–9.0 direct; 64 → 64 on a 129×129 one, 9.0–10.8 against 9.8–10.6).
+#: - 0.5 G multiply-adds: below them a conv takes a couple of milliseconds either way and which
+#:   is faster changes from run to run (128 → 128 on a 33×33 map, 0.16 G: 1.5–2.7 ms against
+#:   2.0–2.7).
+#: - a 3-fold saving (256 → 256 of rate 2 on a 33×33 map, 4.3× fewer: 4.5–5.9 ms against
+#:   7.3–7.8; of rate 4, 2.4× fewer: 7.3–9.2 ms against 7.1–7.9, no faster).
+#: - large convs, 2 G multiply-adds on, pay from a 2.2-fold one (512 → 512 of rate 4 on a 33×33
+#:   map, 2.6 G, 2.4× fewer: 20.5–24.3 ms against 25.7–26.6; of rate 8 on a 65×65 map, 2.3×
+#:   fewer: 76.7–87.0 against 96.0–101.8). Below it the padded tiles cost more than they save
+#:   (2048 → 256 of rate 12 on a 33×33 map, 1.9× fewer with F(4, 3): 95.4–110.1 ms against
+#:   40.4–45.4).
+FP32_RULE = TileRule(min_channels=128, min_macs=500_000_000, min_saving=3.0,
+                     large_macs=2_000_000_000, min_saving_large=2.2)
+
+#: The rule for int8 convs (computed in f32 from their quantized input and decompressed
+#: weights), against OpenVINO's int8 kernels on an AVX2 CPU without VNNI, which run 1.1–1.6×
+#: faster than its fp32 ones (2 cores, ``benchmarks/winograd_convs.py --precision int8``, two
+#: runs):
+#:
+#: - a 3-fold saving, whatever the size: 512 → 512 of rate 4 on a 33×33 map (2.4× fewer)
+#:   took 24.0–24.1 ms against 23.8–23.9 direct, of rate 8 on a 65×65 map (2.3× fewer)
+#:   87.0–89.5 against 91.2–93.9; of rate 4 on 65×65 (4.1× fewer) 49.8–53.0 against 96.5–98.4.
+#: - 256 channels: 128 → 128 on a 65×65 map took 8.4–8.7 ms against 7.7–7.9; 0.5 G
+#:   multiply-adds as for fp32 (256 → 256 of rate 2 on a 33×33 map, 0.64 G: 6.6–6.9 ms against
+#:   7.1–7.2).
+#: - at most 2 input channels per output channel: the rate-12 ASPP branch, 2048 → 256 on a
+#:   65×65 map (4.1× fewer), took 202–204 ms against 173–188, where 256 → 256 of rate 2 on the
+#:   same map took 17.2–19.7 against 26.0–26.7.
+INT8_RULE = TileRule(min_channels=256, min_macs=500_000_000, min_saving=3.0, max_fan_in=2.0)
 
 Matrix = list[list[Fraction]]
 
@@ -121,13 +156,16 @@ def saving(size: tuple[int, int], rates: tuple[int, int], m: int) -> float:
 
 
 def choose_tile(in_channels: int, out_channels: int, size: tuple[int, int],
-                rates: tuple[int, int]) -> int | None:
+                rates: tuple[int, int], *, int8: bool = False) -> int | None:
     """The tile m (of :data:`TILES`) with which a stride-1 "same" 3×3 conv of ``rates`` on a map
-    of ``size`` is computed, or None to keep it direct: it needs :data:`MIN_CHANNELS`,
-    :data:`MIN_MACS` and a :data:`MIN_SAVING`-fold saving (:data:`MIN_SAVING_LARGE` from
-    :data:`LARGE_MACS` on). The constants were measured on 2 AVX2 cores in OpenVINO."""
+    of ``size`` is computed, or None to keep it direct, by :data:`FP32_RULE`, or
+    :data:`INT8_RULE` for a conv with ``int8`` weights. The rules were measured on 2 AVX2 cores
+    in OpenVINO."""
+    rule = INT8_RULE if int8 else FP32_RULE
     macs = 9 * in_channels * out_channels * size[0] * size[1]
-    if min(in_channels, out_channels) < MIN_CHANNELS or macs < MIN_MACS:
+    if min(in_channels, out_channels) < rule.min_channels or macs < rule.min_macs:
+        return None
+    if rule.max_fan_in is not None and in_channels > rule.max_fan_in * out_channels:
         return None
     best, m = max((saving(size, rates, m), m) for m in TILES)
-    return m if best >= (MIN_SAVING_LARGE if macs >= LARGE_MACS else MIN_SAVING) else None
+    return m if best >= rule.needed_saving(macs) else None

@@ -1,7 +1,7 @@
 """The rewrites of an OpenVINO model reshaped to one input size (:mod:`specc.openvino_static`):
 atrous taps that read only padding dropped (fp32 and int8), int8 atrous convs computed tap by
-tap, fp32 3×3 convs computed by Winograd's F(m, 3), and the runner that makes them when it
-compiles a repeated size."""
+tap, fp32 and int8 3×3 convs computed by Winograd's F(m, 3), and the runner that makes them
+when it compiles a repeated size."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ ov = pytest.importorskip("openvino")
 CORE = ov.Core()
 
 AVX2 = CpuInfo("test CPU", frozenset({"avx2", "fma"}))
+AVX_VNNI = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx_vnni"}))
 AVX512 = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
 AMX = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni", "amx_tile",
                                      "amx_int8"}))
@@ -258,7 +259,7 @@ def test_the_runner_drops_them_when_it_compiles_a_repeated_size(
 
 def always(m: int) -> Any:
     """A tile rule that computes every eligible conv with F(m, 3)."""
-    return lambda in_channels, out_channels, size, rates: m
+    return lambda in_channels, out_channels, size, rates, int8=False: m
 
 
 def winograd_nodes(model: Any) -> list[str]:
@@ -294,11 +295,11 @@ def test_winograd_computes_the_conv(shape: tuple[int, ...], rates: tuple[int, in
 
 
 @pytest.mark.parametrize(("size", "rewritten"), [((9, 9), 2), ((6, 6), 1)])
-def test_winograd_takes_only_plain_fp32_convs_that_reach_their_map(
+def test_winograd_takes_only_plain_convs_that_reach_their_map(
         size: tuple[int, int], rewritten: int, tmp_path: Path) -> None:
     """Of :class:`Atrous`'s convs, the plain 3×3 ones, the rate-8 one only where all its taps
     reach the map (on 6×6 its outer taps read padding: :func:`drop_padding_taps` takes it);
-    never the depthwise or the 1×1 one, nor any conv with int8 weights."""
+    never the depthwise or the 1×1 one."""
     module = Atrous().eval()
     shape = (1, 16, *size)
     model = ir(module, shape, tmp_path / "fp32")
@@ -308,8 +309,37 @@ def test_winograd_takes_only_plain_fp32_convs_that_reach_their_map(
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     assert np.abs(compiled(model)(x)[0] - want).max() <= 1e-4 * np.abs(want).max()
-    _, int8_path = int8_ir(tmp_path, shape)
-    assert winograd_convs(read_static(int8_path, shape), always(6)) == 0
+
+
+@pytest.mark.parametrize(("size", "rewritten"), [((9, 9), 2), ((6, 6), 1)])
+def test_winograd_computes_int8_convs_from_their_quantized_input(
+        size: tuple[int, int], rewritten: int, tmp_path: Path) -> None:
+    """The same convs of NNCF's int8 IR: their int8 weights decompressed, computed in f32 by
+    F(6, 3) from the input the int8 kernel would read (its FakeQuantize stays), so the network
+    is as close to the fp32 module as the int8 one; with ``int8=False`` they stay int8."""
+    shape = (1, 16, *size)
+    module, path = int8_ir(tmp_path, shape)
+    model = read_static(path, shape)
+    quantizers = fake_quantizers(model)
+    assert winograd_convs(model, always(6), int8=False) == 0
+    assert winograd_convs(model, always(6)) == rewritten
+    assert set(kernels(model)) == {"depthwise", "project"} | ({"wide"} if rewritten == 1 else set())
+    assert fake_quantizers(model) == quantizers
+    x = image(shape, 9)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    scale = np.abs(want).max()
+    int8 = compiled(read_static(path, shape))(x)[0]
+    got = compiled(model)(x)[0]
+    int8_error = np.abs(int8 - want).max() / scale
+    assert 0 < int8_error < 0.1
+    assert np.abs(got - want).max() / scale <= 1.5 * int8_error
+    # the quantized input is the int8 conv's: mostly the very same outputs
+    assert np.mean(np.abs(got - int8) <= 1e-4 * scale) >= 0.9
+
+
+def fake_quantizers(model: Any) -> int:
+    return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
 
 
 def test_winograd_only_at_fp32_on_the_cpus_it_was_measured_on(tmp_path: Path) -> None:
@@ -331,3 +361,32 @@ def test_winograd_only_at_fp32_on_the_cpus_it_was_measured_on(tmp_path: Path) ->
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     assert np.abs(compiled(model)(x)[0] - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_winograd_for_int8_convs_only_where_the_cpu_has_no_vnni(tmp_path: Path) -> None:
+    """With the default rule, the int8 256 → 256 conv on a 46×46 map is computed by F(6, 3)
+    on an AVX2 CPU; with VNNI (AVX-VNNI or AVX-512's) it keeps OpenVINO's int8 kernel, which
+    runs several times faster there. fp32 convs on the AVX-VNNI CPU are rewritten still."""
+    nncf = pytest.importorskip("nncf")
+    g = torch.Generator().manual_seed(2)
+    module = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.ReLU()).eval()
+    for p in module.parameters():
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    shape = (1, 256, 46, 46)
+    fp32 = ir(module, shape, tmp_path)
+    data = nncf.Dataset([image(shape, seed) for seed in range(2)])
+    ov.save_model(nncf.quantize(fp32, data, subset_size=2), str(tmp_path / "int8.xml"),
+                  compress_to_fp16=False)
+    for cpu, count in [(AVX2, 1), (AVX_VNNI, 0), (AVX512, 0)]:
+        model = read_static(tmp_path / "int8.xml", shape)
+        assert optimize_static(model, cpu)["winograd_convs"] == count
+    assert optimize_static(read_static(tmp_path / "model.xml", shape),
+                           AVX_VNNI)["winograd_convs"] == 1
+    model = read_static(tmp_path / "int8.xml", shape)
+    optimize_static(model, AVX2)
+    assert winograd_nodes(model) == ["winograd_6"]
+    x = image(shape)
+    int8 = compiled(read_static(tmp_path / "int8.xml", shape))(x)[0]
+    got = compiled(model)(x)[0]
+    scale = np.abs(int8).max()
+    assert np.mean(np.abs(got - int8) <= 1e-4 * scale) >= 0.99

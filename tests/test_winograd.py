@@ -81,3 +81,17 @@ def test_saving_counts_the_rounded_up_tiles() -> None:
 def test_a_tile_where_it_was_measured_to_pay(in_channels: int, out_channels: int, size: int,
                                             rate: int, tile: int | None) -> None:
     assert choose_tile(in_channels, out_channels, (size, size), (rate, rate)) == tile
+
+
+@pytest.mark.parametrize(("in_channels", "out_channels", "size", "rate", "tile"), [
+    (512, 512, 65, 4, 6),       # 4.1× fewer: measured 49.8 ms against the int8 kernel's 96.5
+    (256, 256, 65, 2, 6),       # layer3 at 513×513: 17.2 against 26.0
+    (512, 512, 33, 2, 6),       # layer4's first conv at 257×257: 4.3× fewer
+    (2048, 256, 65, 12, None),  # 4.1× fewer, but 8 inputs per output: 202 against 173
+    (512, 512, 33, 4, None),    # 2.4× fewer pays in fp32 from 2 G on, not against int8
+    (512, 512, 65, 8, None),    # 2.3× fewer: 89.5 against 93.9
+    (128, 128, 65, 1, None),    # too few channels: 8.7 against 7.9
+])
+def test_an_int8_conv_is_rewritten_only_where_it_beat_the_int8_kernel(
+        in_channels: int, out_channels: int, size: int, rate: int, tile: int | None) -> None:
+    assert choose_tile(in_channels, out_channels, (size, size), (rate, rate), int8=True) == tile
