@@ -390,3 +390,34 @@ def test_winograd_for_int8_convs_only_where_the_cpu_has_no_vnni(tmp_path: Path) 
     got = compiled(model)(x)[0]
     scale = np.abs(int8).max()
     assert np.mean(np.abs(got - int8) <= 1e-4 * scale) >= 0.99
+
+
+def test_winograd_decompresses_weights_with_a_zero_point(tmp_path: Path) -> None:
+    """Asymmetric int8 weights, as other quantizers store them: u8 values, minus a u8 zero
+    point per output channel (itself converted), times a scale. The rewrite computes the conv
+    the decompressed weights give, as OpenVINO's own conv does."""
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 256, (12, 8, 3, 3), dtype=np.uint8)
+    zero = rng.integers(100, 156, (12, 1, 1, 1), dtype=np.uint8)
+    scale = rng.uniform(0.001, 0.01, (12, 1, 1, 1)).astype(np.float32)
+
+    def model() -> Any:
+        x = ops.parameter([1, 8, 14, 15], np.float32)
+        weights = ops.multiply(ops.subtract(ops.convert(ops.constant(stored), np.float32),
+                                            ops.convert(ops.constant(zero), np.float32)),
+                               ops.constant(scale))
+        return ov.Model([ops.convolution(x, weights, [1, 1], [2, 2], [2, 2], [2, 2])], [x])
+
+    rewritten = model()
+    assert winograd_convs(rewritten, always(4)) == 1
+    assert winograd_nodes(rewritten) == ["winograd_4"]
+    x = image((1, 8, 14, 15))
+    want = compiled(model())(x)[0]
+    direct = (stored.astype(np.float32) - zero) * scale
+    with torch.no_grad():
+        torch_conv = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(direct),
+                                                padding=2, dilation=2).numpy()
+    assert np.abs(want - torch_conv).max() <= 1e-5 * np.abs(torch_conv).max()
+    assert np.abs(compiled(rewritten)(x)[0] - want).max() <= 1e-4 * np.abs(want).max()
