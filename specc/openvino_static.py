@@ -370,7 +370,8 @@ def winograd_convs(model: Any, choose: Callable[..., int | None] = choose_tile,
     rewritten = 0
     for conv in model.get_ordered_ops():
         geometry = _same_atrous(conv)
-        if geometry is None or geometry.kernel != (3, 3) or not geometry.reaches_all():
+        if (geometry is None or geometry.kernel != (3, 3) or not geometry.reaches_all()
+                or conv.get_input_element_type(0).get_type_name() != "f32"):
             continue
         path = _weight_path(conv)
         weights = _constant_value(conv.input_value(1)) if path is not None else None

@@ -421,3 +421,14 @@ def test_winograd_decompresses_weights_with_a_zero_point(tmp_path: Path) -> None
                                                 padding=2, dilation=2).numpy()
     assert np.abs(want - torch_conv).max() <= 1e-5 * np.abs(torch_conv).max()
     assert np.abs(compiled(rewritten)(x)[0] - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_winograd_leaves_convs_that_do_not_compute_in_f32() -> None:
+    """A conv of an f16 graph is left as it is (the transforms are made in f32)."""
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 8, 14, 14], np.float16)
+    weights = ops.constant(np.ones((8, 8, 3, 3), np.float16))
+    model = ov.Model([ops.convolution(x, weights, [1, 1], [1, 1], [1, 1], [1, 1])], [x])
+    assert winograd_convs(model, always(6)) == 0
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count("Convolution") == 1
