@@ -26,6 +26,9 @@ from specc.hardware import cpu_info
 from specc.openvino_static import winograd_convs
 from specc.winograd import TILES, choose_tile, saving
 
+#: The top of the 256-level range the int8 conv's output is quantized to (its step: 1/255 of it).
+OUTPUT_RANGE = 4.0
+
 #: (input channels, output channels, rate, map size).
 CONVS = [
     (512, 512, 4, 65), (512, 512, 2, 65), (256, 256, 2, 65), (256, 256, 1, 65),
@@ -65,7 +68,7 @@ def conv_model(in_channels: int, out_channels: int, rate: int, size: int, tile: 
         conv = ops.convolution(quantized(x, 3.0), decompressed, [1, 1], [rate, rate],
                                [rate, rate], [rate, rate])
         bias = ops.constant(rng.standard_normal((1, out_channels, 1, 1)).astype(np.float32))
-        conv = quantized(ops.add(conv, bias), 4.0)
+        conv = quantized(ops.add(conv, bias), OUTPUT_RANGE)
     model = ov.Model([conv], [x])
     if tile is not None:
         assert winograd_convs(model, lambda *_, **__: tile) == 1
@@ -104,7 +107,7 @@ def main() -> None:
                 for tile in (None, *TILES)]
         want = runs[0](x)
         for run in runs[1:]:  # int8: rounding may move an output by one quantization level
-            limit = 4.0 / 255 * 1.01 if int8 else 1e-3 * want.abs().max()
+            limit = OUTPUT_RANGE / 255 * 1.01 if int8 else 1e-3 * want.abs().max()
             assert (run(x) - want).abs().max() <= limit
         candidates = [Candidate(name, run) for name, run
                       in zip(["direct", *(f"F({m}, 3)" for m in TILES)], runs, strict=True)]

@@ -364,9 +364,9 @@ def winograd_convs(model: Any, choose: Callable[..., int | None] = choose_tile,
     weights: such a conv's quantized input is kept and its weights decompressed, so it computes
     what the int8 kernel computes, in f32 and with less arithmetic, where the int8 kernel is
     not fast enough to win (an AVX2 CPU without VNNI); ``int8=False`` leaves those convs to
-    the int8 kernels. It trades memory for speed: the
-    transformed weights are (m+2)²/9 times the conv's in f32 (ResNet-50 compiled for 513×513:
-    1.5 GB resident instead of 0.5). Returns how many were rewritten."""
+    the int8 kernels. It trades memory for speed: the transformed weights are (m+2)²/9 times
+    the conv's in f32 (ResNet-50 compiled for 513×513: 1.5 GB resident instead of 0.5 in fp32,
+    0.9 instead of 0.26 in int8). Returns how many were rewritten."""
     rewritten = 0
     for conv in model.get_ordered_ops():
         geometry = _same_atrous(conv)
@@ -375,11 +375,11 @@ def winograd_convs(model: Any, choose: Callable[..., int | None] = choose_tile,
             continue
         path = _weight_path(conv)
         weights = _constant_value(conv.input_value(1)) if path is not None else None
-        if weights is None or (_is_int8_weight(path[0]) and not int8):
+        quantized = path is not None and _is_int8_weight(path[0])
+        if weights is None or (quantized and not int8):
             continue
         size = tuple(conv.get_input_partial_shape(0).to_shape())[2:]
-        m = choose(weights.shape[1], weights.shape[0], size, geometry.rates,
-                   int8=_is_int8_weight(path[0]))
+        m = choose(weights.shape[1], weights.shape[0], size, geometry.rates, int8=quantized)
         if m is None:
             continue
         result = _winograd(conv.input_value(0), weights, geometry.rates, m)
