@@ -100,9 +100,9 @@ def main() -> None:
     print("| conv | rate | map | G multiply-adds | direct ms | "
           + " | ".join(f"F({m}, 3) ms (saving)" for m in TILES) + " | rule picks |")
     print("|---|---|---|---|---|" + "---|" * len(TILES) + "---|")
+    int8 = args.precision == "int8"
     for cin, cout, rate, size in convs:
         x = torch.randn(1, cin, size, size, generator=torch.Generator().manual_seed(size))
-        int8 = args.precision == "int8"
         runs = [compiled(core, conv_model(cin, cout, rate, size, tile, int8))
                 for tile in (None, *TILES)]
         want = runs[0](x)
