@@ -2,16 +2,20 @@
 
     python benchmarks/deploy.py [--spec zoo/torchvision_deeplabv3_resnet50] [--sizes 257 513]
         [--targets export aoti onnx openvino] [--precisions fp32] [--repeats 10] [--json F]
-        [--seed 0] [--set key=value ...]
+        [--seed 0] [--set key=value ...] [--static]
 
 For one spec: its compiled module with random weights (drawn from ``--seed``) and batch-norm
 statistics (for a zoo spec of torchvision's, torchvision's own model gets the same weights).
 The artifacts are built once (`specc build --target`, dynamic height and width) into a
 temporary folder and timed at every size. Beside them: torchvision's eager model;
 `torch.compile` (inductor, freezing, channels_last) of the inference graph; and, with OpenVINO
-installed, OpenVINO's conversion of torchvision's model at each precision asked for. All in one process, interleaved repeats after a warm-up
-(:func:`specc.bench.measure`); speed-ups are against torchvision's eager model where there is
-one, else the reference. Prints the CPU model and its instruction-set features.
+installed, OpenVINO's conversion of torchvision's model at each precision asked for. With
+``--static``, the artifacts are also built for each size alone (`specc build --static`: one
+input shape), and each static OpenVINO IR is timed a second time as OpenVINO's own runtime runs
+it, compiled from the file with nothing of specc's in between. All in one process, interleaved
+repeats after a warm-up (:func:`specc.bench.measure`); speed-ups are against torchvision's
+eager model where there is one, else the reference. Prints the CPU model and its
+instruction-set features.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -92,6 +97,41 @@ def openvino_of(model: torch.nn.Module, size: int, precision: str) -> Candidate 
                      precision=precision, kind="openvino-torchvision")
 
 
+def plain_openvino(xml: Path, precision: str) -> Candidate:
+    """An OpenVINO IR compiled from its file by OpenVINO alone, as a deployment outside Python
+    or without specc runs it (the precision hint it carries applies)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU")
+    return Candidate(f"OpenVINO runtime on {xml.name}, as it is",
+                     lambda t: torch.from_numpy(compiled(t.numpy())[0].copy()),
+                     precision=precision, kind="openvino-plain")
+
+
+def static_artifacts(args: argparse.Namespace, module: torch.nn.Module,
+                     requests: Sequence[Any], size: int, folder: Path) -> list[Candidate]:
+    """The requested artifacts built for 1×3×``size``×``size`` alone (``--static``) with
+    ``module``'s weights, and each OpenVINO IR among them as OpenVINO runs it alone."""
+    comp = build(load_spec(REPO / "specs" / f"{args.spec}.yaml",
+                           [*args.overrides, f"input.size=[{size}, {size}]"]))
+    comp.module.load_state_dict(module.state_dict())
+    comp.module.eval()
+    build_to(comp, folder, deploy=Deployment(
+        tuple(requests), tuple(random_images((size, size), 2)), "random",
+        tuple(random_images((size, size), 16)), progress=print, static=True))
+    out = []
+    for request in requests:
+        if request.target == "torchscript":
+            continue
+        artifact = load_artifact(folder / comp.spec.name / request.file)
+        out.append(Candidate(f"{request.target} --static ({request.file})", logits_of(artifact),
+                             precision=request.precision))
+        if request.target == "openvino":
+            out.append(plain_openvino(folder / comp.spec.name / request.file,
+                                      request.precision))
+    return out
+
+
 def compiled_graph(module: torch.nn.Module) -> Candidate:
     """torch.compile (inductor) of the inference graph, weights frozen, channels_last."""
     import torch._inductor.config as inductor_config
@@ -116,6 +156,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], dest="overrides",
                         help="Spec overrides (key=value), e.g. input.size=[257,257] for a spec "
                              "built for one size (aspp.image_pooling.kernel: fixed).")
+    parser.add_argument("--static", action="store_true",
+                        help="Also build the artifacts for each size alone (specc build "
+                             "--static) and time them, and their OpenVINO IRs as OpenVINO runs "
+                             "them alone.")
     args = parser.parse_args()
 
     cpu = cpu_info()
@@ -147,6 +191,9 @@ def main() -> None:
             candidates += extra
             candidates += [Candidate(f"{a.entry['target']} ({a.path.name})", logits_of(a),
                                      precision=a.entry["precision"]) for a in artifacts]
+            if args.static:
+                candidates += static_artifacts(args, module, requests, size,
+                                               Path(tmp) / f"static-{size}")
             x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
             macs = build(load_spec(REPO / "specs" / f"{args.spec}.yaml",
                                    [*args.overrides, f"input.size=[{size}, {size}]"])

@@ -101,11 +101,14 @@ class Alignment:
                 w + (self.remainder[1] - w) % self.stride)
 
 
-def alignment(resolved: dict[str, Any]) -> Alignment | None:
+def alignment(resolved: dict[str, Any], fixed: Sequence[int] | None = None) -> Alignment | None:
     """The :class:`Alignment` of a resolved spec (``doc.resolved``, or the one embedded in a
     built model): its output stride and training crop (``data.crop``, else ``input.size``), and
     for a fixed image-pooling kernel the input size as the least; None when the spec does not
-    say."""
+    say. A model that takes one input size, ``fixed`` (an artifact built with ``--static``),
+    has every smaller image padded up to exactly that."""
+    if fixed is not None:
+        return Alignment(1, (0, 0), (int(fixed[0]), int(fixed[1])))
     stride = (resolved.get("backbone") or {}).get("output_stride")
     size = (resolved.get("input") or {}).get("size")
     crop = (resolved.get("data") or {}).get("crop") or size
@@ -373,7 +376,7 @@ def evaluate_checkpoint(
         model = optimize_for_inference(model).to(ctx.device)
         source_file = weights.file
     dataset, loader = val_batches(spec, ctx, source)
-    aligned = alignment(doc.resolved) if align else None
+    aligned = alignment(doc.resolved, getattr(model, "fixed_size", None)) if align else None
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
     worst_images = WorstImages(worst if out is not None else 0, spec.num_classes,
                                spec.train.ignore_index)

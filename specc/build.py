@@ -113,6 +113,8 @@ class Deployment:
     score: Callable[[list[Any]], float] | None = None
     #: int8 ranges: ``auto``, ``full`` or ``half`` (:func:`specc.targets.half_int8_range`).
     int8_range: str = "auto"
+    #: Every artifact for one input shape (:func:`specc.targets.write_targets`).
+    static: bool = False
 
 
 def _write_deployment(comp: Compilation, module: Any, staging: Path,
@@ -124,7 +126,7 @@ def _write_deployment(comp: Compilation, module: Any, staging: Path,
     entries = write_targets(module, comp.spec.input.size, deploy.requests, staging,
                             check_images=deploy.check_images, calibration=deploy.calibration,
                             progress=deploy.progress, score=deploy.score,
-                            int8_range=deploy.int8_range)
+                            int8_range=deploy.int8_range, static=deploy.static)
     _write_text(staging / ARTIFACTS, artifacts_json(spec_info(comp.doc), entries,
                                                     deploy.check_source))
     names = [ARTIFACTS]

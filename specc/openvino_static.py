@@ -1,7 +1,9 @@
 """Rewrites of an OpenVINO model reshaped to one input size, made before it is compiled.
 
 An artifact's IR takes any height and width; :class:`specc.targets.OpenVinoRunner` compiles it
-again for an input size that repeats, after :func:`optimize_static`. Each rewrite computes the
+again for an input size that repeats, after :func:`optimize_static`. ``specc build --static``
+makes them once instead, into the IR of one shape it writes, so that OpenVINO's own runtime runs
+them too. The height and width must be known; the batch need not be. Each rewrite computes the
 same function (up to rounding) faster at that size:
 
 - :func:`split_int8_atrous`. On a CPU with AMX, OpenVINO's int8 kernel for a conv of a wide
@@ -95,17 +97,19 @@ class AtrousGeometry:
 
 def _same_atrous(conv: Any) -> AtrousGeometry | None:
     """``conv``'s geometry when it is a plain (not grouped) stride-1 "same" conv with odd
-    kernels and a static input; None otherwise."""
+    kernels and an input of static channels, height and width (the batch may be dynamic);
+    None otherwise."""
     if conv.get_type_name() != "Convolution":
         return None
     data_shape, weight_shape = conv.get_input_partial_shape(0), conv.get_input_partial_shape(1)
-    if data_shape.is_dynamic or weight_shape.is_dynamic or len(data_shape) != 4:
+    if (weight_shape.is_dynamic or len(data_shape) != 4
+            or any(data_shape[a].is_dynamic for a in (1, 2, 3))):
         return None
     attributes = conv.get_attributes()
     if (attributes["strides"] != [1, 1]
             or attributes.get("auto_pad", "explicit").lower() not in ("explicit", "notset")):
         return None
-    size = list(data_shape.to_shape())[2:]
+    size = [data_shape[a].get_length() for a in (2, 3)]
     kernel = list(weight_shape.to_shape())[-2:]
     rates, begin, end = attributes["dilations"], attributes["pads_begin"], attributes["pads_end"]
     reach = [reachable_taps(kernel[a], rates[a], (begin[a], end[a]), size[a]) for a in (0, 1)]
@@ -159,8 +163,9 @@ def _cut_weights(path: list[Any], rows: slice, cols: slice) -> None:
 
 def drop_padding_taps(model: Any) -> int:
     """Cut every stride-1, zero-padded "same" atrous conv of ``model`` (an ``openvino.Model``
-    with a static input shape) down to the taps that can read its input map, with the padding
-    and rate made to match: the same function, exactly (every dropped tap multiplied zeros).
+    with a static input height and width) down to the taps that can read its input map, with
+    the padding and rate made to match: the same function, exactly (every dropped tap
+    multiplied zeros).
     A kernel left with one tap along an axis becomes undilated there. Convs whose weights are
     not a constant (through the decompression of int8 weights at most) are left as they are,
     and so are depthwise ones (``GroupConvolution``): cheap already, and no faster cut down
@@ -231,7 +236,8 @@ def split_int8_atrous(model: Any) -> int:
     (its int8 weights sliced from the stored ones, decompressed the same way), each output
     shifted by the tap's offset and summed in f32. The input's quantization is untouched, so
     each tap's conv is an int8 one; only the sum of the taps' dequantized outputs is rounded
-    differently. ``model`` has a static input shape. Returns how many convs were rewritten."""
+    differently. ``model`` has a static input height and width. Returns how many convs were
+    rewritten."""
     import openvino.opset13 as ops
 
     rewritten = 0
@@ -278,11 +284,12 @@ def _constant_value(value: Any) -> Any:
 
 def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
     """The stride-1 "same" 3×3 conv of ``rates`` with fp32 ``weights`` (out, in, 3, 3) on ``x``
-    (a static N×C×H×W output), computed by F(m, 3) over the rates' sub-grids
-    (:mod:`specc.winograd`). The map goes channels-last, so that the two gathers (every tile's
-    elements in, every output pixel out) move whole rows of channels; between them the input
-    transform, one GEMM per tile element with the transformed weights (nearly all the
-    arithmetic) and the output transform."""
+    (an N×C×H×W output, static but for the batch), computed by F(m, 3) over the rates'
+    sub-grids (:mod:`specc.winograd`). The map goes channels-last, so that the two gathers
+    (every tile's elements in, every output pixel out) move whole rows of channels; between
+    them the input transform, one GEMM per tile element with the transformed weights (nearly
+    all the arithmetic) and the output transform. Each image's tiles stay together, element
+    first, so nothing but the batch's leading dimension depends on the batch."""
     import numpy as np
     import openvino.opset13 as ops
 
@@ -291,26 +298,26 @@ def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
 
     at, g, bt = _matrices(m)
     n = m + 2
-    batch, channels, height, width = x.get_partial_shape().to_shape()
+    shape = x.get_partial_shape()
+    channels, height, width = (shape[a].get_length() for a in (1, 2, 3))
     out = weights.shape[0]
     rh, rw = rates
     th, tw = tiles(height, rh, m), tiles(width, rw, m)
     ph, pw = rh * (th * m + 2), rw * (tw * m + 2)  # the map padded to whole tiles
+    tile_count = rh * rw * th * tw  # per image
     # padded first, then channels last: OpenVINO keeps the map channels-last already, so the
     # transpose costs nothing (the other way round it copied the map twice, 50 ms in all)
     x = ops.pad(x, i64(0, 0, rh, rw), i64(0, 0, ph - height - rh, pw - width - rw),
                 "constant", np.array(0, np.float32))
     x = ops.transpose(x, i64(0, 2, 3, 1))
-    x = ops.reshape(x, i64(batch * ph * pw, channels), False)
+    x = ops.reshape(x, i64(0, ph * pw, channels), True)  # 0: the batch as it is
     # every tile of every sub-grid, element (i, j) first: padded row (t·m + i)·rate + sub-grid
-    i, j, b, ah, aw, ty, tx = np.ogrid[:n, :n, :batch, :rh, :rw, :th, :tw]
+    i, j, ah, aw, ty, tx = np.ogrid[:n, :n, :rh, :rw, :th, :tw]
     rows, cols = (ty * m + i) * rh + ah, (tx * m + j) * rw + aw
-    x = ops.gather(x, (b * ph * pw + rows * pw + cols).astype(np.int64), np.array(0, np.int64))
-    tile_count = batch * rh * rw * th * tw
-    x = ops.reshape(x, i64(n * n, tile_count * channels), False)
+    x = ops.gather(x, (rows * pw + cols).astype(np.int64), np.array(1, np.int64))
+    x = ops.reshape(x, i64(0, n * n, tile_count * channels), True)
     # B^T d B for every tile and channel: one product with B^T ⊗ B^T
     v = ops.matmul(ops.constant(np.kron(bt, bt).astype(np.float32)), x, False, False)
-    v = ops.reshape(v, i64(n * n, tile_count, channels), False)
     # G w G^T, one (out × in) matrix per tile element, and one product per element: OpenVINO
     # runs those with its GEMM, a batched product with a 3-D constant with a slower kernel
     # (ResNet-50 at 513×513, 2 AVX2 cores: 1336 against 1369 ms). Made by two matrix products
@@ -319,19 +326,19 @@ def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
     taps = weights.astype(np.float64).transpose(2, 3, 0, 1).reshape(3, 3, -1)
     u = (g @ (g @ taps.reshape(3, -1)).reshape(n, 3, -1)).astype(np.float32)
     u = u.reshape(n * n, out, -1)
-    parts = ops.split(v, np.array(0, np.int64), n * n)
+    parts = ops.split(v, np.array(1, np.int64), n * n)
     products = ops.concat([
-        ops.matmul(ops.reshape(parts.output(e), i64(tile_count, channels), False),
-                   ops.constant(u[e]), False, True)
-        for e in range(n * n)], 0)
-    products = ops.reshape(products, i64(n * n, tile_count * out), False)
+        ops.reshape(ops.matmul(ops.reshape(parts.output(e), i64(-1, channels), False),
+                               ops.constant(u[e]), False, True),
+                    i64(-1, 1, tile_count * out), False)
+        for e in range(n * n)], 1)
     y = ops.matmul(ops.constant(np.kron(at, at).astype(np.float32)), products, False, False)
-    # each output pixel from its tile: rows (i, j, b, ah, aw, ty, tx) of y
-    y = ops.reshape(y, i64(m * m * tile_count, out), False)
-    b, r, c = np.ogrid[:batch, :height, :width]
+    # each output pixel from its tile: rows (i, j, ah, aw, ty, tx) of each image's y
+    y = ops.reshape(y, i64(0, m * m * tile_count, out), True)
+    r, c = np.ogrid[:height, :width]
     (ty, i, ah), (tx, j, aw) = _place(r, rh, m), _place(c, rw, m)
-    index = (((((i * m + j) * batch + b) * rh + ah) * rw + aw) * th + ty) * tw + tx
-    y = ops.gather(y, index.astype(np.int64), np.array(0, np.int64))
+    index = ((((i * m + j) * rh + ah) * rw + aw) * th + ty) * tw + tx
+    y = ops.gather(y, index.astype(np.int64), np.array(1, np.int64))
     return ops.transpose(y, i64(0, 3, 1, 2)).output(0)
 
 
@@ -353,20 +360,21 @@ def _place(position: Any, rate: int, m: int) -> tuple[Any, Any, Any]:
     return along // m, along % m, sub_grid
 
 
-def winograd_convs(model: Any, choose: Callable[..., int | None] = choose_tile,
+def winograd_convs(model: Any, choose: Callable[..., int | None] | None = None,
                    int8: bool = True) -> int:
-    """Compute each plain stride-1 "same" 3×3 conv of ``model`` (static input shape) whose
-    weights are a constant (through an int8 IR's decompression at most), all of whose taps
-    reach its map, and for which ``choose`` (by default :func:`specc.winograd.choose_tile`:
-    enough channels, arithmetic and saving) picks a tile m, by Winograd's F(m, 3) in f32: the
-    same function to about 4e-5 of its largest output. ``choose`` is called with the conv's
-    input and output channels, map size and rates, and ``int8=True`` for a conv with int8
-    weights: such a conv's quantized input is kept and its weights decompressed, so it computes
-    what the int8 kernel computes, in f32 and with less arithmetic, where the int8 kernel is
-    not fast enough to win (an AVX2 CPU without VNNI); ``int8=False`` leaves those convs to
-    the int8 kernels. It trades memory for speed: the transformed weights are (m+2)²/9 times
-    the conv's in f32 (ResNet-50 compiled for 513×513: 1.5 GB resident instead of 0.5 in fp32,
-    0.9 instead of 0.26 in int8). Returns how many were rewritten."""
+    """Compute each plain stride-1 "same" 3×3 conv of ``model`` (static input height and width, any
+    batch) whose weights are a constant (through an int8 IR's decompression at most), all of whose
+    taps reach its map, and for which ``choose`` (by default :func:`specc.winograd.choose_tile`:
+    enough channels, arithmetic and saving) picks a tile m, by Winograd's F(m, 3) in f32: the same
+    function to about 4e-5 of its largest output. ``choose`` is called with the conv's input and
+    output channels, map size and rates, and ``int8=True`` for a conv with int8 weights: such a
+    conv's quantized input is kept and its weights decompressed, so it computes what the int8 kernel
+    computes, in f32 and with less arithmetic, where the int8 kernel is not fast enough to win (an
+    AVX2 CPU without VNNI); ``int8=False`` leaves those convs to the int8 kernels. It trades memory
+    for speed: the transformed weights are (m+2)²/9 times the conv's in f32 (ResNet-50 compiled for
+    513×513: 1.5 GB resident instead of 0.5 in fp32, 0.9 instead of 0.26 in int8). Returns how many
+    were rewritten."""
+    choose = choose or choose_tile
     rewritten = 0
     for conv in model.get_ordered_ops():
         geometry = _same_atrous(conv)
@@ -378,7 +386,8 @@ def winograd_convs(model: Any, choose: Callable[..., int | None] = choose_tile,
         quantized = path is not None and _is_int8_weight(path[0])
         if weights is None or (quantized and not int8):
             continue
-        size = tuple(conv.get_input_partial_shape(0).to_shape())[2:]
+        shape = conv.get_input_partial_shape(0)
+        size = (shape[2].get_length(), shape[3].get_length())
         m = choose(weights.shape[1], weights.shape[0], size, geometry.rates, int8=quantized)
         if m is None:
             continue
@@ -391,19 +400,25 @@ def winograd_convs(model: Any, choose: Callable[..., int | None] = choose_tile,
     return rewritten
 
 
+def deciding_features(cpu: CpuInfo) -> dict[str, bool]:
+    """What of ``cpu`` decides which rewrites :func:`optimize_static` makes."""
+    return {"avx2": cpu.has_avx2, "avx512": cpu.has_avx512, "vnni": cpu.has_vnni,
+            "amx": cpu.has_amx}
+
+
 def optimize_static(model: Any, cpu: CpuInfo | None = None,
                     precision: str = "f32") -> dict[str, int]:
-    """The rewrites for ``model`` (static input shape) compiled at OpenVINO's inference
-    ``precision`` (``f32`` or ``bf16``) on ``cpu`` (this machine's by default); how many convs
-    each rewrote. :func:`split_int8_atrous` only where the CPU has AMX, and
-    :func:`winograd_convs` only at f32 on an AVX2 CPU without AVX-512, and for int8 convs only
-    where it has no VNNI either: each is made only on the kind of CPU it was measured on
-    (elsewhere OpenVINO's kernels run at other speeds relative to the GEMM and copies they are
-    replaced by; in bf16 the transforms would lose precision). The int8 split runs first,
-    leaving out the taps that read only padding itself, then Winograd on the convs all of whose
-    taps reach their map; :func:`drop_padding_taps` takes the rest.
-    All change ``model`` in place and free the weight constants they replace: compile it
-    afterwards, never before (a compiled model may keep using those constants)."""
+    """The rewrites for ``model`` (static input height and width; the batch may be dynamic) compiled
+    at OpenVINO's inference ``precision`` (``f32`` or ``bf16``) on ``cpu`` (this machine's by
+    default); how many convs each rewrote. :func:`split_int8_atrous` only where the CPU has AMX, and
+    :func:`winograd_convs` only at f32 on an AVX2 CPU without AVX-512, and for int8 convs only where
+    it has no VNNI either: each is made only on the kind of CPU it was measured on (elsewhere
+    OpenVINO's kernels run at other speeds relative to the GEMM and copies they are replaced by; in
+    bf16 the transforms would lose precision). The int8 split runs first, leaving out the taps that
+    read only padding itself, then Winograd on the convs all of whose taps reach their map;
+    :func:`drop_padding_taps` takes the rest. All change ``model`` in place and free the weight
+    constants they replace: compile it afterwards, never before (a compiled model may keep using
+    those constants)."""
     cpu = cpu or cpu_info()
     split = split_int8_atrous(model) if cpu.has_amx else 0
     winograd = (winograd_convs(model, int8=not cpu.has_vnni)

@@ -41,13 +41,13 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from specc.errors import SpeccError, SpeccWarning
 from specc.hardware import CpuInfo, cpu_info
-from specc.openvino_static import optimize_static
+from specc.openvino_static import deciding_features, optimize_static
 
 if TYPE_CHECKING:
     import torch
@@ -192,8 +192,8 @@ def _source_graph(job: Job, request: Request) -> nn.Module:
 
 def example_input(size: Sequence[int], batch: int = 2,
                   channels_last: bool = False) -> torch.Tensor:
-    """The example a graph is exported with: a batch of 2 (so batch 1 is not specialized), in
-    the channels-last layout when asked."""
+    """The example a graph is exported with: by default a batch of 2 (so that a dynamic batch is
+    not specialized to 1), in the channels-last layout when asked."""
     import torch
 
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -209,21 +209,23 @@ def fixed_geometry(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def export_program(model: nn.Module, size: Sequence[int], channels_last: bool = False) -> Any:
+def export_program(model: nn.Module, size: Sequence[int], channels_last: bool = False,
+                   static: bool = False) -> Any:
     """``torch.export`` of ``model`` (an inference graph) with a dynamic batch, height and width
     (``Dim.AUTO``: a dimension the graph ties to a value or a range stays so, and
     :func:`shape_bounds` reports it). A model of :func:`fixed_geometry` is exported at ``size``
     with a dynamic batch only, as DeepLab's own exported graphs take 513×513; evaluation pads
-    smaller images up to it (:class:`runtime.evaluate.Alignment`). With ``channels_last`` the
-    example input is channels-last (the graph's weights should be too: the ``channels_last``
-    pass)."""
+    smaller images up to it (:class:`runtime.evaluate.Alignment`). ``static`` exports one shape,
+    1×3×``size`` (``specc build --static``). With ``channels_last`` the example input is
+    channels-last (the graph's weights should be too: the ``channels_last`` pass)."""
     import torch
     from torch.export import Dim
 
     dims = {0: Dim.AUTO} if fixed_geometry(model) else {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    example = example_input(size, batch=1 if static else 2, channels_last=channels_last)
     with torch.no_grad(), _quiet():
-        return torch.export.export(model, (example_input(size, channels_last=channels_last),),
-                                   dynamic_shapes=(dims,), strict=False)
+        return torch.export.export(model, (example,), dynamic_shapes=None if static else (dims,),
+                                   strict=False)
 
 
 def shape_bounds(program: Any) -> dict[str, list[int | None]]:
@@ -317,6 +319,10 @@ class Job:
     calibration: Sequence[torch.Tensor]
     #: int8 with the ranges that do not saturate without VNNI (:func:`half_int8_range`).
     half_int8: bool = False
+    #: One input shape, 1×3×``size`` (:func:`export_program`), for every artifact.
+    static: bool = False
+    #: What writers did beyond exporting, per artifact file, for its ``artifacts.json`` entry.
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _write_export(job: Job, request: Request) -> None:
@@ -425,7 +431,7 @@ def _int8_program(job: Job) -> Any:
         for image in job.calibration:
             prepared(image)
         converted = convert_pt2e(prepared)
-    return export_program(converted, job.size)
+    return export_program(converted, job.size, static=job.static)
 
 
 def _write_aoti(job: Job, request: Request) -> None:
@@ -436,7 +442,8 @@ def _write_aoti(job: Job, request: Request) -> None:
     else:
         graph = _source_graph(job, request)
         program = export_program(_bf16_graph(graph) if request.precision == "bf16" else graph,
-                                 job.size, channels_last=channels_last_input(request))
+                                 job.size, channels_last=channels_last_input(request),
+                                 static=job.static)
     with torch.no_grad(), _quiet():
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(job.folder / request.file),
@@ -457,9 +464,12 @@ def _write_openvino(job: Job, request: Request) -> None:
     import openvino as ov
 
     graph = _source_graph(job, request)
-    program = job.program if graph is job.graph else export_program(graph, job.size)
+    program = (job.program if graph is job.graph
+               else export_program(graph, job.size, static=job.static))
     with _quiet():
         model = ov.convert_model(program)
+    if job.static:  # the converter leaves the input's dimensions open
+        model.reshape([1, 3, *job.size])
     if request.precision == "int8":
         import nncf
 
@@ -471,6 +481,12 @@ def _write_openvino(job: Job, request: Request) -> None:
                                   advanced_parameters=advanced)
     # The precision travels with the IR: OpenVINO applies runtime_options when it compiles.
     hint = "bf16" if request.precision == "bf16" else "f32"
+    if job.static:
+        # one shape: the rewrites the runner makes per size are made here, for this CPU
+        cpu = cpu_info()
+        job.notes[request.file] = {"static_rewrites": optimize_static(model, cpu, hint),
+                                   "rewritten_for": {"cpu": cpu.model,
+                                                     **deciding_features(cpu)}}
     model.set_rt_info(hint, ["runtime_options", "INFERENCE_PRECISION_HINT"])
     ov.save_model(model, str(job.folder / request.file), compress_to_fp16=False)
 
@@ -540,7 +556,9 @@ class OpenVinoRunner:
     (:func:`specc.openvino_static.optimize_static`: int8 atrous ones tap by tap on AMX CPUs,
     the large 3×3 ones by Winograd on AVX2 CPUs, the taps that read only padding dropped).
     Compiling a size takes a fraction of a second, a few seconds with Winograd's transformed
-    weights (ResNet-50 on 2 AVX2 cores: 0.3 → 2.4 s at 513×513 in fp32, 0.4 → 2.1 s in int8)."""
+    weights (ResNet-50 on 2 AVX2 cores: 0.3 → 2.4 s at 513×513 in fp32, 0.4 → 2.1 s in int8).
+    An IR of one shape (``specc build --static``, rewritten when it was built) is compiled once,
+    as it is."""
 
     #: How many static-shape compilations are kept.
     STATIC_SHAPES = 4
@@ -551,11 +569,14 @@ class OpenVinoRunner:
         self.path, self.config = path, config
         self.core = ov.Core()
         self.dynamic = self.core.compile_model(str(path), "CPU", config)
+        self.one_shape = self.dynamic.input(0).get_partial_shape().is_static
         self.seen: set[tuple[int, ...]] = set()
         self.static: dict[tuple[int, ...], Any] = {}
 
     def compiled_for(self, shape: tuple[int, ...]) -> Any:
         """The compiled model that runs inputs of ``shape``."""
+        if self.one_shape:
+            return self.dynamic
         if shape in self.static:
             self.static[shape] = self.static.pop(shape)  # the most recent goes last
             return self.static[shape]
@@ -589,10 +610,26 @@ class ArtifactModule:
         self._run = _runner(path, entry["target"], entry["precision"], threads,
                             self._channels_last)
 
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """The one input height and width the artifact takes, or None when it takes several."""
+        bounds = self.entry.get("input_bounds") or {}
+        height, width = bounds.get("height", [None, None]), bounds.get("width", [None, None])
+        if height[0] is not None and height[0] == height[1] and width[0] == width[1]:
+            return height[0], width[0]
+        return None
+
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
 
-        check_input(self.path, self.entry.get("input_bounds"), images.shape)
+        bounds = self.entry.get("input_bounds") or {}
+        # an artifact of one batch size (--static: 1) runs a larger batch image by image
+        fixed_batch = bounds.get("batch", [None, None])
+        step = fixed_batch[0] if fixed_batch[0] is not None and fixed_batch[0] == fixed_batch[1] \
+            else None
+        if step == 1 and images.shape[0] > 1:
+            return {"out": torch.cat([self(image[None])["out"] for image in images])}
+        check_input(self.path, bounds, images.shape)
         # one copy at most, into the layout the artifact was compiled for
         layout = torch.channels_last if self._channels_last else torch.contiguous_format
         with torch.inference_mode():
@@ -637,8 +674,9 @@ def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModul
         raise SpeccError(f"{path}: its sha256 differs from the one in {listing}; the file was "
                          "changed after the build")
     check_libraries([Request(entry["target"], entry["precision"])])
-    if (note := saturation_note(entry, cpu_info())) is not None:
-        warnings.warn(f"{path}: {note}", SpeccWarning, stacklevel=2)
+    for note in (saturation_note(entry, cpu_info()), rewrite_note(entry, cpu_info())):
+        if note is not None:
+            warnings.warn(f"{path}: {note}", SpeccWarning, stacklevel=2)
     return ArtifactModule(path, entry, info, threads)
 
 
@@ -654,6 +692,25 @@ def saturation_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
     return ("int8 artifact quantized for CPUs with VNNI (int8 dot products); this CPU has "
             "none, so its int8 sums may saturate and accuracy drop by points. Build it with "
             "--int8-range half (the default on a CPU without VNNI)")
+
+
+def rewrite_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
+    """Why an IR rewritten for one shape at build time (its ``artifacts.json`` entry) may not
+    be the fastest on ``cpu``: the rewrites were chosen for a CPU with other features
+    (:func:`specc.openvino_static.deciding_features`). None when they fit."""
+    made_for = entry.get("rewritten_for")
+    if not made_for:
+        return None
+    here = deciding_features(cpu)
+    if all(made_for.get(name) == value for name, value in here.items()):
+        return None
+
+    def listing(features: dict[str, Any]) -> str:
+        return ", ".join(f"{name} {'yes' if features.get(name) else 'no'}" for name in here)
+
+    return (f"its convs were rewritten for the CPU it was built on ({made_for.get('cpu')}: "
+            f"{listing(made_for)}); this one differs ({listing(here)}), and other rewrites may "
+            "run faster here: build it again on this machine")
 
 
 def file_sha256(path: Path) -> str:
@@ -694,12 +751,15 @@ def write_targets(module: nn.Module, size: Sequence[int], requests: Sequence[Req
                   calibration: Sequence[torch.Tensor] = (),
                   progress: Callable[[str], None] = lambda _: None,
                   score: Callable[[list[torch.Tensor]], float] | None = None,
-                  int8_range: str = "auto") -> list[dict[str, Any]]:
+                  int8_range: str = "auto", static: bool = False) -> list[dict[str, Any]]:
     """Write every requested artifact except ``torchscript`` (the build writes that) into
     ``folder``, load each back and check it against ``module`` on ``check_images``; with
     ``score`` (the check images have labels), each check also gives the artifact's mIoU beside
     the reference's, so the cost of bf16 or int8 is measured. int8 artifacts are quantized with
-    ``int8_range`` (:func:`half_int8_range`).
+    ``int8_range`` (:func:`half_int8_range`). ``static`` makes every artifact for one input
+    shape, 1×3×``size``, and rewrites the ``openvino`` IRs for it and this CPU
+    (:func:`specc.openvino_static.optimize_static`), as the runner otherwise does per size:
+    for deployments that serve one size, with OpenVINO's own runtime too.
 
     Returns one entry per artifact (including ``torchscript``, checked too) for
     ``artifacts.json``.
@@ -720,9 +780,11 @@ def write_targets(module: nn.Module, size: Sequence[int], requests: Sequence[Req
     entries = []
     job = None
     if needs_export:
-        progress("inference graph: export (dynamic batch, height and width)")
+        shapes = shape_words(size) if static else "dynamic batch, height and width"
+        progress(f"inference graph: export ({shapes})")
         graph = inference_graph(module)
-        job = Job(graph, _exported(graph, size), tuple(size), folder, calibration, half)
+        job = Job(graph, _exported(graph, size, static), tuple(size), folder, calibration, half,
+                  static)
     for request in requests:
         start = time.perf_counter()
         if request.target != "torchscript":
@@ -745,9 +807,13 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0][:300]
 
 
-def _exported(graph: nn.Module, size: Sequence[int]) -> Any:
+def shape_words(size: Sequence[int]) -> str:
+    return f"one shape, 1×3×{size[0]}×{size[1]}"
+
+
+def _exported(graph: nn.Module, size: Sequence[int], static: bool = False) -> Any:
     try:
-        return export_program(graph, size)
+        return export_program(graph, size, static=static)
     except Exception as err:
         raise SpeccError(f"--target: torch.export cannot trace this network: "
                          f"{type(err).__name__}: {_first_line(err)}") from None
@@ -784,6 +850,7 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         "files": [p.name for p in _artifact_files(path)],
         "sha256": file_sha256(path),
         "bytes": sum(p.stat().st_size for p in _artifact_files(path)),
+        **(job.notes.get(path.name, {}) if job else {}),
         "check": check,
         "shape_constraints": shape_constraints(bounds),
         "input_memory_format": "channels_last" if channels_last_input(request) else "contiguous",

@@ -294,6 +294,35 @@ def test_winograd_computes_the_conv(shape: tuple[int, ...], rates: tuple[int, in
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+def test_winograd_leaves_the_batch_dynamic(tmp_path: Path) -> None:
+    """A model with a dynamic batch and a static height and width (an IR made for one size
+    that a deployment reshapes to its batch) is rewritten as it is, and the rewritten model
+    computes the conv at any batch; reshaped to a fixed batch afterwards, it still does."""
+    g = torch.Generator().manual_seed(7)
+    conv = nn.Conv2d(8, 12, 3, padding=(2, 3), dilation=(2, 3))
+    for p in conv.parameters():
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    module = nn.Sequential(conv, nn.ReLU()).eval()
+    model = ir(module, (2, 8, 17, 9), tmp_path, dynamic=True)
+    model.reshape([-1, 8, 17, 9])
+    assert winograd_convs(model, always(4)) == 1
+    assert model.input(0).get_partial_shape()[0].is_dynamic
+    assert not [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    run = compiled(model)
+    for batch in (1, 3):
+        x = image((batch, 8, 17, 9), seed=batch)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        got = run(x)[0]
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    model.reshape([4, 8, 17, 9])
+    x = image((4, 8, 17, 9), seed=4)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert np.abs(compiled(model)(x)[0] - want).max() <= 1e-4 * np.abs(want).max()
+
+
 @pytest.mark.parametrize(("size", "rewritten"), [((9, 9), 2), ((6, 6), 1)])
 def test_winograd_takes_only_plain_convs_that_reach_their_map(
         size: tuple[int, int], rewritten: int, tmp_path: Path) -> None:

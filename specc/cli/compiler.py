@@ -91,6 +91,12 @@ def build(
         help="int8 ranges: half (7-bit activations for aoti, half-range weights for openvino: "
              "no saturation on CPUs without VNNI, such as AVX2-only ones), full (for CPUs "
              "with VNNI or AMX only) or auto (half where this CPU has no VNNI).")] = "auto",
+    static: Annotated[bool, typer.Option(
+        help="Make every artifact for one input shape, 1×3×H×W at the spec's input.size "
+             "(change it with --set input.size=[H,W]): faster where a deployment serves one "
+             "size, and the openvino IR is rewritten for it and for this machine's CPU, so "
+             "OpenVINO's own runtime runs it as fast as specc does. eval and predict pad "
+             "smaller images up to it; larger ones need --tile.")] = False,
 ) -> None:
     """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript), and
     deployment artifacts with --target."""
@@ -101,6 +107,9 @@ def build(
         raise SpeccError("nothing to build: give spec files or --all")
     requests = parse_requests(target or [], precision)
     half_int8_range(int8_range)  # refuse an unknown value before anything is built
+    if static and not requests:
+        raise SpeccError("--static makes deployment artifacts for one input shape; give the "
+                         "targets with --target")
     if requests and check:
         raise SpeccError("--check compares the committed files; it takes no --target")
     check_libraries(requests)
@@ -113,7 +122,7 @@ def build(
             render.err.print(note, markup=False)
         if strict and comp.warnings:
             raise SpeccError(f"{path}: warnings found and --strict given")
-        deploy = (_deployment(comp, requests, calibration, check_images, int8_range)
+        deploy = (_deployment(comp, requests, calibration, check_images, int8_range, static)
                   if requests else None)
         result = build_to(comp, out_dir, weights=weights, check=check, deploy=deploy)
         if check:
@@ -129,7 +138,7 @@ def build(
 
 
 def _deployment(comp: Compilation, requests: list[Request], calibration: int,
-                count: int, int8_range: str = "auto") -> Deployment:
+                count: int, int8_range: str = "auto", static: bool = False) -> Deployment:
     """The artifacts of ``--target`` with their check and calibration images
     (:func:`runtime.calibration.check_images`)."""
     from runtime.calibration import check_images
@@ -138,7 +147,7 @@ def _deployment(comp: Compilation, requests: list[Request], calibration: int,
                           any(r.precision == "int8" for r in requests))
     return Deployment(tuple(requests), images.checks, images.source, images.calibration,
                       progress=lambda text: render.err.print(f"  {text}", markup=False),
-                      score=images.score, int8_range=int8_range)
+                      score=images.score, int8_range=int8_range, static=static)
 
 
 def info(
