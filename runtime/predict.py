@@ -7,7 +7,9 @@ For every input image ``photo.jpg`` the output folder gets
 * ``photo_overlay.png`` — the image with the coloured mask blended over it at 50 %.
 
 Each file is written to a temporary name and renamed, so an interrupted run never leaves a
-truncated PNG. The model is either a spec plus weights, or a TorchScript ``model.pt`` from
+truncated PNG. Each carries a ``Software: specc predict`` text chunk: a file already at an
+output's name is replaced only when it is such an earlier output, never when it is one of the
+input images or any other file of the user's (the run is refused before anything is written). The model is either a spec plus weights, or a TorchScript ``model.pt`` from
 ``specc build`` or ``specc train`` (which carries its spec, hence the normalization, inside it).
 """
 
@@ -32,6 +34,8 @@ from specc.errors import SpeccError
 from specc.fsutil import atomic_write
 
 OVERLAY_ALPHA = 0.5  # half image, half mask: both stay readable
+#: The PNG text chunk that marks predict's outputs, so that a later run may replace them.
+SOFTWARE = ("Software", "specc predict")
 
 
 @dataclass
@@ -106,8 +110,37 @@ def _output_names(images: Sequence[Path]) -> list[str]:
 
 
 def write_png(image: Image.Image, path: Path) -> Path:
-    """Save a PIL image as PNG atomically."""
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    """Save a PIL image as PNG atomically, marked as predict's output (:data:`SOFTWARE`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(*SOFTWARE)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+
+
+def _written_by_predict(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(SOFTWARE[0]) == SOFTWARE[1]
+    except Exception:  # not an image, unreadable: the user's, whatever it is
+        return False
+
+
+def check_outputs(images: Sequence[Path], outputs: Sequence[Path]) -> None:
+    """Refuse to write any of ``outputs`` where that would replace one of the input ``images``
+    or a file that is not an earlier output of predict.
+
+    Raises:
+        SpeccError: naming the file and what to do.
+    """
+    inputs = {path.resolve() for path in images}
+    for out in outputs:
+        if out.resolve() in inputs:
+            raise SpeccError(f"{out}: is one of the input images and would be overwritten by "
+                             "a prediction; choose another --out folder")
+        if out.exists() and not (out.is_file() and _written_by_predict(out)):
+            raise SpeccError(f"{out}: already exists and was not written by specc predict; "
+                             "it is left as it is: choose another --out folder, or move it away")
 
 
 def _segment_picture(
@@ -161,16 +194,20 @@ def predict_files(
 
     Raises:
         DataError: an image is missing or cannot be decoded (the message names it).
-        SpeccError: no images given.
+        SpeccError: no images given, or an output would replace an input image or a file
+        that predict did not write (:func:`check_outputs`).
     """
     if not images:
         raise SpeccError("no images given")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pictures = [read_image(path) for path in images]  # DataError names a bad file
     model = predictor.model.to(device).eval()
+    stems = _output_names(images)
+    check_outputs(images, [out_dir / f"{stem}_{kind}.png" for stem in stems
+                           for kind in ("mask", "overlay")])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, picture, stem in zip(images, pictures, _output_names(images), strict=True):
+    for path, picture, stem in zip(images, pictures, stems, strict=True):
         with torch.inference_mode():
             label = _segment_picture(predictor, model, picture, scales, flip, device, tiling)
         mask = colorize(label)

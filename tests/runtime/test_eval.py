@@ -267,6 +267,38 @@ def test_predict_with_torchscript_model(
         "a_2_mask.png", "a_2_overlay.png", "a_mask.png", "a_overlay.png"]
 
 
+def test_predict_never_replaces_the_users_files(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Predicting into the images' own folder: an input named like an output (``a_mask.png``
+    beside ``a.png``) or any other file of the user's at an output's name stops the run before
+    anything is written; predict's own earlier outputs are replaced on a second run."""
+    model = trained / "model.pt"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    a, a_mask = _image(folder / "a.png", (33, 47)), _image(folder / "a_mask.png", (30, 40))
+    before = a_mask.read_bytes()
+    code, _, err = runkit.cli(["predict", model, a, a_mask, "--out", folder], capsys)
+    assert code == 2
+    assert f"{a_mask}: is one of the input images and would be overwritten" in err
+    assert a_mask.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [
+        "a.png", "a_mask.png"]
+
+    notes = folder / "b_overlay.png"
+    notes.write_text("the user's notes")
+    b = _image(folder / "b.png", (33, 47))
+    code, _, err = runkit.cli(["predict", model, b, "--out", folder], capsys)
+    assert code == 2 and f"{notes}: already exists and was not written by specc predict" in err
+    assert notes.read_text() == "the user's notes" and not (folder / "b_mask.png").exists()
+
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run replaces the first one's outputs
+        code, _, err = runkit.cli(["predict", model, b, "--out", out], capsys)
+        assert code == 0, err
+    with Image.open(out / "b_mask.png") as mask:
+        assert mask.text["Software"] == "specc predict"
+
+
 def test_plot_writes_png(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "curves.png"
     code, stdout, err = runkit.cli(["plot", trained, "--out", out], capsys)
