@@ -670,14 +670,29 @@ def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModul
     entry = next((a for a in info.get("artifacts", []) if a.get("file") == path.name), None)
     if entry is None:
         raise SpeccError(f"{path}: not listed in {listing}")
-    if file_sha256(path) != entry.get("sha256"):
-        raise SpeccError(f"{path}: its sha256 differs from the one in {listing}; the file was "
-                         "changed after the build")
+    # every file of the artifact (an IR's .bin too); older listings hash the first file only
+    hashes = entry.get("file_sha256") or {path.name: entry.get("sha256")}
+    for name, digest in hashes.items():
+        part = path.parent / name
+        if not part.is_file():
+            raise SpeccError(f"{part}: missing; the artifact {path.name} is made of "
+                             f"{', '.join(entry.get('files') or hashes)} (see {listing}); "
+                             "build it again")
+        if file_sha256(part) != digest:
+            raise SpeccError(f"{part}: its sha256 differs from the one in {listing}; the file "
+                             "was changed after the build")
     check_libraries([Request(entry["target"], entry["precision"])])
     for note in (saturation_note(entry, cpu_info()), rewrite_note(entry, cpu_info())):
         if note is not None:
             warnings.warn(f"{path}: {note}", SpeccWarning, stacklevel=2)
-    return ArtifactModule(path, entry, info, threads)
+    try:
+        return ArtifactModule(path, entry, info, threads)
+    except SpeccError:
+        raise
+    except Exception as err:  # the runtime's own refusal of a file it cannot open
+        last = ([line for line in str(err).splitlines() if line.strip()] or [""])[-1]
+        raise SpeccError(f"{path}: {entry['target']} cannot open it: {type(err).__name__}: "
+                         f"{last.strip()[:300]}") from None
 
 
 def saturation_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
@@ -849,6 +864,7 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         "file": path.name,
         "files": [p.name for p in _artifact_files(path)],
         "sha256": file_sha256(path),
+        "file_sha256": {p.name: file_sha256(p) for p in _artifact_files(path)},
         "bytes": sum(p.stat().st_size for p in _artifact_files(path)),
         **(job.notes.get(path.name, {}) if job else {}),
         "check": check,

@@ -310,6 +310,18 @@ def test_a_changed_artifact_is_refused(built: tuple[Any, Path], tmp_path: Path) 
         f.write(b"\0")
     with pytest.raises(SpeccError, match="sha256 differs"):
         load_artifact(copy / "model.onnx")
+    # an IR is two files: weights changed in place (same size) or gone are refused too
+    weights = copy / "model-openvino-fp32.bin"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(b ^ 0x80 for b in data[-4:])  # four bytes changed, the size kept
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SpeccError, match=r"model-openvino-fp32\.bin: its sha256 differs"):
+        load_artifact(copy / "model-openvino-fp32.xml")
+    weights.unlink()
+    with pytest.raises(SpeccError, match=r"model-openvino-fp32\.bin: missing; the artifact "
+                                         r"model-openvino-fp32\.xml is made of "
+                                         r"model-openvino-fp32\.xml, model-openvino-fp32\.bin"):
+        load_artifact(copy / "model-openvino-fp32.xml")
     lone = tmp_path / "lone.onnx"
     shutil.copy(built[1] / "model.onnx", lone)
     with pytest.raises(SpeccError, match=r"no artifacts\.json beside it"):
