@@ -101,23 +101,28 @@ class Alignment:
                 w + (self.remainder[1] - w) % self.stride)
 
 
-def alignment(resolved: dict[str, Any], fixed: Sequence[int] | None = None) -> Alignment | None:
+def alignment(resolved: dict[str, Any],
+              bounds: dict[str, list[int | None]] | None = None) -> Alignment | None:
     """The :class:`Alignment` of a resolved spec (``doc.resolved``, or the one embedded in a
     built model): its output stride and training crop (``data.crop``, else ``input.size``), and
     for a fixed image-pooling kernel the input size as the least; None when the spec does not
-    say. A model that takes one input size, ``fixed`` (an artifact built with ``--static``),
-    has every smaller image padded up to exactly that."""
-    if fixed is not None:
-        return Alignment(1, (0, 0), (int(fixed[0]), int(fixed[1])))
+    say. For a deployment artifact, its ``bounds`` (``ArtifactModule.input_bounds``) raise the
+    least to the smallest height and width its graph takes, and an artifact of one height and
+    width (``specc build --static``) has every smaller image padded up to exactly that."""
+    height, width = ((bounds or {}).get(name) or [None, None] for name in ("height", "width"))
+    if height[0] is not None and height[0] == height[1] and width[0] == width[1]:
+        return Alignment(1, (0, 0), (int(height[0]), int(width[0])))
+    least = (int(height[0] or 1), int(width[0] or 1))
     stride = (resolved.get("backbone") or {}).get("output_stride")
     size = (resolved.get("input") or {}).get("size")
     crop = (resolved.get("data") or {}).get("crop") or size
     if not isinstance(stride, int) or stride < 2 or not crop or len(crop) != 2:
-        return None
+        return None if least == (1, 1) else Alignment(1, (0, 0), least)
     pooling = (resolved.get("aspp") or {}).get("image_pooling") or {}
     fixed = isinstance(pooling, dict) and pooling.get("kernel") == "fixed" and size
+    minimum = (int(size[0]), int(size[1])) if fixed else (1, 1)
     return Alignment(stride, (int(crop[0]) % stride, int(crop[1]) % stride),
-                     (int(size[0]), int(size[1])) if fixed else (1, 1))
+                     (max(minimum[0], least[0]), max(minimum[1], least[1])))
 
 
 def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -376,7 +381,7 @@ def evaluate_checkpoint(
         model = optimize_for_inference(model).to(ctx.device)
         source_file = weights.file
     dataset, loader = val_batches(spec, ctx, source)
-    aligned = alignment(doc.resolved, getattr(model, "fixed_size", None)) if align else None
+    aligned = alignment(doc.resolved, getattr(model, "input_bounds", None)) if align else None
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
     worst_images = WorstImages(worst if out is not None else 0, spec.num_classes,
                                spec.train.ignore_index)

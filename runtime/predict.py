@@ -75,7 +75,7 @@ def load_predictor(
         return Predictor(artifact, tuple(spec_input.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
                          tuple(spec_input.get("std", IMAGENET_STD)), str(model),
                          tuple(spec_input.get("size", Predictor.input_size)),
-                         alignment(resolved, artifact.fixed_size))
+                         alignment(resolved, artifact.input_bounds))
     if model.suffix in (".pt", ".pth"):
         if checkpoint is not None or overrides:
             raise SpeccError(f"{model}: a TorchScript model carries its own weights and spec; "

@@ -276,7 +276,8 @@ def check_input(path: Path, bounds: dict[str, list[int | None]] | None, shape: S
                            strict=True):
         low, high = (bounds or {}).get(name, (None, None))
         if (low is not None and value < low) or (high is not None and value > high):
-            takes = shape_constraints({name: [low, high]})[name]
+            takes = (f"of {low}" if low == high else f"of at least {low}" if high is None
+                     else f"of at most {high}" if low is None else f"from {low} to {high}")
             hint = ("; eval and predict take larger images window by window with --tile auto"
                     if high is not None and value > high and name != "batch" else "")
             raise SpeccError(f"{path}: this artifact takes an input {name} {takes} (its graph "
@@ -611,13 +612,10 @@ class ArtifactModule:
                             self._channels_last)
 
     @property
-    def fixed_size(self) -> tuple[int, int] | None:
-        """The one input height and width the artifact takes, or None when it takes several."""
-        bounds = self.entry.get("input_bounds") or {}
-        height, width = bounds.get("height", [None, None]), bounds.get("width", [None, None])
-        if height[0] is not None and height[0] == height[1] and width[0] == width[1]:
-            return height[0], width[0]
-        return None
+    def input_bounds(self) -> dict[str, list[int | None]]:
+        """The batch, heights and widths the artifact takes (:func:`shape_bounds`); empty for
+        listings that predate them."""
+        return self.entry.get("input_bounds") or {}
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch

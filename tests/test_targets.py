@@ -475,6 +475,31 @@ def test_eval_and_predict_run_an_artifact_like_the_model(built: tuple[Any, Path]
     assert gpu.code == 2 and ("run on the CPU" in gpu.err or "CUDA" in gpu.err)
 
 
+def test_artifacts_take_images_smaller_than_their_least_size(built: tuple[Any, Path], cli: Any,
+                                                            tmp_path: Path) -> None:
+    """An exported graph takes heights and widths from 17 up (MobileNetV2's strides); eval and
+    predict pad a smaller image up to that, as they pad for the training grid, and crop the
+    prediction back: a 1×1 and a 1×40 image are segmented by every artifact, as by model.pt."""
+    from PIL import Image
+
+    from runtime.evaluate import alignment
+
+    comp, folder = built
+    artifact = load_artifact(folder / "model.onnx")
+    assert artifact.input_bounds["height"][0] == 17
+    assert alignment(comp.doc.resolved, artifact.input_bounds).padded((1, 40)) == (17, 49)
+    images = []
+    for height, width in ((1, 1), (1, 40)):
+        images.append(tmp_path / f"tiny_{height}x{width}.png")
+        Image.fromarray((torch.rand(height, width, 3) * 255).byte().numpy()).save(images[-1])
+    for name in ("model.pt", "model.onnx", "model.pt2", "model-openvino-fp32.xml"):
+        result = cli("predict", folder / name, *images, "--out", tmp_path / name)
+        assert result.code == 0, result.err
+        for image in images:
+            mask = Image.open(tmp_path / name / f"{image.stem}_mask.png")
+            assert mask.size == Image.open(image).size
+
+
 def test_an_input_outside_the_exported_shapes_is_refused_by_name(tmp_path: Path) -> None:
     """A fixed image-pooling kernel builds the network for one size: the graph is exported at it
     (batch dynamic), artifacts.json says so in words and numbers, and another size is refused
@@ -499,7 +524,7 @@ def test_an_input_outside_the_exported_shapes_is_refused_by_name(tmp_path: Path)
     assert torch.allclose(artifact(x)["out"], want, atol=1e-4 * want.abs().max().item())
     for height, width in ((49, 65), (65, 81)):
         with pytest.raises(SpeccError, match=r"model\.pt2: this artifact takes an input "
-                                             r"(height|width) fixed at 65 .*found (49|81)"):
+                                             r"(height|width) of 65 .*found (49|81)"):
             artifact(torch.randn(1, 3, height, width))
     # the words come from the numbers, for every kind of bound
     assert shape_constraints({"batch": [1, None], "height": [33, None], "width": [17, 512]}) == {
