@@ -47,11 +47,16 @@ from specc.passes import optimize_for_inference
 DEFAULT_EVAL_BATCH = 8
 
 
+#: The largest inference scale: 8× on each side is 64× the pixels (the papers go to 1.75×); a
+#: larger one would only exhaust memory.
+MAX_SCALE = 8.0
+
+
 def parse_scales(text: str | None) -> tuple[float, ...]:
     """``"0.5,0.75,1"`` → ``(0.5, 0.75, 1.0)``; None or empty → ``(1.0,)``.
 
     Raises:
-        SpeccError: a value that is not a positive number.
+        SpeccError: a value that is not a number in (0, :data:`MAX_SCALE`].
     """
     if not text:
         return (1.0,)
@@ -63,6 +68,9 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
             raise SpeccError(f"--scales: {part.strip()!r} is not a number (e.g. 0.5,1.0,1.5)") from None
         if not value > 0:
             raise SpeccError(f"--scales: scales must be positive, found {value}")
+        if not value <= MAX_SCALE:
+            raise SpeccError(f"--scales: scales are at most {MAX_SCALE:g} (the image that many "
+                             f"times larger on each side), found {value:g}")
         out.append(value)
     return tuple(out)
 

@@ -72,6 +72,8 @@ CASES = [
     case("build nothing", "build", 2, "nothing to build"),
     # info
     case("info --size 0 0", "info {spec} --size 0 0", 2, "--size: expected positive H W, found 0 0"),
+    case("bench --size past the largest input", "bench {spec} --size 100000 100000", 2,
+         "--size: expected H W from 1 to 16384, found 100000 100000"),
     case("info of a directory", "info {dir}", 2, "expected a YAML file, found a directory"),
     case("info --size in the billions", "info {spec} --size 9999999999 33", 2,
          "expected a number of at most 16384, found 9999999999"),
@@ -143,6 +145,9 @@ CASES = [
          "--scales: 'x' is not a number"),
     case("eval zero scale", "eval {spec} --checkpoint {model} --scales 0", 2,
          "scales must be positive"),
+    case("eval an infinite scale", "eval {spec} --checkpoint {model} --scales 1,1e999", 2,
+         "--scales: scales are at most 8 (the image that many times larger on each side), "
+         "found inf"),
     case("eval missing data folder", "eval {spec} --checkpoint {model} --data folder:{missing}",
          2, "{missing}: dataset folder"),
     case("eval --tile 0", "eval {spec} --checkpoint {model} --tile 0", 2,
@@ -154,6 +159,8 @@ CASES = [
     case("eval --out is a file", "eval {spec} --checkpoint {model} --out {text}", 2,
          "--out {text}: expected a folder, found a file"),
     # predict
+    case("predict a huge scale", "predict {model} {png} --scales 1e6 --out {tmp}/p", 2,
+         "--scales: scales are at most 8"),
     case("predict --tile 64x", "predict {model} {png} --tile 64x --out {tmp}/p", 2,
          "--tile: expected auto, N or HxW with positive integers", "found '64x'"),
     case("predict --device foo", "predict {model} {png} --device foo --out {tmp}/p", 2,

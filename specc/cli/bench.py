@@ -113,8 +113,10 @@ def _compiled(doc: Any, size: tuple[int, int] | None) -> Any:
 
     if size is None:
         return compile_spec(doc)
-    if min(size) <= 0:
-        raise SpeccError(f"--size: expected positive H W, found {size[0]} {size[1]}")
+    from specc.spec_train import MAX_SIZE
+
+    if min(size) <= 0 or max(size) > MAX_SIZE:
+        raise SpeccError(f"--size: expected H W from 1 to {MAX_SIZE}, found {size[0]} {size[1]}")
     resolved = dict(doc.resolved)
     resolved["input"] = {**resolved["input"], "size": list(size)}
     return compile_spec(Document.from_resolved(resolved, doc.path))

@@ -136,9 +136,13 @@ def test_aligned_prediction_is_the_padded_run_cropped_back() -> None:
 def test_parse_scales() -> None:
     assert parse_scales(None) == (1.0,)
     assert parse_scales("0.5, 1,1.75") == (0.5, 1.0, 1.75)
-    for bad in ("1,x", "0", "-1"):
+    assert parse_scales("8") == (8.0,)
+    for bad in ("1,x", "0", "-1", "nan"):
         with pytest.raises(SpeccError, match="--scales"):
             parse_scales(bad)
+    for huge in ("inf", "1e999", "1e6", "8.5"):  # an image that large would exhaust memory
+        with pytest.raises(SpeccError, match=r"--scales: scales are at most 8 .*found"):
+            parse_scales(f"1,{huge}")
 
 
 # ---------------------------------------------------------------------------------------------
