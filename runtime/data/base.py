@@ -17,6 +17,10 @@ any alpha channel dropped; 16-bit grey (``I;16``, and ``I`` with values in 0..65
 file named when a value lies outside or is not finite. 16-bit RGB PNGs are reduced to 8 bits by
 Pillow itself. Label images must hold class ids in one integer channel (``L``, ``P``, ``I;16``,
 ``I`` or ``1``); a colour or floating-point mask is refused.
+
+Images and labels are read the way a viewer shows them: a camera's EXIF orientation tag (a
+photo stored sideways, to be turned on display) is applied, so predictions line up with the
+picture the user sees and with masks drawn over it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from specc.errors import DataError
 
@@ -95,13 +99,18 @@ def read_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so truncation is caught here
-            return to_rgb(img, path)
+            return to_rgb(upright(img), path)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: expected an image file, found a directory") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot read image: {err}") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag says it is shown; itself when it has none."""
+    return ImageOps.exif_transpose(img) or img
 
 
 #: Modes holding one channel of 16-bit (or wider integer) grey, read as 0..65535.
@@ -169,6 +178,7 @@ def read_label(path: Path, table: np.ndarray, num_classes: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            img = upright(img)
             mode = img.mode
             raw = np.asarray(img)
     except FileNotFoundError:

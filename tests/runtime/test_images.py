@@ -191,3 +191,28 @@ def test_folder_layout_reads_16_bit_tiff_images(tmp_path: Path) -> None:
     Image.fromarray(np.ones((4, 5), np.uint8)).save(tmp_path / "masks/train/a.png")
     image, label = open_dataset(f"folder:{tmp_path}", "train", 2)[0]
     assert np.asarray(image).min() == 255 and label.tolist() == np.ones((4, 5)).tolist()
+
+
+def test_exif_orientation_is_applied_to_images_and_masks(tmp_path: Path) -> None:
+    """A photo stored sideways with EXIF orientation 6 (turn 90° clockwise to show) is read as
+    shown: 140 wide and 100 high becomes 100 wide and 140 high, pixel for pixel as Pillow's
+    transpose puts them; a mask with the tag is turned the same way, so the two still match."""
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "photo.png", exif=exif.tobytes())
+    shown = np.asarray(Image.fromarray(stored).transpose(Image.Transpose.ROTATE_270))
+    read = np.asarray(read_image(tmp_path / "photo.png"))
+    assert read.shape == (140, 100, 3) and np.array_equal(read, shown)
+
+    labels = rng.integers(0, 4, (100, 140), dtype=np.uint8)
+    mask = Image.fromarray(labels)
+    mask.save(tmp_path / "mask.png", exif=exif.tobytes())
+    got = read_label(tmp_path / "mask.png", identity_table(4), 4)
+    assert np.array_equal(got, np.asarray(Image.fromarray(labels).transpose(
+        Image.Transpose.ROTATE_270)))
+    plain = tmp_path / "plain.png"
+    Image.fromarray(stored).save(plain)
+    assert np.array_equal(np.asarray(read_image(plain)), stored)  # no tag: as stored
