@@ -59,7 +59,7 @@ from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
 from specc.artifacts import LINK, SPEC, WEIGHTS, read_weights, spec_info_of
 from specc.diff import spec_changes
 from specc.errors import SpeccError, TrainingError, WeightsError
-from specc.fsutil import fsync_dir, output_folder
+from specc.fsutil import file_mode, folder_mode, fsync_dir, output_folder
 
 STATE = "state.pt"
 #: The files of a checkpoint folder: all that a folder specc prunes may hold.
@@ -242,8 +242,10 @@ def save_checkpoint(
     torch.save(dict(state), tmp / STATE)
     (tmp / SPEC).write_text(json.dumps(spec_info, indent=1, sort_keys=True), encoding="utf-8")
     for name in (WEIGHTS, STATE, SPEC):
+        os.chmod(tmp / name, file_mode())  # as a plain open would make them
         with open(tmp / name, "rb+") as f:
             os.fsync(f.fileno())
+    os.chmod(tmp, folder_mode())  # mkdtemp's folder is private
     fsync_dir(tmp)
     # 2. the complete folder gets its final name
     if final.exists():

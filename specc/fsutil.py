@@ -2,6 +2,9 @@
 and output paths checked before a command does any work.
 
 A reader (or a crash, even ``kill -9``) sees the old file or the complete new one, never half.
+The temporary files and folders are made private (mode 0600/0700) while they are written and get
+the modes a plain ``open`` or ``mkdir`` would give them under the process's umask before they
+take their final name, so other users and groups read the outputs as they read any other file.
 """
 
 from __future__ import annotations
@@ -24,6 +27,27 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's file-mode creation mask, read without changing it where Linux tells it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (briefly process-wide)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open`` gives a new file: 0666 less the umask."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: 0777 less the umask."""
+    return 0o777 & ~umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Create ``path`` all at once: ``write(tmp)`` fills a temporary file next to it, which is
     fsynced and renamed over ``path``. Returns ``path``."""
@@ -34,6 +58,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())  # mkstemp's file is private
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
