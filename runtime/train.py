@@ -443,6 +443,10 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
             raise TrainingError(f"{where}: the random state of process {ctx.rank} is not "
                                 f"one specc wrote: {str(err)[:200]}") from None
     iters = doc.spec.train.iters
+    if start > iters:
+        raise TrainingError(f"{where}: this run is at iteration {start}, past train.iters = "
+                            f"{iters}; resume with --iters {start} or more, or train into "
+                            "another --out")
     report.message(f"resuming {run_dir} at iteration {start} of {iters}"
                    + (" (already finished: exporting only)" if start >= iters else ""))
     return start, restored

@@ -201,3 +201,21 @@ def test_nan_before_any_checkpoint_says_none_was_saved(tmp_path: Path, monkeypat
     assert "loss is nan at iteration 1" in message
     assert "is kept" not in message and "No checkpoint was saved yet" in message
     assert not (tmp_path / "run").exists()  # nothing of use was written: no folder is left
+
+
+def test_resume_past_the_iterations_asked_for_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run saved at iteration 4, resumed with --iters 2, is refused with what to give (the
+    poly schedule past its end would be a complex number), and its checkpoint is kept."""
+    run = tmp_path / "run"
+    runkit.train_tiny(run, ["train.iters=4", "train.save_every=4"])
+    before = _tree(run)
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", run, "--resume", "--iters", "2",
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "this run is at iteration 4, past train.iters = 2; resume with --iters 4 or more" \
+        in err.replace("\n", " ")
+    assert _tree(run) == before
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", run, "--resume", "--iters", "4",
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0, err  # at its end already: exported again, nothing trained
