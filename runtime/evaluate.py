@@ -39,7 +39,7 @@ from runtime.report import SILENT, Reporter
 from runtime.tiling import Tiling, tiled_labels
 from specc.api import build
 from specc.artifacts import load_weights, read_weights
-from specc.errors import SpeccError
+from specc.errors import DataError, SpeccError
 from specc.passes import optimize_for_inference
 
 #: Images of one size per forward pass in ``specc eval``: enough to amortize the per-layer
@@ -400,6 +400,10 @@ def evaluate_checkpoint(
         on_image=worst_images.add if out is not None else None,
         align=aligned,
     )
+    if result.pixels == 0:
+        raise DataError(f"{source or spec.data.source} ({spec.data.val_split}): no pixel of its "
+                        f"{len(dataset)} images is labelled (every mask pixel is the ignore "
+                        f"label {spec.train.ignore_index}); there is nothing to score")
     report = result.as_dict(dataset.class_names)
     report.update({
         "checkpoint": str(source_file),

@@ -65,17 +65,22 @@ class SegmentationScores:
     confusion: tuple[tuple[int, ...], ...] = ()  # cm[truth][prediction], the matrix scored
 
     def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, object]:
-        """A JSON-ready dict; ``classes`` lists the class names when given."""
+        """A JSON-ready dict (a score of no labelled pixel, NaN here, is null there: JSON has
+        no NaN); ``classes`` lists the class names when given."""
         out: dict[str, object] = {
-            "miou": self.miou,
+            "miou": _finite(self.miou),
             "per_class_iou": list(self.per_class_iou),
-            "pixel_accuracy": self.pixel_accuracy,
-            "mean_accuracy": self.mean_accuracy,
+            "pixel_accuracy": _finite(self.pixel_accuracy),
+            "mean_accuracy": _finite(self.mean_accuracy),
             "pixels": self.pixels,
         }
         if class_names is not None:
             out["classes"] = list(class_names)
         return out
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def scores(cm: torch.Tensor) -> SegmentationScores:

@@ -312,8 +312,8 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
                     scores = result.as_dict(val_set.class_names)
                     if board is not None:
                         board.overlays(raw, val_set, done)
-                    record = {"miou": result.miou, "pixel_accuracy": result.pixel_accuracy,
-                              "per_class_iou": result.per_class_iou}
+                    record = {key: scores[key]  # null, not NaN, where no pixel is labelled
+                              for key in ("miou", "pixel_accuracy", "per_class_iou")}
 
                 # log: metrics.jsonl, TensorBoard, progress
                 if done % tr.log_every == 0 or done == tr.iters or record:

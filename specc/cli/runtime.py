@@ -131,7 +131,9 @@ def train(
     if tr.accumulate > 1:
         lines.insert(1, f"effective batch {tr.batch_size * tr.accumulate} ({tr.batch_size} × "
                         f"{tr.accumulate} accumulated)")
-    if result.scores is not None:
+    if result.scores is not None and result.scores["miou"] is None:
+        lines.insert(1, "val mIoU — (no pixel of the val split is labelled)")
+    elif result.scores is not None:
         lines.insert(1, f"val mIoU {100 * result.scores['miou']:.2f} %, pixel accuracy "
                         f"{100 * result.scores['pixel_accuracy']:.2f} %")
     console.print("\n".join(lines), markup=False)

@@ -54,7 +54,13 @@ def test_confusion_matrix_rejects_bad_input() -> None:
 
 
 def test_empty_matrix_is_nan() -> None:
-    assert math.isnan(scores(torch.zeros(3, 3, dtype=torch.int64)).miou)
+    """No labelled pixel: NaN scores, written as JSON's null (``json`` would write ``NaN``,
+    which is not JSON)."""
+    empty = scores(torch.zeros(3, 3, dtype=torch.int64))
+    assert math.isnan(empty.miou)
+    report = empty.as_dict()
+    assert report["miou"] is None and report["pixel_accuracy"] is None
+    assert json.loads(json.dumps(report, allow_nan=False))["per_class_iou"] == [None] * 3
 
 
 class Echo(torch.nn.Module):
@@ -352,6 +358,18 @@ def test_eval_bad_data_exits_2(
     assert code == 2
     assert named in err
     assert "Traceback" not in err
+
+
+def test_eval_of_data_without_a_labelled_pixel_exits_2(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _folder(tmp_path / "ds", mask_value=255)
+    Image.fromarray(np.full((24, 32), 255, np.uint8)).save(root / "masks" / "val" / "a.png")
+    code, out, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", trained, "--json",
+                                 "--data", f"folder:{root}", *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2 and "Traceback" not in err and "NaN" not in out
+    assert "no pixel of its 2 images is labelled (every mask pixel is the ignore label 255)" \
+        in err.replace("\n", " ")
 
 
 def test_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
