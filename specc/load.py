@@ -178,6 +178,12 @@ class _Builder:
         return self.scalars.construct_object(node, deep=True)
 
 
+#: What files of these suffixes are, for a message that names them when given as a spec.
+NOT_SPECS = {".pt": "a TorchScript model or PyTorch file", ".pth": "a PyTorch file",
+             ".pt2": "a torch.export or AOTInductor artifact", ".onnx": "an ONNX artifact",
+             ".xml": "an OpenVINO IR", ".safetensors": "a weights file"}
+
+
 def _read_text(path: Path, display: str) -> str:
     """The text of a spec file, refused before reading when it is not a small regular file.
 
@@ -189,6 +195,10 @@ def _read_text(path: Path, display: str) -> str:
         SpecError: the file is missing, not a regular file, too large, binary or not UTF-8.
     """
     where = Location(display)
+    if path.suffix.lower() in NOT_SPECS and path.is_file():
+        raise SpecError(f"expected a spec file (YAML), found {NOT_SPECS[path.suffix.lower()]} "
+                        "(eval takes a model with --checkpoint, predict as its first argument)",
+                        location=where)
     try:
         data = _read_limited(path, display)
     except FileNotFoundError:
@@ -479,6 +489,7 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> Depre
     if value is _EMPTY:
         value = None
     node: Any = data
+    created: list[Key] = []  # the mappings and lists the override makes on its way
     for i, part in enumerate(key):
         last = i == len(key) - 1
         here = format_path(key[:i]) or "the spec"
@@ -499,6 +510,7 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> Depre
         else:
             if isinstance(node, dict) and node.get(part) is None:
                 node[part] = [] if isinstance(key[i + 1], int) else {}
+                created.append(tuple(key[:i + 1]))
             node = node[part]
     n = len(key)
     for table in (sources.positions, sources.keys):
@@ -508,8 +520,9 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> Depre
         sources.positions[k] = where
     for k in tmp.keys:
         sources.keys[k] = where
-    sources.positions[key] = where
-    sources.keys[key] = where
+    for k in [*created, key]:  # an unknown key among them is the override's, not the file's
+        sources.positions[k] = where
+        sources.keys[k] = where
     return deprecation
 
 

@@ -60,6 +60,11 @@ CASES = [
          "num_classes: expected an integer, found 'lots'"),
     case("validate a negative crop", "validate {spec} --set input.size=[-1,33]", 2,
          "expected a number greater than 0, found -1"),
+    case("validate --set a new unknown key", "validate {spec} --set nonexist.key=3", 2,
+         "--set nonexist.key=3: nonexist: unknown key 'nonexist'; expected one of name,"),
+    case("eval of a model given as the spec", "eval {model}", 2,
+         "{model}: expected a spec file (YAML), found a TorchScript model or PyTorch file "
+         "(eval takes a model with --checkpoint"),
     case("validate a NaN mean", "validate {spec} --set input.mean=[.nan,0.5,0.5]", 2,
          "input.mean[0]: expected a finite number, found nan"),
     # build
