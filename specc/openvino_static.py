@@ -29,13 +29,12 @@ same function (up to rounding) faster at that size:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from specc.hardware import CpuInfo, cpu_info
-from specc.winograd import choose_tile, tiles, winograd_matrices
+from specc.winograd import TilePlan, choose_tile, transformed_weights
 
 #: The smallest atrous rate at which :func:`split_int8_atrous` computes an int8 conv tap by tap.
 #: Below it OpenVINO's int8 kernel keeps its speed (ResNet-50's rate-4 convs run at the rate of
@@ -285,79 +284,46 @@ def _constant_value(value: Any) -> Any:
 def _winograd(x: Any, weights: Any, rates: tuple[int, int], m: int) -> Any:
     """The stride-1 "same" 3×3 conv of ``rates`` with fp32 ``weights`` (out, in, 3, 3) on ``x``
     (an N×C×H×W output, static but for the batch), computed by F(m, 3) over the rates'
-    sub-grids (:mod:`specc.winograd`). The map goes channels-last, so that the two gathers
-    (every tile's elements in, every output pixel out) move whole rows of channels; between
-    them the input transform, one GEMM per tile element with the transformed weights (nearly
-    all the arithmetic) and the output transform. Each image's tiles stay together, element
-    first, so nothing but the batch's leading dimension depends on the batch."""
+    sub-grids (:class:`specc.winograd.TilePlan`). The map goes channels-last, so that the two
+    gathers (every tile's elements in, every output pixel out) move whole rows of channels;
+    between them the input transform, one GEMM per tile element with the transformed weights
+    (nearly all the arithmetic) and the output transform. Each image's tiles stay together,
+    element first, so nothing but the leading dimension depends on the batch."""
     import numpy as np
     import openvino.opset13 as ops
 
     def i64(*values: int) -> Any:
         return np.array(values, np.int64)
 
-    at, g, bt = _matrices(m)
-    n = m + 2
     shape = x.get_partial_shape()
     channels, height, width = (shape[a].get_length() for a in (1, 2, 3))
-    out = weights.shape[0]
-    rh, rw = rates
-    th, tw = tiles(height, rh, m), tiles(width, rw, m)
-    ph, pw = rh * (th * m + 2), rw * (tw * m + 2)  # the map padded to whole tiles
-    tile_count = rh * rw * th * tw  # per image
+    plan = TilePlan(m, (height, width), rates)
+    n, count, out = plan.n, plan.tile_count, weights.shape[0]
+    top, left, bottom, right = plan.padding
+    bt, at = plan.transforms()
     # padded first, then channels last: OpenVINO keeps the map channels-last already, so the
     # transpose costs nothing (the other way round it copied the map twice, 50 ms in all)
-    x = ops.pad(x, i64(0, 0, rh, rw), i64(0, 0, ph - height - rh, pw - width - rw),
-                "constant", np.array(0, np.float32))
+    x = ops.pad(x, i64(0, 0, top, left), i64(0, 0, bottom, right), "constant",
+                np.array(0, np.float32))
     x = ops.transpose(x, i64(0, 2, 3, 1))
-    x = ops.reshape(x, i64(0, ph * pw, channels), True)  # 0: the batch as it is
-    # every tile of every sub-grid, element (i, j) first: padded row (t·m + i)·rate + sub-grid
-    i, j, ah, aw, ty, tx = np.ogrid[:n, :n, :rh, :rw, :th, :tw]
-    rows, cols = (ty * m + i) * rh + ah, (tx * m + j) * rw + aw
-    x = ops.gather(x, (rows * pw + cols).astype(np.int64), np.array(1, np.int64))
-    x = ops.reshape(x, i64(0, n * n, tile_count * channels), True)
-    # B^T d B for every tile and channel: one product with B^T ⊗ B^T
-    v = ops.matmul(ops.constant(np.kron(bt, bt).astype(np.float32)), x, False, False)
-    # G w G^T, one (out × in) matrix per tile element, and one product per element: OpenVINO
-    # runs those with its GEMM, a batched product with a 3-D constant with a slower kernel
-    # (ResNet-50 at 513×513, 2 AVX2 cores: 1336 against 1369 ms). Made by two matrix products
-    # on the taps-first weights, which leave each element's matrix contiguous (an einsum took
-    # 1.6 s of the 2.5 the whole rewrite of ResNet-50 took)
-    taps = weights.astype(np.float64).transpose(2, 3, 0, 1).reshape(3, 3, -1)
-    u = (g @ (g @ taps.reshape(3, -1)).reshape(n, 3, -1)).astype(np.float32)
-    u = u.reshape(n * n, out, -1)
+    x = ops.reshape(x, i64(0, plan.padded[0] * plan.padded[1], channels), True)  # 0: the batch
+    x = ops.gather(x, plan.input_rows(), np.array(1, np.int64))
+    x = ops.reshape(x, i64(0, n * n, count * channels), True)
+    v = ops.matmul(ops.constant(bt), x, False, False)  # B^T d B for every tile and channel
+    # one product per tile element with its (out × in) matrix: OpenVINO runs those with its
+    # GEMM, a batched product with a 3-D constant with a slower kernel (ResNet-50 at 513×513,
+    # 2 AVX2 cores: 1336 against 1369 ms)
+    u = transformed_weights(weights, m)
     parts = ops.split(v, np.array(1, np.int64), n * n)
     products = ops.concat([
         ops.reshape(ops.matmul(ops.reshape(parts.output(e), i64(-1, channels), False),
                                ops.constant(u[e]), False, True),
-                    i64(-1, 1, tile_count * out), False)
+                    i64(-1, 1, count * out), False)
         for e in range(n * n)], 1)
-    y = ops.matmul(ops.constant(np.kron(at, at).astype(np.float32)), products, False, False)
-    # each output pixel from its tile: rows (i, j, ah, aw, ty, tx) of each image's y
-    y = ops.reshape(y, i64(0, m * m * tile_count, out), True)
-    r, c = np.ogrid[:height, :width]
-    (ty, i, ah), (tx, j, aw) = _place(r, rh, m), _place(c, rw, m)
-    index = ((((i * m + j) * rh + ah) * rw + aw) * th + ty) * tw + tx
-    y = ops.gather(y, index.astype(np.int64), np.array(1, np.int64))
+    y = ops.matmul(ops.constant(at), products, False, False)
+    y = ops.reshape(y, i64(0, m * m * count, out), True)
+    y = ops.gather(y, plan.output_rows(), np.array(1, np.int64))  # each pixel from its tile
     return ops.transpose(y, i64(0, 3, 1, 2)).output(0)
-
-
-@functools.cache
-def _matrices(m: int) -> tuple[Any, Any, Any]:
-    """:func:`specc.winograd.winograd_matrices` as read-only float64 arrays, made once per m."""
-    import numpy as np
-
-    arrays = tuple(np.array(matrix, np.float64) for matrix in winograd_matrices(m))
-    for array in arrays:
-        array.flags.writeable = False
-    return arrays
-
-
-def _place(position: Any, rate: int, m: int) -> tuple[Any, Any, Any]:
-    """For each output ``position`` along one axis: the tile, the place in the tile and the
-    sub-grid that compute it."""
-    sub_grid, along = position % rate, position // rate
-    return along // m, along % m, sub_grid
 
 
 def winograd_convs(model: Any, choose: Callable[..., int | None] | None = None,

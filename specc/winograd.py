@@ -15,15 +15,18 @@ rounded up to whole tiles, which on a small map costs more than the algorithm sa
 tile is chosen per conv from its channels, rate and map size (:func:`choose_tile`), by one rule
 for fp32 convs and a stricter one for int8 ones, whose own kernels are faster.
 
-This module holds the arithmetic; :func:`specc.openvino_static.winograd_convs` rewrites an
-OpenVINO model with it.
+This module holds the arithmetic and the layout of the tiles (:class:`TilePlan`);
+:func:`specc.openvino_static.winograd_convs` rewrites an OpenVINO model with it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+
+import numpy as np
 
 #: The output tile sizes m tried for each conv: the one that saves most is taken. Larger tiles
 #: do less arithmetic per output but round each sub-grid up further and lose precision (m = 6:
@@ -169,3 +172,94 @@ def choose_tile(in_channels: int, out_channels: int, size: tuple[int, int],
         return None
     best, m = max((saving(size, rates, m), m) for m in TILES)
     return m if best >= rule.needed_saving(macs) else None
+
+
+@functools.cache
+def float_matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`winograd_matrices` as read-only float64 arrays, made once per m."""
+    arrays = tuple(np.array(matrix, np.float64) for matrix in winograd_matrices(m))
+    for array in arrays:
+        array.flags.writeable = False
+    return arrays  # type: ignore[return-value]
+
+
+def transformed_weights(weights: np.ndarray, m: int) -> np.ndarray:
+    """``G w G^T`` of 3×3 ``weights`` (out, in, 3, 3): one (out × in) f32 matrix per tile
+    element, (m+2)² of them. Made by two matrix products on the taps-first weights, which leave
+    each element's matrix contiguous (an einsum took 1.6 s of the 2.5 a rewrite of ResNet-50
+    took)."""
+    _, g, _ = float_matrices(m)
+    n, out = m + 2, weights.shape[0]
+    taps = weights.astype(np.float64).transpose(2, 3, 0, 1).reshape(3, 3, -1)
+    u = (g @ (g @ taps.reshape(3, -1)).reshape(n, 3, -1)).astype(np.float32)
+    return u.reshape(n * n, out, -1)
+
+
+def _place(position: np.ndarray, rate: int, m: int) -> tuple[np.ndarray, ...]:
+    """For each output ``position`` along one axis: the tile, the place in the tile and the
+    sub-grid that compute it."""
+    sub_grid, along = position % rate, position // rate
+    return along // m, along % m, sub_grid
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How F(m, 3) covers one image's map of ``size`` at ``rates``, for a graph builder: the map
+    padded to whole tiles of every sub-grid, the gather of every tile's elements from it, the
+    transforms, and the gather of every output pixel from the tiles' results. Tiles are counted
+    per image (``tile_count``): a batch repeats the plan image by image."""
+
+    m: int
+    size: tuple[int, int]
+    rates: tuple[int, int]
+
+    @property
+    def n(self) -> int:
+        """The input tile's side, m + 2."""
+        return self.m + 2
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        return (tiles(self.size[0], self.rates[0], self.m),
+                tiles(self.size[1], self.rates[1], self.m))
+
+    @property
+    def tile_count(self) -> int:
+        """Tiles of one image, over all sub-grids."""
+        return self.rates[0] * self.rates[1] * self.tiles[0] * self.tiles[1]
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """The padded map's height and width: each sub-grid whole tiles, plus the kernel's
+        reach on both sides."""
+        return tuple(r * (t * self.m + 2)  # type: ignore[return-value]
+                     for r, t in zip(self.rates, self.tiles, strict=True))
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """Zeros added (top, left, bottom, right): the "same" conv's rate on top and left, the
+        rest of the padded map below and right."""
+        (rh, rw), (ph, pw) = self.rates, self.padded
+        return rh, rw, ph - self.size[0] - rh, pw - self.size[1] - rw
+
+    def input_rows(self) -> np.ndarray:
+        """For tile element (i, j) of sub-grid (ah, aw)'s tile (ty, tx), the position of its
+        input in the padded map flattened row by row: an array (n, n, rh, rw, th, tw)."""
+        (rh, rw), (th, tw), pw = self.rates, self.tiles, self.padded[1]
+        i, j, ah, aw, ty, tx = np.ogrid[:self.n, :self.n, :rh, :rw, :th, :tw]
+        rows, cols = (ty * self.m + i) * rh + ah, (tx * self.m + j) * rw + aw
+        return (rows * pw + cols).astype(np.int64)
+
+    def output_rows(self) -> np.ndarray:
+        """For each output pixel (H, W), its row among the tiles' results ordered (i, j, ah,
+        aw, ty, tx), i and j its place in the m×m output tile."""
+        (rh, rw), (th, tw), m = self.rates, self.tiles, self.m
+        r, c = np.ogrid[:self.size[0], :self.size[1]]
+        (ty, i, ah), (tx, j, aw) = _place(r, rh, m), _place(c, rw, m)
+        return (((((i * m + j) * rh + ah) * rw + aw) * th + ty) * tw + tx).astype(np.int64)
+
+    def transforms(self) -> tuple[np.ndarray, np.ndarray]:
+        """``B^T ⊗ B^T`` ((m+2)² × (m+2)²) and ``A^T ⊗ A^T`` (m² × (m+2)²) in f32: one matrix
+        product each transforms every tile, input or output."""
+        at, _, bt = float_matrices(self.m)
+        return np.kron(bt, bt).astype(np.float32), np.kron(at, at).astype(np.float32)
