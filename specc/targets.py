@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from specc.errors import SpeccError, SpeccWarning
 from specc.hardware import CpuInfo, cpu_info
+from specc.onnx_static import winograd_pays
 from specc.openvino_static import deciding_features, optimize_static
 
 if TYPE_CHECKING:
@@ -455,10 +456,23 @@ def _write_onnx(job: Job, request: Request) -> None:
     import torch
 
     # The exported program already has the dynamic dimensions; the ONNX exporter takes it as is.
+    path = job.folder / request.file
     with torch.no_grad(), _quiet(), contextlib.redirect_stdout(None):
         program = torch.onnx.export(job.program, dynamo=True, input_names=["image"],
                                     output_names=["out"], verbose=False)
-        program.save(str(job.folder / request.file))
+        program.save(str(path))
+    cpu = cpu_info()
+    if job.static and winograd_pays(cpu):
+        import onnx
+
+        from specc.onnx_static import winograd_convs
+
+        model = onnx.load(str(path))
+        rewritten = winograd_convs(model)
+        onnx.save(model, str(path))
+        job.notes[request.file] = {"static_rewrites": {"winograd_convs": rewritten},
+                                   "rewritten_for": {"cpu": cpu.model, "avx2": cpu.has_avx2,
+                                                     "avx512": cpu.has_avx512}}
 
 
 def _write_openvino(job: Job, request: Request) -> None:
@@ -708,14 +722,15 @@ def saturation_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
 
 
 def rewrite_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
-    """Why an IR rewritten for one shape at build time (its ``artifacts.json`` entry) may not
-    be the fastest on ``cpu``: the rewrites were chosen for a CPU with other features
-    (:func:`specc.openvino_static.deciding_features`). None when they fit."""
+    """Why an artifact rewritten for one shape at build time (its ``artifacts.json`` entry) may
+    not be the fastest on ``cpu``: the rewrites were chosen for a CPU with other features, of
+    those that decide them (:func:`specc.openvino_static.deciding_features`; for ONNX, AVX2 and
+    AVX-512). None when they fit."""
     made_for = entry.get("rewritten_for")
     if not made_for:
         return None
-    here = deciding_features(cpu)
-    if all(made_for.get(name) == value for name, value in here.items()):
+    here = {name: value for name, value in deciding_features(cpu).items() if name in made_for}
+    if all(made_for[name] == value for name, value in here.items()):
         return None
 
     def listing(features: dict[str, Any]) -> str:

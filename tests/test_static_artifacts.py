@@ -5,8 +5,9 @@ feeding them that shape.
 
 One build of the demo spec at 65×65, with plain (not separable) 3×3 convs in its ASPP and
 decoder so that there are convs for Winograd's F(m, 3) to take; the CPU is taken to be an AVX2
-one without VNNI, where both the fp32 and the int8 rewrite apply, and the tile rule takes every
-eligible conv (the real rule wants far larger convs than a test can afford).
+one without VNNI, where the fp32 and int8 rewrites of OpenVINO IRs and the ONNX one apply, and
+the tile rule takes every eligible conv (the real rule wants far larger convs than a test can
+afford).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("specc.targets.cpu_info", lambda: AVX2)
         mp.setattr("specc.openvino_static.choose_tile", lambda *args, int8=False: 4)
+        mp.setattr("specc.onnx_static.choose_tile", lambda *args, int8=False: 4)
         build_to(comp, out, deploy=deploy)
     return comp, out / comp.spec.name
 
@@ -98,10 +100,13 @@ def test_every_artifact_takes_one_shape_and_says_so(built: tuple[Any, Path]) -> 
         assert model.input(0).get_partial_shape().to_shape() == [1, 3, 65, 65]
 
 
-def test_openvino_irs_are_rewritten_when_built_and_record_for_which_cpu(
+def test_onnx_and_openvino_are_rewritten_when_built_and_record_for_which_cpu(
         built: tuple[Any, Path]) -> None:
     """The 3×3 convs of the ASPP and decoder are computed by F(4, 3) in the saved IRs, fp32 and
-    int8 (no VNNI), and the listing records how many and the CPU features that chose them."""
+    int8 (no VNNI), and in the ONNX file; the listing records how many and the CPU features
+    that chose them."""
+    import onnx
+
     _, folder = built
     for precision in ("fp32", "int8"):
         name = f"model-openvino-{precision}.xml"
@@ -111,7 +116,12 @@ def test_openvino_irs_are_rewritten_when_built_and_record_for_which_cpu(
         assert winograd_nodes(folder / name) == rewritten
         assert found["rewritten_for"] == {"cpu": "test AVX2 CPU", "avx2": True, "avx512": False,
                                           "vnni": False, "amx": False}
-    assert "static_rewrites" not in entry(folder, "model.onnx")
+    found = entry(folder, "model.onnx")
+    assert found["static_rewrites"]["winograd_convs"] == rewritten
+    assert found["rewritten_for"] == {"cpu": "test AVX2 CPU", "avx2": True, "avx512": False}
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert sum(n.name.endswith("/winograd_4/out") for n in graph.node) == rewritten
+    assert "static_rewrites" not in entry(folder, "model.pt2")
 
 
 def test_static_artifacts_compute_the_model(built: tuple[Any, Path]) -> None:
@@ -149,6 +159,9 @@ def test_loading_on_a_cpu_with_other_features_warns(built: tuple[Any, Path],
                                           r"CPU: avx2 yes, avx512 no, vnni no, amx no\); this "
                                           r"one differs \(avx2 yes, avx512 yes, vnni yes"):
         load_artifact(folder / "model-openvino-fp32.xml")
+    with pytest.warns(SpeccWarning, match=r"\(test AVX2 CPU: avx2 yes, avx512 no\); this one "
+                                          r"differs \(avx2 yes, avx512 yes\)"):
+        load_artifact(folder / "model.onnx")
     monkeypatch.setattr("specc.targets.cpu_info", lambda: AVX2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SpeccWarning)
