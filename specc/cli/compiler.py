@@ -94,9 +94,9 @@ def build(
     static: Annotated[bool, typer.Option(
         help="Make every artifact for one input shape, 1×3×H×W at the spec's input.size "
              "(change it with --set input.size=[H,W]): faster where a deployment serves one "
-             "size, and the openvino IR is rewritten for it and for this machine's CPU, so "
-             "OpenVINO's own runtime runs it as fast as specc does. eval and predict pad "
-             "smaller images up to it; larger ones need --tile.")] = False,
+             "size; the openvino and onnx files are rewritten for it and for this machine's "
+             "CPU, so OpenVINO's own runtime and onnxruntime run them as fast as specc does. "
+             "eval and predict pad smaller images up to it; larger ones need --tile.")] = False,
 ) -> None:
     """Compile specs to OUT/<name>/model.py, manifest.json and model.pt (TorchScript), and
     deployment artifacts with --target."""
