@@ -9,7 +9,8 @@ For every input image ``photo.jpg`` the output folder gets
 Each file is written to a temporary name and renamed, so an interrupted run never leaves a
 truncated PNG. Each carries a ``Software: specc predict`` text chunk: a file already at an
 output's name is replaced only when it is such an earlier output, never when it is one of the
-input images or any other file of the user's (the run is refused before anything is written). The model is either a spec plus weights, or a TorchScript ``model.pt`` from
+input images or any other file of the user's (the run is refused before anything is written).
+The model is either a spec plus weights, or a TorchScript ``model.pt`` from
 ``specc build`` or ``specc train`` (which carries its spec, hence the normalization, inside it).
 """
 

@@ -455,7 +455,8 @@ def _write_aoti(job: Job, request: Request) -> None:
 def _write_onnx(job: Job, request: Request) -> None:
     import torch
 
-    # The exported program already has the dynamic dimensions; the ONNX exporter takes it as is.
+    # The exported program carries its shapes (dynamic, or --static's one); the ONNX exporter
+    # takes it as is.
     path = job.folder / request.file
     with torch.no_grad(), _quiet(), contextlib.redirect_stdout(None):
         program = torch.onnx.export(job.program, dynamo=True, input_names=["image"],
@@ -634,12 +635,8 @@ class ArtifactModule:
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
 
-        bounds = self.entry.get("input_bounds") or {}
-        # an artifact of one batch size (--static: 1) runs a larger batch image by image
-        fixed_batch = bounds.get("batch", [None, None])
-        step = fixed_batch[0] if fixed_batch[0] is not None and fixed_batch[0] == fixed_batch[1] \
-            else None
-        if step == 1 and images.shape[0] > 1:
+        bounds = self.input_bounds
+        if bounds.get("batch") == [1, 1] and images.shape[0] > 1:  # --static: image by image
             return {"out": torch.cat([self(image[None])["out"] for image in images])}
         check_input(self.path, bounds, images.shape)
         # one copy at most, into the layout the artifact was compiled for
@@ -784,10 +781,11 @@ def write_targets(module: nn.Module, size: Sequence[int], requests: Sequence[Req
     ``folder``, load each back and check it against ``module`` on ``check_images``; with
     ``score`` (the check images have labels), each check also gives the artifact's mIoU beside
     the reference's, so the cost of bf16 or int8 is measured. int8 artifacts are quantized with
-    ``int8_range`` (:func:`half_int8_range`). ``static`` makes every artifact for one input
-    shape, 1×3×``size``, and rewrites the ``openvino`` IRs for it and this CPU
-    (:func:`specc.openvino_static.optimize_static`), as the runner otherwise does per size:
-    for deployments that serve one size, with OpenVINO's own runtime too.
+    ``int8_range`` (:func:`half_int8_range`). ``static`` makes every deployment artifact for
+    one input shape, 1×3×``size``, and rewrites the ``openvino`` IRs for it and this CPU
+    (:func:`specc.openvino_static.optimize_static`, as the runner otherwise does per size) and
+    the ``onnx`` file (:func:`specc.onnx_static.winograd_convs`, where it pays): for
+    deployments that serve one size, with OpenVINO's own runtime or onnxruntime.
 
     Returns one entry per artifact (including ``torchscript``, checked too) for
     ``artifacts.json``.
@@ -864,7 +862,9 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
                       channels_last=channels_last_input(request))
     with torch.no_grad():
         gots = [run(x) for x in check_images]
-    bounds = shape_bounds(job.program) if job else {
+    # model.pt is not made from the export: --static's one shape is not its own
+    bounds = shape_bounds(job.program) if job and not (
+        job.static and request.target == "torchscript") else {
         name: [1, None] for name in ("batch", "height", "width")}
     got, want = torch.cat([g.float() for g in gots]), torch.cat(list(wants))
     check = {**agreement(got, want), "images": int(got.shape[0]), "size": list(got.shape[-2:])}

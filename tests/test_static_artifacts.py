@@ -36,7 +36,7 @@ PLAIN = ["input.size=[65, 65]", "data.synthetic.val_length=8", "data.synthetic.t
          "data.synthetic.size=72", "aspp.style.conv=plain", "decoder.style.conv=plain"]
 AVX2 = CpuInfo("test AVX2 CPU", frozenset({"avx2", "fma"}))
 AVX512 = CpuInfo("test AVX-512 CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
-TARGETS = ["export", "onnx", "openvino:fp32", "openvino:int8"]
+TARGETS = ["torchscript", "export", "onnx", "openvino:fp32", "openvino:int8"]
 
 
 def randomized(module: torch.nn.Module) -> torch.nn.Module:
@@ -98,6 +98,9 @@ def test_every_artifact_takes_one_shape_and_says_so(built: tuple[Any, Path]) -> 
     for precision in ("fp32", "int8"):
         model = ov.Core().read_model(str(folder / f"model-openvino-{precision}.xml"))
         assert model.input(0).get_partial_shape().to_shape() == [1, 3, 65, 65]
+    # model.pt is the trainable TorchScript module, not made from the export: any shape
+    assert entry(folder, "model.pt")["input_bounds"] == {
+        name: [1, None] for name in ("batch", "height", "width")}
 
 
 def test_onnx_and_openvino_are_rewritten_when_built_and_record_for_which_cpu(
