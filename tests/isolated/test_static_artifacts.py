@@ -30,7 +30,7 @@ from specc.targets import ARTIFACTS, load_artifact, parse_requests
 
 ov = pytest.importorskip("openvino")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml"
 PLAIN = ["input.size=[65, 65]", "data.synthetic.val_length=8", "data.synthetic.train_length=8",
          "data.synthetic.size=72", "aspp.style.conv=plain", "decoder.style.conv=plain"]
