@@ -2,8 +2,9 @@
 
 :func:`winograd_convs` computes the large 3×3 convs by Winograd's F(m, 3), as
 :func:`specc.openvino_static.winograd_convs` does for OpenVINO, in ONNX operations that
-onnxruntime runs with its GEMM: on 2 AVX2 cores it runs torchvision's ResNet-50 DeepLabV3 at
-513×513 1.22× faster so (BENCHMARKS.md). The same CPUs are chosen as for OpenVINO
+onnxruntime runs with its GEMM: on 2 AVX2 cores torchvision's ResNet-50 DeepLabV3 at 513×513
+runs 1.24× faster than from the dynamic ONNX file (1.09× at 257×257; BENCHMARKS.md). The same
+CPUs are chosen as for OpenVINO
 (:func:`winograd_pays`): AVX2 without AVX-512, where the direct convs already run near the
 CPU's peak and only less arithmetic helps.
 """
