@@ -35,7 +35,7 @@ from specc.bench import Candidate, logits_of, measure, torchvision_twin
 from specc.build import Deployment, build_to
 from specc.errors import DataError
 from specc.hardware import cpu_info
-from specc.targets import inference_graph, load_artifact, parse_requests
+from specc.targets import inference_graph, load_artifact, openvino_core, parse_requests
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def openvino_of(model: torch.nn.Module, size: int, precision: str) -> Candidate 
         data = nncf.Dataset([i.numpy() for i in random_images((size, size), 8)])
         converted = nncf.quantize(converted, data, subset_size=8)
     hint = {"bf16": "bf16"}.get(precision, "f32")
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    compiled = openvino_core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": hint})
     return Candidate(f"OpenVINO of torchvision ({precision})",
                      lambda t: torch.from_numpy(compiled(t.numpy())[0].copy()),
                      precision=precision, kind="openvino-torchvision")
@@ -100,9 +100,8 @@ def openvino_of(model: torch.nn.Module, size: int, precision: str) -> Candidate 
 def plain_openvino(xml: Path, precision: str) -> Candidate:
     """An OpenVINO IR compiled from its file by OpenVINO alone, as a deployment outside Python
     or without specc runs it (the precision hint it carries applies)."""
-    import openvino as ov
 
-    compiled = ov.Core().compile_model(str(xml), "CPU")
+    compiled = openvino_core().compile_model(str(xml), "CPU")
     return Candidate(f"OpenVINO runtime on {xml.name}, as it is",
                      lambda t: torch.from_numpy(compiled(t.numpy())[0].copy()),
                      precision=precision, kind="openvino-plain")

@@ -39,7 +39,7 @@ from specc.openvino_static import (
     split_int8_atrous,
     winograd_convs,
 )
-from specc.targets import check_input, load_artifact, parse_requests
+from specc.targets import check_input, load_artifact, openvino_core, parse_requests
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,9 +59,8 @@ ONLY_FOR = {split_int8_atrous: "int8", winograd_convs: "fp32 int8"}
 def compiled(xml: Path, size: int, precision: str, rewrite: Callable[[Any], Any]
              ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The IR at ``xml`` reshaped to 1×3×size×size, rewritten, compiled for the CPU."""
-    import openvino as ov
 
-    core = ov.Core()
+    core = openvino_core()
     model = core.read_model(str(xml))
     model.reshape([1, 3, size, size])
     hint = "bf16" if precision == "bf16" else "f32"

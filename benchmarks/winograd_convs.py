@@ -24,6 +24,7 @@ import torch
 from specc.bench import Candidate, measure
 from specc.hardware import cpu_info
 from specc.openvino_static import winograd_convs
+from specc.targets import openvino_core
 from specc.winograd import TILES, choose_tile, saving
 
 #: The top of the 256-level range the int8 conv's output is quantized to (its step: 1/255 of it).
@@ -96,7 +97,7 @@ def main() -> None:
     convs = ([tuple(int(v) for v in c.split(",")) for c in args.convs] if args.convs
              else CONVS)
     print(f"CPU: {cpu_info().summary()}; OpenVINO {ov.__version__}")
-    core = ov.Core()
+    core = openvino_core()
     print("| conv | rate | map | G multiply-adds | direct ms | "
           + " | ".join(f"F({m}, 3) ms (saving)" for m in TILES) + " | rule picks |")
     print("|---|---|---|---|---|" + "---|" * len(TILES) + "---|")

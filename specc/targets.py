@@ -34,6 +34,7 @@ whose library is missing fails with a message that says how to install it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -561,6 +562,26 @@ def _runner(path: Path, target: str, precision: str, threads: int | None = None,
     raise SpeccError(f"{path}: not a deployment artifact")
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, its CPU plugin loaded; every OpenVINO model specc
+    compiles goes through it.
+
+    OpenVINO's CPU plugin gives the thread that loads it an alternate signal stack of its own
+    and, when the plugin is released, puts back the stack that was there before. Each Core
+    loads its own plugin, so two Cores released in the order they were made leave the thread
+    pointing at the first plugin's freed stack. Python's signal handlers run on that stack: the
+    next one to run (a DataLoader's SIGCHLD when a worker exits) then kills the process with a
+    segmentation fault, and no traceback. One Core that lives as long as the process, its
+    plugin loaded before any other library's (NNCF opens Cores of its own while quantizing),
+    releases nothing out of order."""
+    import openvino as ov
+
+    core = ov.Core()
+    core.get_property("CPU", "FULL_DEVICE_NAME")  # loads the CPU plugin now
+    return core
+
+
 class OpenVinoRunner:
     """An OpenVINO IR compiled for the CPU, and again for each input shape that comes twice.
 
@@ -580,10 +601,8 @@ class OpenVinoRunner:
     STATIC_SHAPES = 4
 
     def __init__(self, path: Path, config: dict[str, Any]) -> None:
-        import openvino as ov
-
         self.path, self.config = path, config
-        self.core = ov.Core()
+        self.core = openvino_core()
         self.dynamic = self.core.compile_model(str(path), "CPU", config)
         self.one_shape = self.dynamic.input(0).get_partial_shape().is_static
         self.seen: set[tuple[int, ...]] = set()

@@ -21,10 +21,9 @@ from specc.openvino_static import (
     split_int8_atrous,
     winograd_convs,
 )
+from specc.targets import openvino_core
 
 ov = pytest.importorskip("openvino")
-#: One OpenVINO runtime for the module's models, as an application keeps one.
-CORE = ov.Core()
 
 AVX2 = CpuInfo("test CPU", frozenset({"avx2", "fma"}))
 AVX_VNNI = CpuInfo("test CPU", frozenset({"avx2", "fma", "avx_vnni"}))
@@ -83,7 +82,7 @@ def ir(module: nn.Module, shape: tuple[int, ...], folder: Path, dynamic: bool = 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.xml"
     ov.save_model(ov.convert_model(program), str(path), compress_to_fp16=False)
-    model = CORE.read_model(str(path))
+    model = openvino_core().read_model(str(path))
     if not dynamic:
         model.reshape(list(shape))
     return model
@@ -113,7 +112,7 @@ def image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def compiled(model: Any) -> Any:
-    return CORE.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
 
 @pytest.mark.parametrize(("size", "wide"), [
@@ -169,7 +168,7 @@ def int8_ir(tmp_path: Path, shape: tuple[int, ...]) -> tuple[Atrous, Path]:
 
 
 def read_static(path: Path, shape: tuple[int, ...]) -> Any:
-    model = CORE.read_model(str(path))
+    model = openvino_core().read_model(str(path))
     model.reshape(list(shape))
     return model
 

@@ -25,6 +25,7 @@ from specc.targets import (
     Request,
     check_libraries,
     load_artifact,
+    openvino_core,
     parse_requests,
 )
 
@@ -87,7 +88,7 @@ def plain_conv_weights(xml: Path) -> list[Any]:
     import openvino as ov
 
     found = []
-    for op in ov.Core().read_model(str(xml)).get_ops():
+    for op in openvino_core().read_model(str(xml)).get_ops():
         if op.get_type_name() != "Convolution":
             continue
         node = op.input_value(1).get_node()
