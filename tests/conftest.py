@@ -17,11 +17,6 @@ from typing import Any
 
 import pytest
 
-#: tests/isolated/ runs in a fresh interpreter of its own (tests/test_isolated.py), not in the
-#: suite's processes: its tests run OpenVINO and onnxruntime models in-process, after which a
-#: later fork of that process (a DataLoader worker, a subprocess) segfaulted it now and then.
-collect_ignore = [] if os.environ.get("SPECC_ISOLATED") else ["isolated"]
-
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").rglob("*.yaml"))
 #: A crop small enough for a quick forward pass; the fixed image-pooling kernel derives from it.

@@ -20,32 +20,24 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_targets import randomized
 
 from runtime.evaluate import alignment
 from specc.api import build, load_spec
 from specc.build import Deployment, build_to
 from specc.errors import SpeccWarning
 from specc.hardware import CpuInfo
-from specc.targets import ARTIFACTS, load_artifact, parse_requests
+from specc.targets import ARTIFACTS, load_artifact, openvino_core, parse_requests
 
 ov = pytest.importorskip("openvino")
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "specs" / "deeplabv3plus_mobilenetv2_demo.yaml"
 PLAIN = ["input.size=[65, 65]", "data.synthetic.val_length=8", "data.synthetic.train_length=8",
          "data.synthetic.size=72", "aspp.style.conv=plain", "decoder.style.conv=plain"]
 AVX2 = CpuInfo("test AVX2 CPU", frozenset({"avx2", "fma"}))
 AVX512 = CpuInfo("test AVX-512 CPU", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
 TARGETS = ["torchscript", "export", "onnx", "openvino:fp32", "openvino:int8"]
-
-
-def randomized(module: torch.nn.Module) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return module.eval()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ def entry(folder: Path, name: str) -> dict[str, Any]:
 
 
 def winograd_nodes(xml: Path) -> int:
-    model = ov.Core().read_model(str(xml))
+    model = openvino_core().read_model(str(xml))
     return sum("/winograd_4" in op.get_friendly_name() for op in model.get_ordered_ops()
                if op.get_type_name() == "Transpose")
 
@@ -96,7 +88,7 @@ def test_every_artifact_takes_one_shape_and_says_so(built: tuple[Any, Path]) -> 
     dims = onnx.load(str(folder / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 3, 65, 65]
     for precision in ("fp32", "int8"):
-        model = ov.Core().read_model(str(folder / f"model-openvino-{precision}.xml"))
+        model = openvino_core().read_model(str(folder / f"model-openvino-{precision}.xml"))
         assert model.input(0).get_partial_shape().to_shape() == [1, 3, 65, 65]
     # model.pt is the trainable TorchScript module, not made from the export: any shape
     assert entry(folder, "model.pt")["input_bounds"] == {
@@ -144,7 +136,7 @@ def test_static_artifacts_compute_the_model(built: tuple[Any, Path]) -> None:
     assert (int8(x)["out"].argmax(1) == want.argmax(1)).float().mean() >= 0.9
 
     artifact = load_artifact(folder / "model-openvino-fp32.xml")
-    plain = ov.Core().compile_model(str(folder / "model-openvino-fp32.xml"), "CPU")
+    plain = openvino_core().compile_model(str(folder / "model-openvino-fp32.xml"), "CPU")
     for image in x:
         alone = torch.from_numpy(plain(image[None].numpy())[0])
         assert torch.allclose(artifact(image[None])["out"], alone, atol=1e-6 * scale)
