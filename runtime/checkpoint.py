@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from specc import filekinds
 from specc.api import NON_ARCHITECTURE_KEYS, architecture_sha256
 from specc.artifacts import LINK, SPEC, WEIGHTS, read_weights, spec_info_of
 from specc.diff import spec_changes
@@ -276,13 +277,23 @@ def _read_state(file: Path) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad pickle or a cut-off archive
-        raise TrainingError(
-            f"{file}: not a training state written by specc (truncated or corrupt? "
-            f"{type(err).__name__}: {str(err)[:120]})") from None
+        raise TrainingError(_unloadable_state(file, err)) from None
     problem = _state_problem(state, required=("iteration",))
     if problem:
         raise TrainingError(f"{file}: not a training state written by specc: {problem}")
     return state
+
+
+def _unloadable_state(file: Path, load_error: Exception) -> str:
+    """Why ``state.pt`` does not load (:func:`specc.filekinds.describe`) and, when it is cut
+    short or damaged, the way on: the weights beside it are a separate file and may be whole."""
+    kind = filekinds.describe(file, load_error)
+    if not kind.damaged:
+        return f"{file}: not a training state written by specc: found {kind.what}"
+    return (f"{file}: cannot resume from this training state: it is {kind.what}. Restore the run "
+            "folder from a copy, or start a new run from the weights beside it with --init "
+            f"{file.parent} --out NEW_FOLDER (the optimizer state and iteration count start "
+            "afresh)")
 
 
 #: What each field of a training state must look like; ``rng`` holds one state per process.

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from specc import filekinds
 from specc.api import architecture_sha256
 from specc.errors import SpeccError, SpecError, WeightsError
 from specc.fsutil import atomic_write_bytes
@@ -186,6 +187,9 @@ def _read_safetensors(file: Path) -> Weights:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as exc:
+        cut = filekinds.safetensors_cut_short(file)
+        if cut:
+            raise WeightsError(f"{file}: {cut}; {filekinds.REPLACE}") from None
         raise WeightsError(f"{file}: not a readable safetensors file ({exc})") from None
     info = _read_spec_json(file.parent / SPEC) if file.name == WEIGHTS else None
     if info is None and "specc.architecture_sha256" in meta:  # written by import-weights
@@ -201,8 +205,7 @@ def _read_torch_save(file: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad pickle
-        raise WeightsError(f"{file}: not a readable PyTorch state dict ({type(exc).__name__}: "
-                           f"{str(exc)[:200]})") from None
+        raise WeightsError(_unloadable(file, exc)) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -210,6 +213,16 @@ def _read_torch_save(file: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{file}: expected a state dict (names → tensors), found "
                            f"{type(obj).__name__}")
     return obj
+
+
+def _unloadable(file: Path, load_error: Exception,
+                expected: str = "not a readable PyTorch state dict") -> str:
+    """What to tell about a file torch refused to load: what it is (:mod:`specc.filekinds`),
+    not torch's own message, which is long and speaks of its unpickler."""
+    kind = filekinds.describe(file, load_error)
+    if kind.damaged:
+        return f"{file}: {kind.what}; {kind.hint}"
+    return f"{file}: {expected}: found {kind.what}" + (f"; {kind.hint}" if kind.hint else "")
 
 
 def _is_torchscript(file: Path) -> bool:
@@ -404,7 +417,7 @@ def archive_spec_info(path: str | Path) -> dict[str, Any] | None:
             names = [n for n in archive.namelist() if n.partition("/")[2] == f"extra/{EXTRA_SPEC}"]
             text = archive.read(names[0]) if names else None
     except (zipfile.BadZipFile, OSError, RuntimeError) as err:
-        raise WeightsError(f"{path}: not a TorchScript model ({err})") from None
+        raise WeightsError(_unloadable(path, err, "not a TorchScript model")) from None
     return None if text is None else parse_spec_info(text, f"{path} ({EXTRA_SPEC})")
 
 

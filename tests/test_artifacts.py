@@ -144,6 +144,37 @@ def test_unreadable_sources_raise_weights_error(make, message: str, tmp_path: Pa
     assert message in str(err.value) and str(path) in str(err.value)
 
 
+def _cut_in_half(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize(("name", "write"), [
+    ("w.pt", lambda path, state: torch.save(state, path)),
+    ("w.pth", lambda path, state: torch.save(state, path, _use_new_zipfile_serialization=False)),
+    ("w.safetensors", lambda path, state: save_file(state, path)),
+], ids=["torch-save", "torch-save-before-1.6", "safetensors"])
+def test_weights_cut_short_say_so_whole(name: str, write, tmp_path: Path) -> None:
+    """A file cut short (an interrupted copy, a full disk) is named as such in a message that
+    ends with what to do, not in torch's unpickler words cut off mid-sentence."""
+    path = tmp_path / name
+    write(path, {"w": torch.arange(4096, dtype=torch.float32)})
+    with pytest.raises(WeightsError) as err:
+        read_weights(_cut_in_half(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: a ") and "cut short" in message, message
+    assert message.endswith("copy it again from where it came from, or use another checkpoint")
+    assert "miniz" not in message and "weights_only" not in message
+
+
+def test_torchscript_cut_short_says_so(trained, doc, tmp_path: Path) -> None:
+    path = _cut_in_half(write_torchscript(trained, tmp_path / "model.pt", doc))
+    for read in (read_torchscript, read_weights):
+        with pytest.raises(WeightsError, match=r"model\.pt: a PyTorch file that is cut short"):
+            read(path)
+
+
 def test_read_torchscript_errors(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="no such file"):
         read_torchscript(tmp_path / "model.pt")

@@ -378,6 +378,20 @@ def test_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 2 and "nowhere" in err
 
 
+def test_eval_of_a_checkpoint_cut_short_says_so(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cut = tmp_path / "model.pt"
+    cut.write_bytes((trained / "model.pt").read_bytes()[:1000])  # an interrupted copy
+    code, _, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", cut,
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (
+        f"error: {cut}: a PyTorch file that is cut short or damaged (the directory at the end of "
+        "its zip archive is missing: an interrupted copy or a full disk?); copy it again from "
+        "where it came from, or use another checkpoint")
+
+
 def test_predict_missing_and_corrupt_images_exit_2(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -176,6 +176,22 @@ def test_resume_from_junk_state_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert f"{folder / ckpt.STATE}: not a training state written by specc" in err.replace("\n", "")
 
 
+def test_resume_from_a_state_cut_short_says_so_and_what_to_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _save(tmp_path / "run", 3)
+    state = folder / ckpt.STATE
+    state.write_bytes(state.read_bytes()[:1000])  # as `head -c 1000` leaves it
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run", "--resume",
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (
+        f"error: {state}: cannot resume from this training state: it is a PyTorch file that is "
+        "cut short or damaged (the directory at the end of its zip archive is missing: an "
+        "interrupted copy or a full disk?). Restore the run folder from a copy, or start a new "
+        f"run from the weights beside it with --init {folder} --out NEW_FOLDER (the optimizer "
+        "state and iteration count start afresh)")
+
+
 def test_dangling_checkpoint_link_is_reported(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
