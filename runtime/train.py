@@ -61,7 +61,7 @@ from runtime.tensorboard import Board
 from specc import artifacts
 from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
-from specc.errors import SpeccError, TrainingError
+from specc.errors import SpeccError, TrainingError, WeightsError
 from specc.fsutil import atomic_write_text
 from specc.hardware import usable_cores
 from specc.spec_train import LossSpec
@@ -407,10 +407,19 @@ def _make_model(comp: Compilation, ctx: distributed.Context, init: Path | None,
                     p.requires_grad_(False)
     if init is None:
         return model, None
-    started = finetune.fit_weights(model, comp, artifacts.read_weights(init))
+    started = finetune.fit_weights(model, comp, _init_weights(init))
     for line in started.lines(comp.spec.num_classes):
         report.message(line)
     return model, started
+
+
+def _init_weights(init: Path) -> artifacts.Weights:
+    """The weights ``--init`` names; a path that holds none is reported as --init's (the
+    message lists what it takes and says what the file is)."""
+    try:
+        return artifacts.read_weights(init)
+    except WeightsError as err:
+        raise WeightsError(f"--init {err}") from None
 
 
 def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,

@@ -138,6 +138,11 @@ def _read_spec_json(path: Path) -> dict[str, Any] | None:
 # -- reading --------------------------------------------------------------------------------------
 
 
+#: What :func:`read_weights` opens, as its messages list it.
+SOURCES = ("a run or checkpoint folder, .safetensors, a state dict saved with torch.save as "
+           ".pt/.pth, or a TorchScript model.pt")
+
+
 def find_weights(path: str | Path) -> Path:
     """The weights file ``path`` designates: a run folder, a checkpoint folder or a file.
 
@@ -215,14 +220,15 @@ def _read_torch_save(file: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _unloadable(file: Path, load_error: Exception,
-                expected: str = "not a readable PyTorch state dict") -> str:
-    """What to tell about a file torch refused to load: what it is (:mod:`specc.filekinds`),
-    not torch's own message, which is long and speaks of its unpickler."""
+def _unloadable(file: Path, load_error: Exception, expected: str = f"weights ({SOURCES})") -> str:
+    """What to tell about a file torch refused to load: what it is (:mod:`specc.filekinds`)
+    and what was expected, not torch's own message, which is long and speaks of its
+    unpickler (an ONNX model given as weights reads "Weights only load failed ...")."""
     kind = filekinds.describe(file, load_error)
     if kind.damaged:
         return f"{file}: {kind.what}; {kind.hint}"
-    return f"{file}: {expected}: found {kind.what}" + (f"; {kind.hint}" if kind.hint else "")
+    return (f"{file}: expected {expected}, found {kind.what}"
+            + (f"; {kind.hint}" if kind.hint else ""))
 
 
 def _is_torchscript(file: Path) -> bool:
@@ -417,7 +423,7 @@ def archive_spec_info(path: str | Path) -> dict[str, Any] | None:
             names = [n for n in archive.namelist() if n.partition("/")[2] == f"extra/{EXTRA_SPEC}"]
             text = archive.read(names[0]) if names else None
     except (zipfile.BadZipFile, OSError, RuntimeError) as err:
-        raise WeightsError(_unloadable(path, err, "not a TorchScript model")) from None
+        raise WeightsError(_unloadable(path, err, "a TorchScript model")) from None
     return None if text is None else parse_spec_info(text, f"{path} ({EXTRA_SPEC})")
 
 

@@ -2,10 +2,12 @@
 
 ``torch.load``'s own errors describe its unpickler's view of the bytes: a checkpoint cut short
 by a full disk reads "PytorchStreamReader failed reading zip archive: failed finding central
-directory. This is an internal miniz error. If you are seeing this error, ...". That does not
-say what is wrong with the file or what to do, and it is too long to show. :func:`describe`
-names the kind of file instead ("a PyTorch file that is cut short or damaged", "an empty
-file"), so a message can say what was found and how to go on.
+directory. This is an internal miniz error. If you are seeing this error, ...", and an ONNX
+model given where weights are expected reads "Weights only load failed. In PyTorch 2.6, we
+changed the default value of the `weights_only` argument ...". Neither says what the file is or
+what to do, and both are too long to show. :func:`describe` names the kind of file instead ("a
+PyTorch file that is cut short or damaged", "an ONNX model", "a text file"), so a message can
+say what was expected, what was found and how to go on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,19 @@ PICKLE_MAGICS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
 UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 CUT_SAFETENSORS = ("a safetensors file that is cut short ({size} bytes, too few for {part}: an "
                    "interrupted copy or a full disk?)")
+#: Files told apart by their first bytes: (magic, what the file is).
+MAGICS = (
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model?)"),
+    (b"\x93NUMPY", "a NumPy array (.npy)"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+)
+#: Deployment artifacts (``specc build --target``), told by their suffix where their bytes are
+#: not distinctive (ONNX is plain protobuf, OpenVINO's weights are raw numbers).
+ARTIFACT_SUFFIXES = {".onnx": "an ONNX model", ".xml": "an OpenVINO IR (XML)",
+                     ".bin": "OpenVINO IR weights (.bin)"}
+#: What to do with a deployment artifact given where weights are expected.
+EXPORTED = "pass the weights it was exported from"
 #: What to do with a damaged file.
 REPLACE = "copy it again from where it came from, or use another checkpoint"
 
@@ -64,10 +79,14 @@ def _zip_kind(path: Path, load_error: BaseException) -> FileKind:
         return FileKind("a PyTorch file that is cut short or damaged (the directory at the end "
                         "of its zip archive is missing: an interrupted copy or a full disk?)",
                         damaged=True, hint=REPLACE)
+    if any(name.endswith("/archive_format") for name in names):
+        return FileKind("a torch.export or AOTInductor archive (.pt2)", hint=EXPORTED)
     if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
         return _objects_kind(load_error) or FileKind(
             "a PyTorch file that is damaged (its zip archive opens but a part of it does not "
             "read back)", damaged=True, hint=REPLACE)
+    if names and all(name.endswith(".npy") for name in names):
+        return FileKind("a NumPy archive (.npz)")
     return FileKind("a zip archive that is not a PyTorch file")
 
 
@@ -94,8 +113,42 @@ def _pickle_kind(load_error: BaseException) -> FileKind:
 
 
 def _other_kind(head: bytes, suffix: str) -> FileKind:
-    """A file that is not a PyTorch file."""
+    """A file that is not a PyTorch file: by its magic bytes, its suffix, or as text."""
+    for magic, what in MAGICS:
+        if head.startswith(magic):
+            return FileKind(what)
+    if suffix in ARTIFACT_SUFFIXES:
+        return FileKind(ARTIFACT_SUFFIXES[suffix], hint=EXPORTED)
+    if _is_onnx(head):
+        return FileKind(ARTIFACT_SUFFIXES[".onnx"], hint=EXPORTED)
+    if _is_safetensors(head):
+        return FileKind("a safetensors file without the .safetensors suffix",
+                        hint="rename it to end in .safetensors")
+    if _is_text(head):
+        return FileKind("a text file")
     return FileKind("a file of an unknown format")
+
+
+def _is_onnx(head: bytes) -> bool:
+    """An ONNX model under another name: protobuf fields 1 (``ir_version``, a small number) and
+    2 (``producer_name``), in the order every exporter writes them."""
+    return len(head) > 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] == 0x12
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """safetensors: a little-endian 8-byte header length, then the JSON header."""
+    return len(head) > 9 and head[8:10] in (b'{"', b"{}") and int.from_bytes(head[:8], "little") > 0
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 text without NUL bytes (a character cut at the end of ``head`` allowed)."""
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start >= len(head) - 3
+    return True
 
 
 def safetensors_cut_short(path: Path) -> str | None:

@@ -133,7 +133,9 @@ def _write(name: str, payload: object):
     (lambda folder: folder.mkdir() or folder,
      "no weights found (expected checkpoint/model.safetensors or model.safetensors)"),
     (_write("w.safetensors", b"junk"), "not a readable safetensors file"),
-    (_write("w.pt", b"junk"), "not a readable PyTorch state dict"),
+    (_write("w.pt", b"junk"), "expected weights (a run or checkpoint folder, .safetensors, a "
+     "state dict saved with torch.save as .pt/.pth, or a TorchScript model.pt), found a text "
+     "file"),
     (_write("w.pt", [1, 2]), "expected a state dict (names → tensors), found list"),
     (_write("w.pth", {"state_dict": {"a": 1}}), "expected a state dict (names → tensors)"),
 ], ids=["missing", "empty-folder", "bad-safetensors", "bad-pickle", "list", "not-tensors"])
@@ -179,7 +181,7 @@ def test_read_torchscript_errors(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="no such file"):
         read_torchscript(tmp_path / "model.pt")
     (tmp_path / "model.pt").write_bytes(b"junk")
-    with pytest.raises(WeightsError, match="not a TorchScript model"):
+    with pytest.raises(WeightsError, match="expected a TorchScript model, found a text file"):
         read_torchscript(tmp_path / "model.pt")
 
 

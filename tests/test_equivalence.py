@@ -277,7 +277,7 @@ def test_missing_file_exits_2_without_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("payload", "message"), [
-    (b"this is not a checkpoint", "not a readable PyTorch state dict"),
+    (b"this is not a checkpoint", "expected weights (a run or checkpoint folder"),
     ([1, 2, 3], "expected a state dict (names → tensors), found list"),
 ])
 def test_not_a_state_dict(payload: object, message: str, tmp_path: Path,

@@ -99,7 +99,7 @@ CASES = [
     case("import-weights missing source", "import-weights {spec} {missing} --from torchvision "
          "--out {tmp}/w.safetensors", 2, "{missing}: no such weights file"),
     case("import-weights junk source", "import-weights {spec} {text} --from torchvision "
-         "--out {tmp}/w.safetensors", 2, "{text}: not a readable PyTorch state dict"),
+         "--out {tmp}/w.safetensors", 2, "{text}: expected weights (", "found a text file"),
     case("import-weights unknown --from", "import-weights {spec} {text} --from caffe "
          "--out {tmp}/w.safetensors", 2, "--from: expected one of torchvision, timm"),
     case("import-weights --out is a folder", "import-weights {spec} {text} --from torchvision "
@@ -124,7 +124,7 @@ CASES = [
     case("train --init missing", "train {spec} --init {missing} --out {tmp}/run", 2,
          "{missing}: no such weights file"),
     case("train --init junk", "train {spec} --init {text} --out {tmp}/run", 2,
-         "{text}: not a readable PyTorch state dict"),
+         "{text}: expected weights (", "found a text file"),
     case("train class weights of another count",
          "train {spec} --set train.loss.class_weights=[1,2] --out {tmp}/run", 2,
          "train.loss.class_weights: expected 8 weights (one per class, num_classes), found 2"),
@@ -143,7 +143,7 @@ CASES = [
     case("eval --device foo", "eval {spec} --checkpoint {model} --device foo", 2,
          "--device: expected cpu or cuda, found 'foo'"),
     case("eval junk checkpoint", "eval {spec} --checkpoint {text}", 2,
-         "{text}: not a readable PyTorch state dict"),
+         "{text}: expected weights (", "found a text file"),
     case("eval missing checkpoint", "eval {spec} --checkpoint {missing}", 2,
          "{missing}: no such weights file"),
     case("eval bad scales", "eval {spec} --checkpoint {model} --scales 1,x", 2,

@@ -114,6 +114,46 @@ def test_other_misfits_are_refused(torchvision_file: Path, tmp_path: Path,
     assert not (tmp_path / "r").exists()
 
 
+def _onnx_model(path: Path) -> None:
+    """A real (one-node) ONNX model, written as PyTorch's exporter writes its header."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, producer_name="pytorch"), str(path))
+
+
+def _exported_program(path: Path) -> None:
+    torch.export.save(torch.export.export(nn.Conv2d(1, 1, 1), (torch.zeros(1, 1, 2, 2),)), path)
+
+
+@pytest.mark.parametrize(("name", "write", "found"), [
+    ("model.onnx", _onnx_model, "found an ONNX model; pass the weights it was exported from"),
+    ("onnx_renamed.pt", _onnx_model, "found an ONNX model; pass the weights it was exported from"),
+    ("model.pt2", _exported_program,
+     "found a torch.export or AOTInductor archive (.pt2); pass the weights it was exported from"),
+    ("whole.pt", lambda path: torch.save(nn.Conv2d(1, 1, 1), path),
+     "found a PyTorch file that holds Python objects besides tensors, such as "
+     "torch.nn.modules.conv.Conv2d (a whole model saved with torch.save(model)?); save "
+     "model.state_dict() instead"),
+    ("spec.yaml", lambda path: path.write_text(runkit.SPEC.read_text()), "found a text file"),
+], ids=["onnx", "onnx-renamed", "pt2", "whole-model", "spec"])
+def test_init_from_a_file_that_is_not_weights_says_what_it_is(
+        name: str, write, found: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Not PyTorch's weights_only notice: what --init takes, and what the file is."""
+    source = tmp_path / name
+    write(source)
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--init", source, "--out", tmp_path / "r",
+                               "--iters", "1", *runkit.sets(runkit.TINY)], capsys)
+    assert code == 2 and "Traceback" not in err and "weights_only" not in err
+    assert err.strip() == (
+        f"error: --init {source}: expected weights (a run or checkpoint folder, .safetensors, a "
+        "state dict saved with torch.save as .pt/.pth, or a TorchScript model.pt), " + found)
+    assert not (tmp_path / "r").exists()
+
+
 def test_source_tensors_without_a_place_are_refused(torchvision_file: Path) -> None:
     comp = compile_spec(load_spec(ZOO, ["num_classes=2", "aux=null"]))
     with pytest.raises(WeightsError, match=r"aux_classifier\.0\.weight"):
