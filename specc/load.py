@@ -424,9 +424,11 @@ def _load_file(path: Path, seen: tuple[Path, ...], display: str
     if not isinstance(base_name, str) or not base_name:
         raise sources.error(("extends",), f"expected a file name, found {_kind(base_name)}")
     base_path = path.parent / base_name
-    if not base_path.is_file():
-        raise sources.error(("extends",), f"expected a spec file next to {path.name}, found no "
-                            f"file {base_name!r}")
+    found = _not_a_spec_file(base_path)
+    if found:
+        where = "" if Path(base_name).is_absolute() else f" next to {path.name}"
+        raise sources.error(("extends",), f"expected a spec file{where}, found {found} "
+                            f"{base_name!r}")
     chain = (*seen, resolved)
     if base_path.resolve() in chain:
         names = " → ".join(p.name for p in (*chain, base_path.resolve()))
@@ -441,6 +443,21 @@ def _load_file(path: Path, seen: tuple[Path, ...], display: str
     merged = _merge(base, data, base_src, sources, (), merged_src)
     merged_src.positions[()] = Location(display, 1, 1)
     return merged, merged_src, files + base_files, deprecations + base_deprecations
+
+
+def _not_a_spec_file(path: Path) -> str | None:
+    """What ``path`` holds when it cannot be a spec file (``no file``, ``the folder``, ``a
+    character device``, ...); None for a regular file, and for a path that cannot be looked at
+    (reading it then says why)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "no file"
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "the folder" if stat.S_ISDIR(mode) else _file_kind(mode)
 
 
 def _kind(value: Any) -> str:

@@ -201,6 +201,12 @@ CASES = [
     Case("extends a missing file", {"spec.yaml": "extends: base.yaml\nname: m\n"},
          "spec.yaml:1:10: extends: expected a spec file next to spec.yaml, found no file "
          "'base.yaml'"),
+    Case("extends a folder", {"spec.yaml": "extends: .\nname: m\n"},
+         "spec.yaml:1:10: extends: expected a spec file next to spec.yaml, found the folder '.'"),
+    Case("extends a folder by its absolute path", {"spec.yaml": "extends: /\nname: m\n"},
+         "spec.yaml:1:10: extends: expected a spec file, found the folder '/'"),
+    Case("extends a device", {"spec.yaml": "extends: /dev/null\nname: m\n"},
+         "spec.yaml:1:10: extends: expected a spec file, found a character device '/dev/null'"),
     Case("extends a list", {"spec.yaml": "extends: [a.yaml]\nname: m\n"},
          "spec.yaml:1:10: extends: expected a file name, found a list"),
     Case("extends cycle", {"spec.yaml": "extends: a.yaml\nname: m\n",
