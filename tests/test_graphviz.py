@@ -201,6 +201,30 @@ def test_dot_renderer_missing_is_a_clear_error(capsys, tmp_path, monkeypatch):
     assert code == 2 and "--format dot" in err
 
 
+@pytest.mark.parametrize(("fmt", "name", "expected"), [
+    ("svg", "g.png", "--format svg and --out {out}/g.png disagree (.png is the suffix of png); "
+                     "drop --format to write png, or give --out {out}/g.svg"),
+    ("png", "g.SVG", "--format png and --out {out}/g.SVG disagree (.SVG is the suffix of svg); "
+                     "drop --format to write svg, or give --out {out}/g.png"),
+    ("svg", "g.gv", "--format svg and --out {out}/g.gv disagree (.gv is the suffix of dot); "
+                    "drop --format to write dot, or give --out {out}/g.svg"),
+])
+def test_format_and_suffix_that_disagree_are_refused(fmt, name, expected, capsys, tmp_path):
+    """Not a PNG file that holds SVG: nothing is written, exit 2."""
+    code, _, err = run(capsys, "graph", V3, "--collapse", "--format", fmt, "--out",
+                       tmp_path / name, "--renderer", "matplotlib")
+    assert code == 2 and err.strip() == "error: " + expected.format(out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_format_with_a_suffix_of_no_format_is_kept(capsys, tmp_path):
+    target = tmp_path / "graph.txt"
+    code, _, err = run(capsys, "graph", V3, "--collapse", "--format", "svg", "--out", target,
+                       "--renderer", "matplotlib")
+    assert code == 0, err
+    assert "<svg" in target.read_text()[:2000]
+
+
 def test_png_needs_a_file(capsys):
     code, _, err = run(capsys, "graph", V3, "--format", "png")
     assert code == 2 and "--out" in err

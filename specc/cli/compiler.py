@@ -268,6 +268,29 @@ class GraphFormat(str, Enum):
     png = "png"
 
 
+#: The format each --out suffix names (.gv is Graphviz's other suffix for dot text).
+GRAPH_SUFFIXES = {".dot": GraphFormat.dot, ".gv": GraphFormat.dot, ".svg": GraphFormat.svg,
+                  ".png": GraphFormat.png}
+
+
+def _graph_format(format_: GraphFormat | None, out: Path | None) -> GraphFormat:
+    """--format, else the one --out's suffix names, else dot. A --format that another of those
+    suffixes contradicts (``--format svg --out g.png``) is refused: either way one of the two
+    would be wrong, a PNG file holding SVG or an SVG the user did not ask for.
+
+    Raises:
+        SpeccError: --format and --out's suffix name different formats.
+    """
+    named = GRAPH_SUFFIXES.get(out.suffix.lower()) if out is not None else None
+    if format_ is None:
+        return named or GraphFormat.dot
+    if named is not None and named is not format_:
+        raise SpeccError(f"--format {format_.value} and --out {out} disagree ({out.suffix} is "
+                         f"the suffix of {named.value}); drop --format to write {named.value}, "
+                         f"or give --out {out.with_suffix('.' + format_.value)}")
+    return format_
+
+
 class Renderer(str, Enum):
     auto = "auto"
     dot = "dot"
@@ -277,7 +300,8 @@ class Renderer(str, Enum):
 def graph(
     spec: Annotated[Path, typer.Argument(help="Spec file.")],
     format_: Annotated[GraphFormat | None, typer.Option(
-        "--format", help="dot (text), svg or png; default: from --out's suffix, else dot.")] = None,
+        "--format", help="dot (text), svg or png; default: from --out's suffix, else dot. "
+                         "An --out ending in .dot, .gv, .svg or .png must agree with it.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output file (default: standard output; png needs a file).")] = None,
     collapse: Annotated[bool, typer.Option(
@@ -289,9 +313,7 @@ def graph(
         "--set", help="Override a spec value: key.path=value (YAML).")] = None,
 ) -> None:
     """The model DAG grouped by stage, nodes filled by output stride, labels with dilation."""
-    if format_ is None:
-        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
-        format_ = GraphFormat(suffix) if suffix in ("svg", "png") else GraphFormat.dot
+    format_ = _graph_format(format_, out)
     if format_ is GraphFormat.png and out is None:
         raise SpeccError("--format png writes binary data: give --out FILE")
     if out is not None:
