@@ -225,13 +225,24 @@ def read_lines(path: Path) -> list[str]:
     Raises:
         DataError: the file is missing or not valid UTF-8 text.
     """
+    return [line for _, line in numbered_lines(path)]
+
+
+def numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-empty, stripped lines of a text file with their 1-based line numbers, for
+    messages that point at a line.
+
+    Raises:
+        DataError: the file is missing or not valid UTF-8 text.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read: {err}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip()]
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -34,6 +34,7 @@ from .base import (
     check_same_size,
     identity_table,
     label_table,
+    numbered_lines,
     read_image,
     read_label,
     read_lines,
@@ -208,7 +209,7 @@ def folder(root: Path, split: str, num_classes: int) -> PairedDataset:
     require_dir(root, "dataset folder (with images/ and masks/)")
     classes_path = root / "classes.txt"
     if classes_path.is_file():
-        names = tuple(read_lines(classes_path))
+        names = class_names(classes_path)
         if len(names) != num_classes:
             raise DataError(
                 f"{classes_path}: lists {len(names)} classes but the model expects {num_classes}"
@@ -231,6 +232,23 @@ def folder(root: Path, split: str, num_classes: int) -> PairedDataset:
         names,
         identity_table(num_classes),
     )
+
+
+def class_names(path: Path) -> tuple[str, ...]:
+    """The class names of a ``classes.txt``, one per non-empty line, each listed once: two train
+    ids of one name could not be told apart in reports, and ``train.hard_classes`` would name
+    only the first.
+
+    Raises:
+        DataError: the file cannot be read, or a name is listed twice (both line numbers).
+    """
+    first_line: dict[str, int] = {}
+    for number, name in numbered_lines(path):
+        if name in first_line:
+            raise DataError(f"{path}:{number}: the class name {name!r} is listed twice (first on "
+                            f"line {first_line[name]}); expected each class once")
+        first_line[name] = number
+    return tuple(first_line)
 
 
 FIXED_LAYOUTS: dict[str, tuple[Callable[[Path, str], PairedDataset], int, str]] = {

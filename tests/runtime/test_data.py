@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import runkit
 import torch
 from PIL import Image
 
@@ -331,6 +332,21 @@ def test_class_count_mismatch(
 def test_classes_txt_mismatch(trees: dict[str, Path]) -> None:
     with pytest.raises(DataError, match=r"classes\.txt: lists 3 classes but the model expects 5"):
         open_dataset(f"folder:{trees['folder']}", "train", 5)
+
+
+def test_classes_txt_with_a_name_twice_is_refused(
+    make_tree: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_tree("folder", labels={"a": label_with([0, 1])})
+    (root / "classes.txt").write_text("sky\ngrass\n\nrock\n grass \n")
+    expected = (f"{root / 'classes.txt'}:5: the class name 'grass' is listed twice (first on "
+                "line 2); expected each class once")
+    with pytest.raises(DataError) as err:
+        open_dataset(f"folder:{root}", "train", 4)
+    assert str(err.value) == expected
+    code, _, stderr = runkit.cli(["class-weights", runkit.SPEC, "--data", f"folder:{root}",
+                                  *runkit.sets([*runkit.TINY, "num_classes=4"])], capsys)
+    assert code == 2 and stderr.strip() == f"error: {expected}"
 
 
 @pytest.mark.parametrize("source", ["coco:/data/coco", "synthetic:foo", "voc", "VOC:/x", ""])
