@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,9 +120,21 @@ def train(
                  "data.crop": None if crop is None else [crop, crop], "train.save_every": save_every}))
     run_dir = output_folder(out or Path("runs") / doc.spec.name)
     console = render.err
-    with _worker_errors():
-        result = run_training(doc, run_dir, resume=resume, init=init, device=device,
-                              reporter=render.RichReporter(console), tensorboard=tensorboard)
+    options = [*_given(("--data", data), ("--iters", iters), ("--batch-size", batch_size),
+                       ("--crop", crop), ("--out", run_dir), ("--save-every", save_every),
+                       ("--device", device)),
+               *(arg for value in set_ or [] for arg in ("--set", value))]
+    if tensorboard:
+        options.append("--tensorboard")
+    try:
+        with _worker_errors():
+            result = run_training(doc, run_dir, resume=resume, init=init, device=device,
+                                  reporter=render.RichReporter(console), tensorboard=tensorboard)
+    except KeyboardInterrupt:
+        if _is_rank_0():
+            console.print(_interrupted(spec, run_dir, options, resume, init,
+                                       doc.spec.train.save_every), markup=False)
+        raise typer.Exit(130) from None
     if result.model_path is None:  # not rank 0
         return
     lines = [f"trained {doc.spec.name}: {result.iteration} iterations"
@@ -137,6 +151,45 @@ def train(
         lines.insert(1, f"val mIoU {100 * result.scores['miou']:.2f} %, pixel accuracy "
                         f"{100 * result.scores['pixel_accuracy']:.2f} %")
     console.print("\n".join(lines), markup=False)
+
+
+def _given(*pairs: tuple[str, Any]) -> list[str]:
+    """``--flag value`` for each pair whose value was given (not None)."""
+    return [str(arg) for flag, value in pairs if value is not None for arg in (flag, value)]
+
+
+def _is_rank_0() -> bool:
+    """Whether this process speaks for the run: the only one, or rank 0 under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _interrupted(spec: Path, run_dir: Path, options: list[str], resume: bool,
+                 init: Path | None, save_every: int) -> str:
+    """The line ``specc train`` prints when Ctrl-C stops it: where the last checkpoint is (the
+    checkpoint link is replaced only once a save is complete, so a save cut short by the
+    interrupt leaves the previous one in place) and the command that goes on from it, the
+    options of this run and ``--resume`` (without ``--init``: the checkpoint holds the weights).
+    Before the first save it gives the command that starts again."""
+    from runtime.checkpoint import CHECKPOINT_NAME, checkpoint_dir
+
+    saved = checkpoint_dir(run_dir)
+    if saved is None or not CHECKPOINT_NAME.fullmatch(saved.name):
+        again = _command(spec, [*options, *_given(("--init", init)),
+                                *(["--resume"] if resume else [])])
+        return (f"interrupted before the first checkpoint (one every train.save_every = "
+                f"{save_every} iterations): nothing to resume; start again with: {again}")
+    iteration = int(saved.name.rpartition("-")[2])
+    return (f"interrupted: the last checkpoint is {run_dir / 'checkpoint'} (iteration "
+            f"{iteration}); resume with: {_command(spec, [*options, '--resume'])}")
+
+
+def _command(spec: Path, options: list[str]) -> str:
+    """``specc train SPEC OPTIONS`` as a shell line (under torchrun, with its process count)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    prefix = (["specc"] if world == 1 else
+              ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)}", "-m",
+               "specc"])
+    return shlex.join([*prefix, "train", str(spec), *options])
 
 
 def eval_(

@@ -1,16 +1,19 @@
 """Fault injection: ``kill -9`` a training run at seeded random moments (start-up, a step, a save)
 and check after each kill that the checkpoint link points to a complete checkpoint that loads,
-that nothing of the user's in the run folder was touched, and that ``--resume`` finishes."""
+that nothing of the user's in the run folder was touched, and that ``--resume`` finishes. Ctrl-C
+(SIGINT) exits 130 with one line naming the last checkpoint and the command that resumes."""
 
 from __future__ import annotations
 
 import os
 import random
+import shlex
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import runkit
 
 from runtime import checkpoint as ckpt
@@ -39,6 +42,11 @@ def _check_after_kill(run: Path) -> int:
     and that the user's files are as they were."""
     for rel, text in USER_FILES.items():
         assert (run / rel).read_text() == text, rel
+    return _whole_checkpoint_iteration(run)
+
+
+def _whole_checkpoint_iteration(run: Path) -> int:
+    """The iteration of the checkpoint the link points to (0: none yet); asserts it loads whole."""
     if not (run / "checkpoint").is_symlink():
         return 0
     weights, state, info = ckpt.load_checkpoint(run)
@@ -76,3 +84,46 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     leftovers = [p.name for p in run.iterdir() if p.name.startswith((".checkpoint", "checkpoint"))]
     assert sorted(leftovers) == sorted(["checkpoint", "checkpoint-0000024", *{
         rel.split("/")[0] for rel in USER_FILES}])
+
+
+def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) once a checkpoint is written: exit 130, one line naming the checkpoint and
+    the command that resumes; the checkpoint is whole, and that command finishes the run."""
+    run = tmp_path / "run"
+    proc = _start(run)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint").exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    last = err.decode().splitlines()[-1]
+    assert proc.returncode == 130, err.decode()
+    iteration = _whole_checkpoint_iteration(run)
+    resume = shlex.join(["specc", "train", str(runkit.SPEC), "--iters", str(ITERS), "--out",
+                         str(run), "--save-every", "2", *runkit.sets(runkit.TINY), "--resume"])
+    assert last == (f"interrupted: the last checkpoint is {run / 'checkpoint'} (iteration "
+                    f"{iteration}); resume with: {resume}")
+    done = subprocess.run([runkit.python(), "-m", *shlex.split(resume)], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run} at iteration {iteration} of {ITERS}" in done.stderr
+    assert _whole_checkpoint_iteration(run) == ITERS and (run / "model.pt").is_file()
+
+
+def test_ctrl_c_before_the_first_checkpoint_gives_the_command_that_starts_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("runtime.train.train", interrupted)
+    weights = tmp_path / "start weights.safetensors"  # a space: the command quotes it
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run", "--init",
+                               weights, "--save-every", "5"], capsys)
+    assert code == 130
+    assert err.strip() == (
+        "interrupted before the first checkpoint (one every train.save_every = 5 iterations): "
+        "nothing to resume; start again with: specc train "
+        f"{runkit.SPEC} --out {tmp_path / 'run'} --save-every 5 --init '{weights}'")
