@@ -23,7 +23,8 @@ Choices and their reasons (the numbers themselves live in ``spec.train``, see sp
   (``runtime.finetune``), which also makes the parameter groups of ``train.lr_mult`` and holds
   the backbone still for ``train.freeze_backbone_iters``.
 * A non-finite loss (or non-finite weights at save time) stops the run with a TrainingError;
-  the step is not applied and the last good checkpoint stays.
+  the step is not applied and the last good checkpoint stays. A training split without a
+  labelled pixel (every batch's loss would be 0) is refused before the first step.
 * Seeds: the same seed on every process for the initial weights. The data order and every
   augmentation draw are a function of (seed, epoch, rank, position) (``runtime.data.TrainOrder``),
   and the global random state (dropout) is saved with each checkpoint, so a run resumed from
@@ -52,7 +53,15 @@ from torch.utils.data import DataLoader
 
 from runtime import checkpoint as ckpt
 from runtime import distributed, finetune, losses
-from runtime.data import Prefetcher, bootstrap_indices, open_split, train_stream, train_transform
+from runtime.data import (
+    IGNORE_INDEX,
+    Prefetcher,
+    bootstrap_indices,
+    has_labelled_pixel,
+    open_split,
+    train_stream,
+    train_transform,
+)
 from runtime.data.loader import mix_seed
 from runtime.devices import precision_dtype
 from runtime.evaluate import DEFAULT_EVAL_BATCH, alignment, evaluate, val_batches
@@ -61,7 +70,7 @@ from runtime.tensorboard import Board
 from specc import artifacts
 from specc.api import Compilation, compile_spec
 from specc.compile import instantiate
-from specc.errors import SpeccError, TrainingError, WeightsError
+from specc.errors import DataError, SpeccError, TrainingError, WeightsError
 from specc.fsutil import atomic_write_text
 from specc.hardware import usable_cores
 from specc.spec_train import LossSpec
@@ -469,11 +478,13 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
 
     Raises:
         TrainingError: fewer images than one batch per process.
+        DataError: no pixel of the split is labelled (:func:`_check_labelled`).
     """
     tr, data = spec.train, spec.data
     train_set = open_split(spec, data.train_split)
     indices = (bootstrap_indices(train_set, tr.hard_classes, tr.hard_repeat, tr.workers)
                if tr.hard_classes else None)
+    _check_labelled(train_set, data.train_split, tr)
     transform = train_transform(
         data.crop or spec.input.size, min_scale=data.scale_min, max_scale=data.scale_max,
         scale_step=data.scale_step, flip=data.flip, mean=spec.input.mean, std=spec.input.std,
@@ -488,6 +499,24 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
         raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
                             f"fewer than one batch of {per_rank} per process")
     return loader
+
+
+def _check_labelled(train_set: Any, split: str, tr: Any) -> None:
+    """Refuse a training split without a single labelled pixel before the first step: every
+    batch would give loss 0 (it is averaged over labelled pixels) and the run would train
+    nothing (:func:`~runtime.data.has_labelled_pixel`: one label read on a labelled split).
+
+    Raises:
+        DataError: every mask pixel of the split is ignored, naming the split and the values.
+    """
+    if has_labelled_pixel(train_set, tr.ignore_index, tr.workers):
+        return
+    ignored = sorted({tr.ignore_index, IGNORE_INDEX})
+    raise DataError(
+        f"{train_set.name} ({split}): no pixel of its {len(train_set)} images is labelled "
+        f"(every mask pixel is {' or '.join(map(str, ignored))}, which the loss ignores); there "
+        f"is nothing to train on. Masks hold class ids 0..{train_set.num_classes - 1}; check "
+        "the mask files, data.train_split and train.ignore_index")
 
 
 def batch_stream(loader: DataLoader[Any], device: torch.device,

@@ -18,6 +18,7 @@ from .loader import (
     build_loader,
     class_ids,
     class_presence,
+    has_labelled_pixel,
     train_stream,
 )
 from .synthetic import SyntheticSegmentation
@@ -53,6 +54,7 @@ __all__ = [
     "colorize",
     "denormalize",
     "eval_transform",
+    "has_labelled_pixel",
     "open_dataset",
     "open_split",
     "palette",

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from specc.errors import DataError
 
-from .base import SegmentationDataset
+from .base import IGNORE_INDEX, SegmentationDataset
 from .transforms import SegmentationTransform, TrainAugment
 
 # DeepLabv3 §4.3: "bicycle, chair, table, potted-plant, and sofa" on PASCAL VOC.
@@ -326,6 +326,29 @@ def class_presence(dataset: SegmentationDataset, num_workers: int = 0) -> np.nda
     table = np.stack(rows) if rows else np.zeros((0, dataset.num_classes), dtype=bool)
     _PRESENCE_CACHE[dataset] = table
     return table
+
+
+def has_labelled_pixel(dataset: SegmentationDataset, ignore_index: int = IGNORE_INDEX,
+                       num_workers: int = 0) -> bool:
+    """Whether any label of ``dataset`` holds a pixel of a class (not ``ignore_index``).
+
+    Labels are read in order (without their images) until the first labelled one, so a
+    labelled data set costs one label read (the first, in this process) and only a data set
+    without any labelled pixel is read through (by ``num_workers`` processes); a
+    :func:`class_presence` table made before (hard-image bootstrapping) is used instead.
+
+    Raises:
+        DataError: a label file that is read is missing, unreadable or holds invalid values.
+    """
+    classes = [c for c in range(dataset.num_classes) if c != ignore_index]
+    cached = _PRESENCE_CACHE.get(dataset)
+    if cached is not None:
+        return bool(cached[:, classes].any())
+    view = _PresenceView(dataset)
+    if len(view) and view[0][classes].any():  # the usual answer, without starting workers
+        return True
+    loader = DataLoader(view, batch_size=None, num_workers=num_workers)
+    return any(bool(np.asarray(row)[classes].any()) for row in loader)
 
 
 def class_ids(dataset: SegmentationDataset, names: Iterable[str]) -> list[int]:

@@ -23,6 +23,7 @@ from runtime.data import (
     colorize,
     denormalize,
     eval_transform,
+    has_labelled_pixel,
     open_dataset,
     palette,
     train_transform,
@@ -216,6 +217,41 @@ def test_build_loader_batches_and_is_repeatable() -> None:
     assert x1.shape == (4, 3, 32, 32) and y1.shape == (4, 32, 32)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert len(build_loader(ds, eval_transform(), 4, False, 0, seed=0)) == 3
+
+
+def _counting_reads(ds: object, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The indices of the labels ``ds`` reads from now on."""
+    read: list[int] = []
+    real = type(ds).load_label
+    monkeypatch.setattr(type(ds), "load_label", lambda self, i: read.append(i) or real(self, i))
+    return read
+
+
+def test_has_labelled_pixel_stops_at_the_first_labelled_label(
+    make_tree: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    void = label_with([255])
+    root = make_tree("folder", labels={"a": label_with([0, 255]), "b": void, "c": label_with([2])})
+    ds = open_dataset(f"folder:{root}", "train", 3)
+    read = _counting_reads(ds, monkeypatch)
+    assert has_labelled_pixel(ds) and read == [0]  # one label, no image: the usual cost
+    read.clear()
+    assert has_labelled_pixel(ds, ignore_index=2) and read == [0]
+    masks = root / "masks" / "train"
+    Image.fromarray(void).save(masks / "a.png")
+    Image.fromarray(label_with([0, 255])).save(masks / "c.png")
+    assert not has_labelled_pixel(ds, ignore_index=0)  # only 0 (ignored here) and 255 left
+    assert has_labelled_pixel(ds)  # class 0 in the last label
+
+
+def test_has_labelled_pixel_uses_the_class_presence_table(
+    make_tree: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_tree("folder", labels={"a": label_with([255]), "b": label_with([255])})
+    ds = open_dataset(f"folder:{root}", "train", 3)
+    class_presence(ds)  # as hard-image bootstrapping makes it
+    read = _counting_reads(ds, monkeypatch)
+    assert not has_labelled_pixel(ds) and read == []
 
 
 def test_bootstrap_repeats_images_with_hard_classes(make_tree: Callable[..., Path]) -> None:

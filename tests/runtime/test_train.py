@@ -252,6 +252,44 @@ def test_corrupt_training_image_in_worker_exits_2(
     assert "Traceback" not in err and "worker" not in err
 
 
+def _folder_data(root: Path, train_masks: list[int]) -> Path:
+    """A folder data set: one train image per mask value (each mask of that one value) and two
+    labelled val images."""
+    splits = {"train": train_masks, "val": [0, 1]}
+    for split, values in splits.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i, value in enumerate(values):
+            rgb = np.random.default_rng(i).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(np.full((24, 32), value, np.uint8)).save(root / "masks" / split /
+                                                                     f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_split_without_a_labelled_pixel_stops_before_training(
+    workers: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a whole run at loss 0: exit 2 before the first step, nothing written."""
+    root = _folder_data(tmp_path / "ds", [255] * 6)
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run", "--iters", "4",
+                               "--data", f"folder:{root}",
+                               *runkit.sets([*runkit.TINY, f"train.workers={workers}"])], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (
+        f"error: folder:{root} (train): no pixel of its 6 images is labelled (every mask pixel "
+        "is 255, which the loss ignores); there is nothing to train on. Masks hold class ids "
+        "0..4; check the mask files, data.train_split and train.ignore_index")
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_split_labelled_in_its_last_image_trains(tmp_path: Path) -> None:
+    root = _folder_data(tmp_path / "ds", [255, 255, 255, 255, 3])
+    result = runkit.train_tiny(tmp_path / "run", ["train.iters=2", f"data.source=folder:{root}"])
+    assert result.iteration == 2
+
+
 def test_metrics_record_fields(trained: Path) -> None:
     first = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
     assert {"iter", "loss", "lr", "it_s", "elapsed_s"} <= first.keys()
