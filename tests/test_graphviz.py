@@ -217,6 +217,17 @@ def test_format_and_suffix_that_disagree_are_refused(fmt, name, expected, capsys
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("extra", [[], ["--format", "png"]])
+def test_an_out_named_for_another_image_format_is_refused(extra, capsys, tmp_path):
+    """g.jpg would hold dot text (or PNG bytes): refused, nothing written."""
+    code, _, err = run(capsys, "graph", V3, "--collapse", *extra, "--out", tmp_path / "g.jpg",
+                       "--renderer", "matplotlib")
+    assert code == 2
+    assert err.strip() == (f"error: --out {tmp_path / 'g.jpg'}: graph writes dot, svg or png, "
+                           f"not .jpg; give --out {tmp_path / 'g.png'} (or .svg, .dot)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_format_with_a_suffix_of_no_format_is_kept(capsys, tmp_path):
     target = tmp_path / "graph.txt"
     code, _, err = run(capsys, "graph", V3, "--collapse", "--format", "svg", "--out", target,

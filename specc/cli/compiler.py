@@ -271,16 +271,25 @@ class GraphFormat(str, Enum):
 #: The format each --out suffix names (.gv is Graphviz's other suffix for dot text).
 GRAPH_SUFFIXES = {".dot": GraphFormat.dot, ".gv": GraphFormat.dot, ".svg": GraphFormat.svg,
                   ".png": GraphFormat.png}
+#: Suffixes of image and document formats that graph does not write; a file named so would get
+#: dot text (or another format's bytes) under a name that promises something else.
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pdf",
+                        ".ps", ".eps")
 
 
 def _graph_format(format_: GraphFormat | None, out: Path | None) -> GraphFormat:
     """--format, else the one --out's suffix names, else dot. A --format that another of those
     suffixes contradicts (``--format svg --out g.png``) is refused: either way one of the two
-    would be wrong, a PNG file holding SVG or an SVG the user did not ask for.
+    would be wrong, a PNG file holding SVG or an SVG the user did not ask for. So is an --out
+    named for an image format graph does not write (``g.jpg``).
 
     Raises:
-        SpeccError: --format and --out's suffix name different formats.
+        SpeccError: --format and --out's suffix name different formats, or --out another
+            image format.
     """
+    if out is not None and out.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        raise SpeccError(f"--out {out}: graph writes dot, svg or png, not {out.suffix}; give "
+                         f"--out {out.with_suffix('.png')} (or .svg, .dot)")
     named = GRAPH_SUFFIXES.get(out.suffix.lower()) if out is not None else None
     if format_ is None:
         return named or GraphFormat.dot
