@@ -176,3 +176,15 @@ def test_api_mirrors_the_command_line(cli, tmp_path):
     assert (folder / "model.py").read_text() == built.source
     assert (folder / "manifest.json").read_text() == manifest_json(built.manifest)
     assert result.out.strip().startswith(f"built: {spec} → {folder / 'model.py'}")
+
+
+def test_ctrl_c_in_any_command_says_interrupted(cli: Any, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    """A Ctrl-C while a command runs exits 130 with one line, not silently."""
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("specc.cli.compiler.compile_spec", interrupted)
+    result = cli("validate", V3)
+    assert result.code == 130
+    assert result.err.strip() == "interrupted"

@@ -56,6 +56,14 @@ def _warning_printer(shown_by: Callable[..., None]) -> Callable[..., None]:
     return show
 
 
+def _interrupted_in_typer(exc: SystemExit) -> bool:
+    """Whether typer turned a Ctrl-C into this exit: it catches KeyboardInterrupt itself and
+    exits 130 without a word (``Exit(130)`` raised from the interrupt). A command that said
+    what it had done first (``specc train``) raises its Exit from None."""
+    return exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None),
+                                          KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors print one message and exit 2.
 
@@ -81,5 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(130)
+    except SystemExit as exc:
+        if _interrupted_in_typer(exc):
+            err.print("interrupted", markup=False)
+        raise
     finally:
         warnings.showwarning = shown_by
