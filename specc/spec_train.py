@@ -80,7 +80,9 @@ class TrainSpec(_Base):
         False, description="Freeze BN statistics and affine parameters (the second stage, "
         "fine-tuning at output stride 8).")
     aux_weight: float = Field(0.4, ge=0, description="Weight of the auxiliary loss (torchvision).")
-    ignore_index: int = Field(255, ge=0, le=255, description="Label ignored by loss and metrics.")
+    ignore_index: int = Field(
+        255, description="Label ignored by loss and metrics: 255, the value every data reader "
+        "gives unlabelled pixels (VOC's void border).")
     hard_classes: list[Annotated[int, Field(ge=0, le=65535)]] = Field(
         default_factory=list, description="Classes whose images are oversampled (DeepLabv3 "
         "§4.3 bootstrapping; VOC: bicycle 2, chair 9, table 11, plant 16, sofa 18).")
@@ -117,6 +119,16 @@ class TrainSpec(_Base):
     compile: bool = Field(
         False, description="Compile the training module with torch.compile (a slow first step, "
         "then faster ones; needs a C++ compiler on the CPU).")
+
+    @field_validator("ignore_index")
+    @classmethod
+    def _reader_ignore(cls, ignore_index: int) -> int:
+        if ignore_index != 255:
+            raise ValueError(
+                f"expected 255, found {ignore_index}: every data reader marks unlabelled pixels "
+                "255 (a folder data set's masks hold 255 there; the VOC, Cityscapes and ADE20K "
+                "readers map their void labels to it), so no other value would be skipped")
+        return ignore_index
 
 
 class SyntheticSpec(_Base):

@@ -300,6 +300,10 @@ CASES = [
          "spec.yaml:5:29: aspp.projection.kernel: expected a number of at most 63, found 101"),
     Case("a batch in the hundred millions", {"spec.yaml": BASE + "train: {batch_size: 100000000}\n"},
          "spec.yaml:5:21: train.batch_size: expected a number of at most 10000000, found 100000000"),
+    Case("an ignore label the data readers never write", {"spec.yaml": BASE + "train: {ignore_index: 0}\n"},
+         "spec.yaml:5:23: train.ignore_index: expected 255, found 0: every data reader marks "
+         "unlabelled pixels 255 (a folder data set's masks hold 255 there; the VOC, Cityscapes "
+         "and ADE20K readers map their void labels to it), so no other value would be skipped"),
     Case("an infinite learning rate", {"spec.yaml": BASE + "train: {lr: .inf}\n"},
          "spec.yaml:5:13: train.lr: expected a finite number, found inf"),
     Case("a mean on the 0..255 scale", {"spec.yaml": BASE + "input: {mean: [123.675, 116.28, "
