@@ -64,6 +64,13 @@ class SegmentationScores:
     pixels: int  # non-ignored pixels counted
     confusion: tuple[tuple[int, ...], ...] = ()  # cm[truth][prediction], the matrix scored
 
+    @property
+    def unlabelled_classes(self) -> list[int]:
+        """The classes no pixel of the ground truth holds: the mIoU averages the others (a class
+        only predicted scores 0). Masks saved as 0/255 for a two-class problem label class 1
+        nowhere, since 255 is the ignore label: background alone then scores 100 %."""
+        return [c for c, row in enumerate(self.confusion) if not any(row)]
+
     def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, object]:
         """A JSON-ready dict (a score of no labelled pixel, NaN here, is null there: JSON has
         no NaN); ``classes`` lists the class names when given."""
@@ -73,6 +80,7 @@ class SegmentationScores:
             "pixel_accuracy": _finite(self.pixel_accuracy),
             "mean_accuracy": _finite(self.mean_accuracy),
             "pixels": self.pixels,
+            "unlabelled_classes": self.unlabelled_classes,
         }
         if class_names is not None:
             out["classes"] = list(class_names)

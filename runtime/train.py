@@ -516,7 +516,7 @@ def _check_labelled(train_set: Any, split: str, tr: Any) -> None:
         f"{train_set.name} ({split}): no pixel of its {len(train_set)} images is labelled "
         f"(every mask pixel is {' or '.join(map(str, ignored))}, which the loss ignores); there "
         f"is nothing to train on. Masks hold class ids 0..{train_set.num_classes - 1}; check "
-        "the mask files, data.train_split and train.ignore_index")
+        "the mask files and data.train_split")
 
 
 def batch_stream(loader: DataLoader[Any], device: torch.device,

@@ -412,6 +412,21 @@ def _tile_caption(tile: dict[str, Any] | None) -> str:
     return f", tiles {th}×{tw} every {sh}×{sw}"
 
 
+def unlabelled_note(report: dict[str, Any], split: str) -> str | None:
+    """A line naming the classes that no ground-truth pixel of ``split`` holds, which the mIoU
+    leaves out; None when every class is labelled somewhere (or nothing is)."""
+    ids = report.get("unlabelled_classes") or []
+    if not ids or report.get("miou") is None:
+        return None
+    names = report.get("classes")
+    listed = ", ".join(f"{c} ({names[c]})" if names else str(c) for c in ids[:8])
+    more = f" and {len(ids) - 8} more" if len(ids) > 8 else ""
+    total = len(report["per_class_iou"])
+    return (f"note: {len(ids)} of {total} classes have no labelled pixel in the {split} split: "
+            f"{listed}{more}; the mIoU averages the others (255 in a mask is the ignore label, "
+            "not a class)")
+
+
 def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], flip: bool) -> None:
     """The report of ``specc eval``: per-class IoU, mIoU and pixel accuracy as a table."""
     table = Table(title=f"{name}: mIoU {100 * report['miou']:.2f} %", caption=(
@@ -429,6 +444,9 @@ def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], fli
     print_table(console, table)
     console.print(f"weights: {report['checkpoint']}   (— : class absent from labels and "
                   "predictions, left out of the mean)", markup=False)
+    note = unlabelled_note(report, report["split"])
+    if note:
+        console.print(note, markup=False)
 
 
 # ------------------------------------------------------------------------------------------------

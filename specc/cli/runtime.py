@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ import typer
 
 from specc.api import load_spec
 from specc.cli import render
-from specc.errors import SpeccError
+from specc.errors import SpeccError, SpeccWarning
 from specc.fsutil import atomic_write_bytes, atomic_write_text, output_file, output_folder
 
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -150,6 +151,9 @@ def train(
     elif result.scores is not None:
         lines.insert(1, f"val mIoU {100 * result.scores['miou']:.2f} %, pixel accuracy "
                         f"{100 * result.scores['pixel_accuracy']:.2f} %")
+        note = render.unlabelled_note(result.scores, doc.spec.data.val_split)
+        if note:
+            lines.insert(2, note)
     console.print("\n".join(lines), markup=False)
 
 
@@ -347,6 +351,14 @@ def class_weights(
     with _worker_errors():
         pixels, image_pixels = pixel_counts(dataset, doc.spec.train.workers)
     weights = weights_from_counts(pixels, image_pixels, method)  # type: ignore[arg-type]
+    empty = [c for c, n in enumerate(pixels) if n == 0]
+    if empty:
+        names = dataset.class_names
+        warnings.warn(SpeccWarning(
+            f"{len(empty)} of {len(pixels)} classes have no labelled pixel in the "
+            f"{d.train_split} split: {', '.join(f'{c} ({names[c]})' for c in empty[:8])}"
+            f"{' and more' if len(empty) > 8 else ''}; they get weight 0 and are never trained "
+            "(255 in a mask is the ignore label, not a class)"), stacklevel=1)
     text = (f"# {method} class weights from {len(dataset)} {d.train_split} image(s) of "
             f"{d.source}; pixels per class: {', '.join(str(int(n)) for n in pixels)}\n"
             f"train:\n  loss:\n    class_weights: [{', '.join(repr(w) for w in weights)}]\n")

@@ -280,7 +280,7 @@ def test_training_split_without_a_labelled_pixel_stops_before_training(
     assert err.strip() == (
         f"error: folder:{root} (train): no pixel of its 6 images is labelled (every mask pixel "
         "is 255, which the loss ignores); there is nothing to train on. Masks hold class ids "
-        "0..4; check the mask files, data.train_split and train.ignore_index")
+        "0..4; check the mask files and data.train_split")
     assert not (tmp_path / "run").exists()
 
 
@@ -288,6 +288,34 @@ def test_training_split_labelled_in_its_last_image_trains(tmp_path: Path) -> Non
     root = _folder_data(tmp_path / "ds", [255, 255, 255, 255, 3])
     result = runkit.train_tiny(tmp_path / "run", ["train.iters=2", f"data.source=folder:{root}"])
     assert result.iteration == 2
+
+
+def test_classes_no_mask_labels_are_named_by_train_eval_and_class_weights(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Masks that label only class 0 (a two-class mask saved as 0/255 reads so): the mIoU of
+    100 % comes with a note naming the classes left out, and class-weights warns."""
+    root = _folder_data(tmp_path / "ds", [0, 0, 0, 0])
+    for i in range(2):  # the val masks too: background, and 255 where the object is
+        mask = np.zeros((24, 32), np.uint8)
+        mask[8:16, 8:24] = 255
+        Image.fromarray(mask).save(root / "masks" / "val" / f"{i}.png")
+    tiny = runkit.sets([*runkit.TINY, "num_classes=2"])
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run", "--iters", "2",
+                               "--data", f"folder:{root}", *tiny], capsys)
+    assert code == 0, err
+    note = ("note: 1 of 2 classes have no labelled pixel in the val split: 1 ({name}); the mIoU "
+            "averages the others (255 in a mask is the ignore label, not a class)")
+    assert "val mIoU 100.00 %" in err
+    assert note.format(name="class_1") in err.splitlines()
+    code, out, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", tmp_path / "run",
+                                 "--data", f"folder:{root}", *tiny], capsys)
+    assert code == 0, err
+    assert note.format(name="class_1") in out.splitlines()
+    code, _, err = runkit.cli(["class-weights", runkit.SPEC, "--data", f"folder:{root}", *tiny],
+                              capsys)
+    assert code == 0
+    assert ("warning: 1 of 2 classes have no labelled pixel in the train split: 1 (class_1); "
+            "they get weight 0 and are never trained") in err
 
 
 def test_metrics_record_fields(trained: Path) -> None:
