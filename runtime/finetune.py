@@ -98,7 +98,7 @@ def in_our_names(weights: Weights, comp: Compilation, expected: set[str]
     try:
         plan = torchvision_plan(comp.network, state)
     except WeightsError as err:
-        raise WeightsError(f"{weights.file}: neither this model's tensor names nor {err}"
+        raise WeightsError(f"{weights.file}: not this model's tensor names, and {err}"
                            ) from None
     renamed: dict[str, torch.Tensor] = {}
     used: set[str] = set()

@@ -28,6 +28,7 @@ The spec information recorded with weights (checkpoint ``spec.json``, inside ``m
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import re
@@ -176,12 +177,29 @@ def read_weights(path: str | Path) -> Weights:
     """
     file = find_weights(path)
     if file.suffix == ".safetensors":
-        return _read_safetensors(file)
+        weights = _read_safetensors(file)
+        return dataclasses.replace(weights, state=unwrapped(weights.state))
     if _is_torchscript(file):
         module, info = read_torchscript(file)
         state = {k: v.detach() for k, v in module.state_dict().items()}
         return Weights(state, file, FULL if info else None, info)
-    return Weights(_read_torch_save(file), file)
+    return Weights(unwrapped(_read_torch_save(file)), file)
+
+
+#: Prefixes a wrapper puts before every name of the model it holds: DistributedDataParallel and
+#: DataParallel (``module.``), torch.compile (``_orig_mod.``), a Lightning module (``model.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def unwrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the prefixes that every one of its names carries from a wrapper
+    (:data:`WRAPPER_PREFIXES`, nested ones too: ``module._orig_mod.``); unchanged otherwise."""
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def _read_safetensors(file: Path) -> Weights:

@@ -160,6 +160,37 @@ def test_source_tensors_without_a_place_are_refused(torchvision_file: Path) -> N
         finetune.fit_weights(comp.module, comp, read_weights(torchvision_file))
 
 
+@pytest.mark.parametrize("prefix", ["module.", "model.", "module._orig_mod."])
+def test_weights_saved_from_a_wrapper_load_without_its_prefix(
+        prefix: str, torchvision_file: Path, tmp_path: Path) -> None:
+    """A state dict saved from DistributedDataParallel (``module.``), torch.compile
+    (``_orig_mod.``) or a Lightning module (``model.``) gives the tensors of the model inside."""
+    plain = torch.load(torchvision_file, weights_only=True)
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({prefix + k: v for k, v in plain.items()}, wrapped)
+    state = read_weights(wrapped).state
+    assert state.keys() == plain.keys()
+    assert all(torch.equal(state[k], plain[k]) for k in plain)
+    comp = compile_spec(load_spec(ZOO, SMALL))
+    started = finetune.fit_weights(comp.module, comp, read_weights(wrapped))
+    assert started.kind.startswith("torchvision") and started.loaded > 300
+
+
+def test_a_prefix_on_some_names_only_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.pth"
+    torch.save({"module.a": torch.zeros(1), "b": torch.ones(1)}, path)
+    assert set(read_weights(path).state) == {"module.a", "b"}
+
+
+def test_names_of_no_known_model_are_refused_in_plain_words(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save({"encoder.conv.weight": torch.zeros(1)}, path)
+    comp = compile_spec(load_spec(ZOO, SMALL))
+    with pytest.raises(WeightsError, match=rf"^{path}: not this model's tensor names, and not a "
+                                           r"torchvision ResNet"):
+        finetune.fit_weights(comp.module, comp, read_weights(path))
+
+
 def test_class_tensors_are_the_classifier_convs() -> None:
     assert finetune.class_tensors(compile_spec(load_spec(ZOO, SMALL))) == set(CLASSIFIERS)
 
