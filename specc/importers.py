@@ -410,9 +410,18 @@ def import_weights(spec: Path, src: Path, from_: str, out: Path, *,
     if out.suffix != ".safetensors":
         raise SpeccError(f"--out: expected a .safetensors file, found {out}")
     doc = load_spec(spec, list(overrides))
-    source = read_weights(src).state
-    imported = import_state(compile_spec(doc), source, from_, backbone_only=backbone_only,
-                            what=str(src))
+    weights = read_weights(src)
+    if weights.spec_info or weights.contents:
+        raise WeightsError(f"{src}: already specc's weights (written by specc, for "
+                           f"{(weights.spec_info or {}).get('name', 'a spec')}), not {from_}'s; "
+                           "give it to specc build --weights or specc train --init as it is")
+    try:
+        imported = import_state(compile_spec(doc), weights.state, from_,
+                                backbone_only=backbone_only, what=str(src))
+    except WeightsError as err:
+        if str(err).startswith(str(src)):
+            raise
+        raise WeightsError(f"{src}: {err}") from None
     save_imported(imported, out, metadata={
         "specc.spec": doc.spec.name, "specc.architecture_sha256": doc.architecture_sha256,
         "specc.from": from_, "specc.source": Path(src).name})

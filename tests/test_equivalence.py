@@ -221,6 +221,35 @@ def test_imagenet_resnet50_needs_backbone_only(imagenet_resnet50: tuple[nn.Modul
     assert "Traceback" not in err
 
 
+def test_import_errors_name_the_source_file(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A state dict of no torchvision model: the message starts with the file it is about."""
+    src = tmp_path / "other.pth"
+    torch.save({"encoder.conv.weight": torch.zeros(1)}, src)
+    code = specc_cli("import-weights", ZOO[50], src, "--from", "torchvision", "--out",
+                     tmp_path / "w.safetensors")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: {src}: not a torchvision ResNet, MobileNetV3 or segmentation")
+
+
+def test_importing_specc_weights_says_they_need_no_import(
+        imagenet_resnet50: tuple[nn.Module, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A file specc wrote is not torchvision's: refused, with where it goes instead."""
+    _, src = imagenet_resnet50
+    ours = tmp_path / "ours.safetensors"
+    assert specc_cli("import-weights", ZOO[50], src, "--from", "torchvision", "--out", ours,
+                     "--backbone-only") == 0
+    capsys.readouterr()
+    code = specc_cli("import-weights", ZOO[50], ours, "--from", "torchvision", "--out",
+                     tmp_path / "again.safetensors")
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "again.safetensors").exists()
+    assert f"error: {ours}: already specc's weights" in err
+    assert "specc build --weights or specc train --init as it is" in err
+
+
 # -- timm aligned Xception-65 ---------------------------------------------------------------------
 
 
