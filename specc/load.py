@@ -495,6 +495,10 @@ def apply_override(data: dict[str, Any], sources: SourceMap, text: str) -> Depre
     except ValueError:
         raise SpecError(f"expected a key path such as aspp.rates[1], found {key_text.strip()!r}",
                         location=where) from None
+    if key == ("extends",):
+        raise SpecError("expected a key that --set can change; extends is followed when the "
+                        "spec file is read, before --set applies: write a spec file that extends "
+                        "the other one instead", location=where, path="extends")
     written, key = key, renamed_key(key)
     deprecation = None if written == key else Deprecation(
         where, format_path(written), format_path(key))

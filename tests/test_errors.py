@@ -247,6 +247,10 @@ CASES = [
     Case("--set without a value", {"spec.yaml": BASE},
          "--set backbone.output_stride: expected key.path=value, found 'backbone.output_stride'",
          ["backbone.output_stride"]),
+    Case("--set extends", {"spec.yaml": BASE},
+         "--set extends=other.yaml: extends: expected a key that --set can change; extends is "
+         "followed when the spec file is read, before --set applies: write a spec file that "
+         "extends the other one instead", ["extends=other.yaml"]),
     Case("--set through a scalar", {"spec.yaml": BASE},
          "--set name.first=x: name: expected a mapping to set 'first' in, found the string 'm'",
          ["name.first=x"]),
