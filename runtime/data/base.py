@@ -230,13 +230,14 @@ def read_lines(path: Path) -> list[str]:
 
 def numbered_lines(path: Path) -> list[tuple[int, str]]:
     """The non-empty, stripped lines of a text file with their 1-based line numbers, for
-    messages that point at a line.
+    messages that point at a line. A byte-order mark (Windows editors write one) is not part of
+    the first line.
 
     Raises:
         DataError: the file is missing or not valid UTF-8 text.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -385,6 +385,13 @@ def test_classes_txt_with_a_name_twice_is_refused(
     assert code == 2 and stderr.strip() == f"error: {expected}"
 
 
+def test_classes_txt_with_a_byte_order_mark(make_tree: Callable[..., Path]) -> None:
+    """Saved by a Windows editor: the mark is not part of the first class's name."""
+    root = make_tree("folder", labels={"a": label_with([0, 1])})
+    (root / "classes.txt").write_bytes("background\r\nsky\r\n".encode("utf-8-sig"))
+    assert open_dataset(f"folder:{root}", "train", 2).class_names == ("background", "sky")
+
+
 @pytest.mark.parametrize("source", ["coco:/data/coco", "synthetic:foo", "voc", "VOC:/x", ""])
 def test_unknown_source(source: str) -> None:
     with pytest.raises(DataError) as err:
