@@ -496,8 +496,10 @@ def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,
                                  world_size=ctx.world_size, start_batch=start * tr.accumulate,
                                  indices=indices)
     if order.batches_per_epoch == 0:
+        per = (f" ({per_rank} per process × {ctx.world_size} processes)"
+               if ctx.world_size > 1 else "")
         raise TrainingError(f"{train_set.name} ({data.train_split}) has {len(train_set)} images, "
-                            f"fewer than one batch of {per_rank} per process")
+                            f"fewer than one batch of {per_rank * ctx.world_size}{per}")
     return loader
 
 

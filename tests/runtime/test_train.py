@@ -232,6 +232,20 @@ def test_batch_must_split_over_processes(tmp_path: Path, monkeypatch) -> None:
         runkit.train_tiny(tmp_path / "run")
 
 
+@pytest.mark.parametrize(("world", "expected"), [
+    (1, "fewer than one batch of 4"), (2, "fewer than one batch of 4 (2 per process × 2 "
+                                          "processes)")])
+def test_a_split_smaller_than_one_batch_says_how_many_images_a_batch_needs(
+        world: int, expected: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(train_mod.distributed, "setup",
+                        lambda device=None: train_mod.distributed.Context(rank=0,
+                                                                          world_size=world))
+    monkeypatch.setattr(train_mod.distributed, "cleanup", lambda ctx: None)
+    with pytest.raises(TrainingError) as err:
+        runkit.train_tiny(tmp_path / "run", ["data.synthetic.train_length=3"])
+    assert str(err.value).endswith(f"has 3 images, {expected}")
+
+
 def test_corrupt_training_image_in_worker_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
