@@ -80,7 +80,7 @@ ADE20K_CLASSES = (
     "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
     "clock", "flag",
 )  # fmt: skip
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 SOURCE_FORMS = "synthetic, voc:PATH, cityscapes:PATH, ade20k:PATH, folder:PATH"
 
@@ -124,8 +124,21 @@ def _require_files(pairs: list[tuple[Path, Path]], where: Path) -> list[tuple[Pa
         for path in pair:
             if not path.is_file():
                 kind = "image" if path is pair[0] else "label"
-                raise DataError(f"{path}: {kind} file not found (listed for {where})")
+                raise DataError(f"{path}: {_not_a_file(path, kind)} (listed for {where})")
     return pairs
+
+
+def _not_a_file(path: Path, kind: str) -> str:
+    """Why ``path`` is no ``kind`` file: a folder of that name, or missing (naming a file of
+    the same stem with another suffix or case when there is one: a mask saved as JPEG)."""
+    if path.is_dir():
+        return f"a folder, where the {kind} file should be"
+    near = sorted(p.name for p in path.parent.glob("*")
+                  if p.stem == path.stem and p.name != path.name) if path.parent.is_dir() else []
+    if near:
+        return (f"{kind} file not found; found {', '.join(near)}, expected the name "
+                f"{path.name}")
+    return f"{kind} file not found"
 
 
 def voc(root: Path, split: str) -> PairedDataset:
@@ -218,7 +231,9 @@ def folder(root: Path, split: str, num_classes: int) -> PairedDataset:
         names = tuple(f"class_{i}" for i in range(num_classes))
     image_dir = require_dir(root / "images" / split, f"images of split {split!r}")
     mask_dir = require_dir(root / "masks" / split, f"masks of split {split!r}")
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # hidden files are not images: macOS writes ._NAME beside every file copied to some disks
+    images = sorted(p for p in image_dir.iterdir()
+                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     stems: dict[str, Path] = {}
     for image in images:
         if image.stem in stems:

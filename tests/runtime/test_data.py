@@ -385,6 +385,33 @@ def test_classes_txt_with_a_name_twice_is_refused(
     assert code == 2 and stderr.strip() == f"error: {expected}"
 
 
+def test_folder_skips_hidden_files_and_reads_gif(make_tree: Callable[..., Path], kit) -> None:
+    """macOS's ._NAME companions and other hidden files are not samples; GIF images are."""
+    root = make_tree("folder", labels={"a": label_with([0, 1])})
+    images, masks = root / "images" / "train", root / "masks" / "train"
+    (images / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (images / ".hidden.png").write_bytes(b"")
+    Image.open(next(images.glob("a.*"))).convert("P").save(images / "b.gif")
+    kit.write_label(masks / "b.png", label_with([1, 0]))
+    ds = open_dataset(f"folder:{root}", "train", 2)
+    assert len(ds) == 2 and ds[1][0].size == ds[0][0].size
+
+
+def test_folder_mask_of_another_suffix_or_a_folder_is_named(
+        make_tree: Callable[..., Path]) -> None:
+    root = make_tree("folder", labels={"a": label_with([0, 1])})
+    masks = root / "masks" / "train"
+    (masks / "a.png").rename(masks / "a.PNG")
+    with pytest.raises(DataError) as err:
+        open_dataset(f"folder:{root}", "train", 2)
+    assert str(err.value).startswith(f"{masks / 'a.png'}: label file not found; found a.PNG, "
+                                     "expected the name a.png")
+    (masks / "a.PNG").unlink()
+    (masks / "a.png").mkdir()
+    with pytest.raises(DataError, match=r"a\.png: a folder, where the label file should be"):
+        open_dataset(f"folder:{root}", "train", 2)
+
+
 def test_classes_txt_with_a_byte_order_mark(make_tree: Callable[..., Path]) -> None:
     """Saved by a Windows editor: the mark is not part of the first class's name."""
     root = make_tree("folder", labels={"a": label_with([0, 1])})
