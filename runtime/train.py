@@ -467,6 +467,11 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
                             "another --out")
     report.message(f"resuming {run_dir} at iteration {start} of {iters}"
                    + (" (already finished: exporting only)" if start >= iters else ""))
+    if not restored and start < iters:
+        report.message(
+            f"note: the run was trained by {len(state['rng'])} process(es) and goes on in "
+            f"{ctx.world_size}: its data order and random draws from here differ from an "
+            f"uninterrupted run's (resume in {len(state['rng'])} for the same result)")
     return start, restored
 
 

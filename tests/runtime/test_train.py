@@ -222,6 +222,17 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     assert state["iteration"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert (run / "model.pt").is_file()
     assert done.stderr.count("trained deeplabv3plus_mobilenetv2") == 1  # rank 0 reports
+    # one process goes on from two: it trains, and says the result is not the two's
+    alone = subprocess.run([runkit.python(), "-m", "specc", "train", str(runkit.SPEC),
+                            "--out", str(run), "--iters", "4", "--resume",
+                            *runkit.sets(runkit.TINY)],
+                           env={**os.environ, **runkit.ENV_ONE_THREAD}, capture_output=True,
+                           text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    assert ("note: the run was trained by 2 process(es) and goes on in 1: its data order and "
+            "random draws from here differ from an uninterrupted run's (resume in 2 for the "
+            "same result)") in alone.stderr
+    assert ckpt.load_checkpoint(run)[1]["iteration"] == 4
 
 
 def test_batch_must_split_over_processes(tmp_path: Path, monkeypatch) -> None:
