@@ -10,6 +10,7 @@ The warnings:
 * an ASPP branch whose 3×3 filter degenerates toward a 1×1 at the spec's input size (DeepLabv3 §3.3);
 * ASPP rates that look written for another output stride (``(12, 24, 36)`` at output stride 16,
   the confusion users report most about DeepLab ports);
+* an ASPP without atrous branches, or with two branches at one rate;
 * bilinear upsampling with ``align_corners: true`` on an input size that is not of the form k·OS+1,
   the only sizes on which that mode puts feature i at input pixel OS·i.
 
@@ -146,6 +147,7 @@ def advise(comp: Compilation) -> list[str]:
     """Warnings for legal but suspicious choices, each ``file:line:col: warning: key: message``."""
     notes: list[tuple[str, str]] = []
     notes += _rates_for_another_output_stride(comp.doc, comp.schedule)
+    notes += _repeated_or_no_rates(comp.doc, comp.schedule)
     notes += _degenerate_branches(comp)
     notes += _misaligned_input_size(comp)
     notes = _without_accepted(notes, comp.doc.spec.accepted_warnings)
@@ -217,6 +219,26 @@ def _rates_for_another_output_stride(doc: Document, schedule: Schedule) -> list[
              f"{PAPER_RATES_OUTPUT_STRIDE}/{implied}); {how}. Write the rates for the output "
              f"stride they are meant for, or set aspp.rates_output_stride: {implied} to have them "
              "scaled")]
+
+
+def _repeated_or_no_rates(doc: Document, schedule: Schedule) -> list[tuple[str, str]]:
+    """An ASPP without atrous branches (the 1×1 branch and image pooling alone), or with two
+    branches at one rate: the same filter shape twice, its cost paid twice for nothing a single
+    branch could not learn."""
+    aspp = doc.spec.aspp
+    if aspp is None:
+        return []
+    if not aspp.rates:
+        return [("aspp.rates", "no atrous branches: the ASPP is its 1×1 branch and image pooling "
+                               "alone (the paper's rates at output stride 16 are (6, 12, 18))")]
+    actual = list(schedule.aspp_rates)
+    repeated = sorted({r for r in actual if actual.count(r) > 1})
+    if not repeated:
+        return []
+    counts = ", ".join(f"{r} ×{actual.count(r)}" for r in repeated)
+    return [("aspp.rates", f"branches at the same rate ({counts}, as run at output stride "
+                           f"{schedule.output_stride}): each repeats another's filter shape at "
+                           "its full cost; give each branch its own rate")]
 
 
 def _degenerate_branches(comp: Compilation) -> list[tuple[str, str]]:

@@ -238,6 +238,17 @@ def test_rates_for_output_stride_32_at_16():
     assert "look written for output stride 32" in notes["aspp.rates"]
 
 
+def test_no_rates_or_one_rate_twice_is_warned():
+    assert "no atrous branches" in warnings_for(V3, "aspp.rates=[]")["aspp.rates"]
+    note = warnings_for(V3, "aspp.rates=[6, 12, 6]")["aspp.rates"]
+    assert note.startswith("--set aspp.rates=[6, 12, 6]: warning: aspp.rates: branches at the "
+                           "same rate (6 ×2, as run at output stride 16)")
+    # Written for output stride 16 and run at 8, (3, 6, 6) runs twice at 12
+    assert "(12 ×2, as run at output stride 8)" in warnings_for(
+        V3, "aspp.rates=[3, 6, 6]", "backbone.output_stride=8")["aspp.rates"]
+    assert "aspp.rates" not in warnings_for(V3, "aspp.rates=[4, 8, 12]")
+
+
 def test_implied_and_paper_rates():
     assert implied_output_stride([6, 12, 18]) == 16
     assert implied_output_stride((12, 24, 36)) == 8
