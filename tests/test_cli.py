@@ -188,3 +188,13 @@ def test_ctrl_c_in_any_command_says_interrupted(cli: Any, monkeypatch: pytest.Mo
     result = cli("validate", V3)
     assert result.code == 130
     assert result.err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize(("loss", "shown"), [(float("nan"), "loss —  "), (0.69314, "loss 0.6931  ")])
+def test_train_progress_shows_no_loss_before_the_first_step(loss: float, shown: str) -> None:
+    from types import SimpleNamespace
+
+    from specc.cli.render import TrainStats
+
+    text = TrainStats().render(SimpleNamespace(fields={"loss": loss, "lr": 0.007, "speed": 1.25}))
+    assert text.plain == f"{shown}lr 7.00e-03  1.25 it/s"

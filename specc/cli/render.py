@@ -6,6 +6,7 @@ The compiler and the runtime return plain data; this module lays it out for a te
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
@@ -378,6 +385,16 @@ class _Bar:
         self._progress.update(self._task, completed=done, **stats)
 
 
+class TrainStats(ProgressColumn):
+    """``loss 0.6931  lr 7.00e-03  1.25 it/s``; the loss reads ``—`` until a step has given one
+    (it starts as NaN, which would read like a diverged run)."""
+
+    def render(self, task: Any) -> Text:
+        fields = task.fields
+        loss = "—" if math.isnan(fields["loss"]) else f"{fields['loss']:.4f}"
+        return Text(f"loss {loss}  lr {fields['lr']:.2e}  {fields['speed']:.2f} it/s")
+
+
 class RichReporter:
     """A :class:`runtime.report.Reporter` drawing rich progress bars on ``console``: training
     with its loss, learning rate and speed; evaluation as a bar that disappears when done."""
@@ -394,8 +411,7 @@ class RichReporter:
         if task == "train":
             bar = RichProgress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  "
-                           "{task.fields[speed]:.2f} it/s"),
+                TrainStats(),
                 TimeRemainingColumn(), console=self.console)
         else:
             bar = RichProgress(TextColumn(task), BarColumn(), MofNCompleteColumn(),
