@@ -18,7 +18,7 @@ import networkx as nx
 from pydantic import ValidationError
 
 from specc.api import Compilation, Document, compile_spec, load_spec
-from specc.artifacts import MANIFEST, check_build_folder
+from specc.artifacts import MANIFEST, SPEC, check_build_folder, spec_info_of
 from specc.errors import SpeccError
 from specc.graph import ordered_nodes
 from specc.load import format_path
@@ -62,11 +62,17 @@ def load_side(path: Path, overrides: list[str], which: str) -> Side:
         folder.
     """
     manifest_path = None
+    if path.is_dir() and not (path / MANIFEST).is_file() and (path / SPEC).is_file():
+        if overrides:
+            raise SpeccError(f"--set-{which}: overrides apply to spec files; {path} is a run "
+                             "(give the spec file instead)")
+        return _side_from_spec_json(path)
     if path.is_dir():
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
-            raise SpeccError(f"{path}: expected a spec file or a built folder holding "
-                             "manifest.json; this folder has no manifest.json")
+            raise SpeccError(f"{path}: expected a spec file, a built folder holding "
+                             "manifest.json or a run folder holding spec.json; this folder has "
+                             "neither")
     elif path.suffix == ".json":
         manifest_path = path
     if manifest_path is None:
@@ -79,6 +85,21 @@ def load_side(path: Path, overrides: list[str], which: str) -> Side:
     if manifest_path.name == MANIFEST:
         check_build_folder(manifest_path.parent)  # model.py, model.pt from the same spec
     return _side_from_manifest(manifest_path)
+
+
+def _side_from_spec_json(folder: Path) -> Side:
+    """A training run or checkpoint folder: the resolved spec its ``spec.json`` records,
+    compiled again."""
+    path = folder / SPEC
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpeccError(f"{path}: not a readable spec record ({exc})") from None
+    resolved = spec_info_of(info).get("resolved") if isinstance(info, dict) else None
+    if not isinstance(resolved, dict):
+        raise SpeccError(f"{path}: not a spec record written by specc (no resolved spec)")
+    comp = compile_spec(Document.from_resolved(resolved, path))
+    return Side(label=str(folder), manifest=comp.manifest, graph=comp.graph, compilation=comp)
 
 
 def _side_from_manifest(path: Path) -> Side:

@@ -120,6 +120,21 @@ def test_build_folder_against_its_spec_is_identical(capsys, tmp_path):
     assert result["weights_compatible"] is True
 
 
+def test_run_folder_reads_its_spec_record(capsys, tmp_path):
+    """A training run (or checkpoint) folder holds spec.json, the resolved spec it trained."""
+    from specc.artifacts import spec_info
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "spec.json").write_text(json.dumps(spec_info(load_spec(V3))))
+    code, result = diff_json(capsys, run_dir, V3)
+    assert code == 0 and result["identical"] is True
+    code, result = diff_json(capsys, run_dir, V3_OS8)
+    assert code == 1 and result["weights_compatible"] is True
+    code, _, err = run(capsys, "diff", run_dir, V3, "--set-a", "backbone.output_stride=8")
+    assert code == 2 and f"{run_dir} is a run (give the spec file instead)" in err
+
+
 def test_build_folder_without_state_dict_still_checks_weights(tmp_path):
     folder = _write_build(tmp_path, V3, state=False)
     result = compare(load_side(folder, [], "a"), side(V3PLUS))
