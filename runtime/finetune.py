@@ -26,7 +26,14 @@ import torch
 from torch import nn
 
 from specc.api import Compilation
-from specc.artifacts import BACKBONE, Weights, describe_mismatches, mismatches, shown
+from specc.artifacts import (
+    BACKBONE,
+    Weights,
+    describe_mismatches,
+    mismatches,
+    shown,
+    with_batch_counts,
+)
 from specc.compile import load_source
 from specc.errors import TrainingError, WeightsError
 from specc.importers import torchvision_plan
@@ -124,8 +131,10 @@ def fit_weights(model: nn.Module, comp: Compilation, weights: Weights) -> InitRe
     Raises:
         WeightsError: any other tensor missing, unexpected or of another shape, listed.
     """
-    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    own = model.state_dict()
+    expected = {k: list(v.shape) for k, v in own.items()}
     state, kind, backbone_only = in_our_names(weights, comp, set(expected))
+    state = with_batch_counts(state, own)
     m = mismatches(expected, {k: list(v.shape) for k, v in state.items()})
     classes = class_tensors(comp)
     fresh_classes = sorted(k for k, _, _ in m["reshaped"] if k in classes)

@@ -261,6 +261,20 @@ def _is_torchscript(file: Path) -> bool:
 # -- loading --------------------------------------------------------------------------------------
 
 
+def with_batch_counts(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+                      ) -> dict[str, torch.Tensor]:
+    """``state`` with the batch-norm ``num_batches_tracked`` counters it lacks taken from
+    ``own`` (the model's), for each batch norm whose running statistics it does give. Some
+    exporters and older PyTorch files leave the counters out; they only matter when batch norm
+    averages cumulatively, and PyTorch itself loads such files."""
+    out = dict(state)
+    for key, value in own.items():
+        prefix = key.removesuffix("num_batches_tracked")
+        if prefix != key and key not in out and f"{prefix}running_mean" in out:
+            out[key] = value.clone()
+    return out
+
+
 def mismatches(expected: Mapping[str, list[int]], given: Mapping[str, list[int]]
                ) -> dict[str, list]:
     """What keeps ``given`` (name → shape) from loading where ``expected`` is wanted."""
@@ -321,7 +335,9 @@ def load_weights(module: nn.Module, weights: Weights | Mapping[str, torch.Tensor
                 "(specc train SPEC --init FILE).")
     else:
         state, source = dict(weights), source or "the weights"
-    expected = {k: list(v.shape) for k, v in module.state_dict().items()}
+    own = module.state_dict()
+    state = with_batch_counts(state, own)
+    expected = {k: list(v.shape) for k, v in own.items()}
     m = mismatches(expected, {k: list(v.shape) for k, v in state.items()})
     if partial:
         if m["unexpected"] or m["reshaped"] or not state:

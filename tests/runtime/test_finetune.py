@@ -176,6 +176,25 @@ def test_weights_saved_from_a_wrapper_load_without_its_prefix(
     assert started.kind.startswith("torchvision") and started.loaded > 300
 
 
+def test_weights_without_batch_counters_load(torchvision_file: Path, tmp_path: Path) -> None:
+    """Batch norms' num_batches_tracked left out (some exporters do): --init and load_weights
+    take the file, every other tensor loaded as it is."""
+    from specc.artifacts import load_weights
+
+    plain = torch.load(torchvision_file, weights_only=True)
+    trimmed = tmp_path / "no_counters.pth"
+    torch.save({k: v for k, v in plain.items() if not k.endswith("num_batches_tracked")},
+               trimmed)
+    comp = compile_spec(load_spec(ZOO, SMALL))
+    started = finetune.fit_weights(comp.module, comp, read_weights(trimmed))
+    assert started.loaded > 300
+    ours = {k: v for k, v in comp.module.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+    other = compile_spec(load_spec(ZOO, SMALL)).module
+    assert load_weights(other, ours) == []
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in ours.items())
+
+
 def test_a_prefix_on_some_names_only_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "mixed.pth"
     torch.save({"module.a": torch.zeros(1), "b": torch.ones(1)}, path)
