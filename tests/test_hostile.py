@@ -94,7 +94,7 @@ CASES = [
     case("diff of a missing and a broken spec", "diff {missing} {empty}", 2,
          "{missing}: no such file", "{empty}: the file is empty"),
     case("diff of a folder without a manifest", "diff {dir} {spec}", 2,
-         "this folder has no manifest.json"),
+         "or a run folder holding spec.json; this folder has neither"),
     # import-weights
     case("import-weights missing source", "import-weights {spec} {missing} --from torchvision "
          "--out {tmp}/w.safetensors", 2, "{missing}: no such weights file"),
