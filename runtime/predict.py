@@ -100,14 +100,28 @@ def load_predictor(
 
 
 def _output_names(images: Sequence[Path]) -> list[str]:
-    """Output stems: the image's stem, with ``_2``, ``_3`` ... when two images share it."""
+    """Output stems, one per image and all different, so that no prediction overwrites another.
+
+    The first image of each stem keeps it; a later one gets the first free ``_2``, ``_3`` ...
+    suffix, where free means neither given out already nor the stem of any image of the run
+    (``x_2.png`` keeps ``x_2`` even when it follows two ``x.png``).
+    """
+    own = {path.stem for path in images}
     names: list[str] = []
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for path in images:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        names.append(path.stem if count == 1 else f"{path.stem}_{count}")
+        name = _free_name(path.stem, taken, own) if path.stem in taken else path.stem
+        taken.add(name)
+        names.append(name)
     return names
+
+
+def _free_name(stem: str, taken: set[str], reserved: set[str]) -> str:
+    """``stem_N`` for the smallest ``N >= 2`` that is in neither ``taken`` nor ``reserved``."""
+    count = 2
+    while f"{stem}_{count}" in taken or f"{stem}_{count}" in reserved:
+        count += 1
+    return f"{stem}_{count}"
 
 
 def write_png(image: Image.Image, path: Path) -> Path:

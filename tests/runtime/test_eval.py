@@ -277,6 +277,25 @@ def test_predict_with_torchscript_model(
         "a_2_mask.png", "a_2_overlay.png", "a_mask.png", "a_overlay.png"]
 
 
+def test_predict_gives_every_image_its_own_outputs(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two ``x.png`` and an ``x_2.png``: the second ``x`` may not take ``x_2`` (the third
+    image's own name), so three images give three masks, none written over another."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    images = [_image(tmp_path / "a" / "x.png", (33, 47)), _image(tmp_path / "b" / "x.png", (33, 47)),
+              _image(tmp_path / "x_2.png", (33, 47))]
+    out = tmp_path / "o"
+    code, stdout, err = runkit.cli(["predict", trained / "model.pt", *images, "--out", out], capsys)
+    assert code == 0, err
+    assert f"{images[1]}: {out / 'x_3_mask.png'}" in stdout
+    assert f"{images[2]}: {out / 'x_2_mask.png'}" in stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "x_2_mask.png", "x_2_overlay.png", "x_3_mask.png", "x_3_overlay.png", "x_mask.png",
+        "x_overlay.png"]
+
+
 def test_predict_never_replaces_the_users_files(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
