@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
-from runtime.data.base import read_image
+from runtime.data.base import check_image, read_image
 from runtime.evaluate import Alignment, alignment, is_artifact, predict_probs, window_predictor
 from runtime.tiling import Tiling, tiled_labels
 from specc.artifacts import load_weights, read_torchscript, read_weights
@@ -204,25 +204,32 @@ def predict_files(
 ) -> list[tuple[Path, Path, Path]]:
     """Predict every image and write its mask and overlay; returns ``(image, mask, overlay)``.
 
-    All images are read (and checked) before anything is written. With ``tiling`` each image is
-    predicted by sliding windows (:mod:`runtime.tiling`), normalized window by window.
+    Every image's header is checked before anything is written (a missing file or one that is
+    not an image stops the run there); then the images are decoded, predicted and written one
+    at a time, so a run over a thousand photos holds one of them in memory, not all. With
+    ``tiling`` each image is predicted by sliding windows (:mod:`runtime.tiling`), normalized
+    window by window.
 
     Raises:
-        DataError: an image is missing or cannot be decoded (the message names it).
+        DataError: an image is missing or cannot be decoded (the message names it); one cut
+        short after its header is found when its turn comes, after the images before it are
+        written.
         SpeccError: no images given, or an output would replace an input image or a file
         that predict did not write (:func:`check_outputs`).
     """
     if not images:
         raise SpeccError("no images given")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pictures = [read_image(path) for path in images]  # DataError names a bad file
+    for path in images:
+        check_image(path)  # DataError names a bad file
     model = predictor.model.to(device).eval()
     stems = _output_names(images)
     check_outputs(images, [out_dir / f"{stem}_{kind}.png" for stem in stems
                            for kind in ("mask", "overlay")])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, picture, stem in zip(images, pictures, stems, strict=True):
+    for path, stem in zip(images, stems, strict=True):
+        picture = read_image(path)
         with torch.inference_mode():
             label = _segment_picture(predictor, model, picture, scales, flip, device, tiling)
         mask = colorize(label)

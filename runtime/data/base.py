@@ -25,7 +25,8 @@ picture the user sees and with masks drawn over it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,10 +97,30 @@ def read_image(path: Path) -> Image.Image:
         DataError: the file is missing, truncated, not an image Pillow can decode, of a mode that
             has no RGB reading, or a float image with values outside 0..1.
     """
+    with _image_errors(path), Image.open(path) as img:
+        img.load()  # decode now, so truncation is caught here
+        return to_rgb(upright(img), path)
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """The ``(width, height)`` an image file's header gives, without decoding its pixels.
+
+    Cheap enough to run over every input of a command before it decodes any of them, so a
+    missing file or one that is not an image stops the command before it writes anything; a file
+    cut short after its header still passes and is reported by :func:`read_image`.
+
+    Raises:
+        DataError: the file is missing, a directory, or not an image Pillow can open.
+    """
+    with _image_errors(path), Image.open(path) as img:
+        return img.size
+
+
+@contextmanager
+def _image_errors(path: Path) -> Iterator[None]:
+    """Turn the errors of opening and decoding the image at ``path`` into DataErrors naming it."""
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so truncation is caught here
-            return to_rgb(upright(img), path)
+        yield
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except IsADirectoryError:

@@ -423,6 +423,36 @@ def test_predict_missing_and_corrupt_images_exit_2(
     assert not (tmp_path / "o").exists()  # nothing written when an input is bad
 
 
+def test_predict_checks_every_image_before_decoding_any(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that is not an image, given last, stops the run before any image is decoded or
+    any output written; good images are then decoded one at a time, each written before the
+    next is read."""
+    import runtime.predict
+
+    events: list[str] = []
+    read_image, write_png = runtime.predict.read_image, runtime.predict.write_png
+    monkeypatch.setattr(runtime.predict, "read_image",
+                        lambda path: events.append(f"read {path.name}") or read_image(path))
+    monkeypatch.setattr(runtime.predict, "write_png",
+                        lambda image, path: events.append(f"write {path.name}")
+                        or write_png(image, path))
+    good = [_image(tmp_path / f"{name}.png", (33, 47)) for name in ("a", "b")]
+    bad = tmp_path / "c.jpg"
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "o"
+    code, _, err = runkit.cli(["predict", trained / "model.pt", *good, bad, "--out", out], capsys)
+    assert code == 2 and f"{bad}: cannot read image" in err and "Traceback" not in err
+    assert events == [] and not out.exists()
+
+    code, _, err = runkit.cli(["predict", trained / "model.pt", *good, "--out", out], capsys)
+    assert code == 0, err
+    assert events == ["read a.png", "write a_mask.png", "write a_overlay.png",
+                      "read b.png", "write b_mask.png", "write b_overlay.png"]
+
+
 def test_plot_without_metrics_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = runkit.cli(["plot", tmp_path], capsys)
     assert code == 2 and "metrics.jsonl" in err
