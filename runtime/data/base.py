@@ -35,6 +35,8 @@ from PIL import Image, ImageOps
 from specc.errors import DataError
 
 IGNORE_INDEX = 255  # "void" label of VOC and Cityscapes; the loss and mIoU skip it (DeepLabv3 §4.1)
+#: Most classes a data set's labels can hold: train ids 0..254 below the ignore label.
+MAX_DATASET_CLASSES = IGNORE_INDEX
 
 Sample = tuple[Image.Image, np.ndarray]
 
@@ -73,6 +75,22 @@ class SegmentationDataset:
         if not 0 <= index < n:
             raise IndexError(f"{self.name}: index {index} out of range for {n} samples")
         return index
+
+
+def check_class_count(name: str, num_classes: int) -> None:
+    """Refuse a class count that 8-bit train ids cannot hold beside the ignore label: a model
+    of 256 classes would have its last class ignored wherever a mask labels it (never trained,
+    never scored), and past 256 the ids do not fit in a sample's ``uint8`` label at all.
+
+    Raises:
+        DataError: naming the data set, ``num_classes`` and the limit.
+    """
+    if num_classes > MAX_DATASET_CLASSES:
+        raise DataError(
+            f"{name}: num_classes must be at most {MAX_DATASET_CLASSES}, got {num_classes} "
+            f"(masks hold train ids 0..{MAX_DATASET_CLASSES - 1} in 8 bits and {IGNORE_INDEX} "
+            "is the ignore label)"
+        )
 
 
 def label_table(mapping: Mapping[int, int]) -> np.ndarray:

@@ -31,6 +31,7 @@ from .base import (
     IGNORE_INDEX,
     Sample,
     SegmentationDataset,
+    check_class_count,
     check_same_size,
     identity_table,
     label_table,
@@ -216,10 +217,12 @@ def folder(root: Path, split: str, num_classes: int) -> PairedDataset:
     ``classes.txt`` (one name per line), when present, fixes the class count and names.
 
     Raises:
-        DataError: a folder or a mask is missing, two images share a stem, or ``classes.txt``
-            disagrees with ``num_classes``.
+        DataError: a folder or a mask is missing, two images share a stem, ``classes.txt``
+            disagrees with ``num_classes``, or ``num_classes`` is past what 8-bit masks hold
+            beside the ignore label (:func:`~runtime.data.base.check_class_count`).
     """
     require_dir(root, "dataset folder (with images/ and masks/)")
+    check_class_count(f"folder:{root}", num_classes)
     classes_path = root / "classes.txt"
     if classes_path.is_file():
         names = class_names(classes_path)

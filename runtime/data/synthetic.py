@@ -36,7 +36,7 @@ from PIL import Image
 
 from specc.errors import DataError
 
-from .base import IGNORE_INDEX, Sample, SegmentationDataset
+from .base import IGNORE_INDEX, Sample, SegmentationDataset, check_class_count
 
 SPLITS = {
     "train": 0,
@@ -93,10 +93,7 @@ class SyntheticSegmentation(SegmentationDataset):
             raise DataError(f"synthetic: unknown split {split!r}; expected one of {sorted(SPLITS)}")
         if num_classes < 2:
             raise DataError(f"synthetic: num_classes must be at least 2, got {num_classes}")
-        if num_classes > IGNORE_INDEX:
-            raise DataError(
-                f"synthetic: num_classes must be below {IGNORE_INDEX}, got {num_classes}"
-            )
+        check_class_count("synthetic", num_classes)
         if image_size < 16:
             raise DataError(f"synthetic: image_size must be at least 16, got {image_size}")
         if length is None:

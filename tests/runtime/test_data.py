@@ -417,6 +417,25 @@ def test_classes_txt_with_a_byte_order_mark(make_tree: Callable[..., Path]) -> N
     root = make_tree("folder", labels={"a": label_with([0, 1])})
     (root / "classes.txt").write_bytes("background\r\nsky\r\n".encode("utf-8-sig"))
     assert open_dataset(f"folder:{root}", "train", 2).class_names == ("background", "sky")
+@pytest.mark.parametrize("num_classes", [256, 300])
+def test_more_classes_than_8_bit_masks_hold_is_refused(
+    make_tree: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    num_classes: int
+) -> None:
+    """Masks hold train ids 0..254 beside the ignore label 255: at 256 classes the last one is
+    ignored wherever it is labelled, past that the lookup table ran out (an IndexError)."""
+    root = make_tree("folder", labels={"a": label_with([0, 1])})
+    limit = ("num_classes must be at most 255, got {} (masks hold train ids 0..254 in 8 bits "
+             "and 255 is the ignore label)")
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run",
+                               *runkit.sets([*runkit.TINY, f"num_classes={num_classes}",
+                                             f"data.source=folder:{root}"])], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == f"error: folder:{root}: {limit.format(num_classes)}"
+    with pytest.raises(DataError) as synthetic:
+        open_dataset("synthetic", "train", num_classes)
+    assert str(synthetic.value) == f"synthetic: {limit.format(num_classes)}"
+    assert open_dataset(f"folder:{root}", "train", 255).num_classes == 255
 
 
 @pytest.mark.parametrize("source", ["coco:/data/coco", "synthetic:foo", "voc", "VOC:/x", ""])
