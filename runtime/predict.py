@@ -4,7 +4,10 @@ For every input image ``photo.jpg`` the output folder gets
 
 * ``photo_mask.png`` — a palette PNG whose pixel values are the predicted class ids and whose
   palette is the PASCAL VOC colour map (so it opens as a coloured picture and reads back as labels);
-* ``photo_overlay.png`` — the image with the coloured mask blended over it at 50 %.
+  for a model of more than 256 classes, whose ids do not fit in 8 bits, a 16-bit grey PNG of the
+  ids instead (PNG has no larger palette);
+* ``photo_overlay.png`` — the image with the coloured mask blended over it at 50 % (past id 255,
+  the VOC colour map carried on).
 
 Each file is written to a temporary name and renamed, so an interrupted run never leaves a
 truncated PNG. Each carries a ``Software: specc predict`` text chunk: a file already at an
@@ -26,10 +29,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform
+from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform, palette
 from runtime.data.base import check_image, read_image
 from runtime.evaluate import Alignment, alignment, is_artifact, predict_probs, window_predictor
-from runtime.tiling import Tiling, tiled_labels
+from runtime.tiling import Tiling, label_dtype, tiled_labels
 from specc.artifacts import load_weights, read_torchscript, read_weights
 from specc.errors import SpeccError
 from specc.fsutil import atomic_write
@@ -167,7 +170,8 @@ def _segment_picture(
     device: torch.device,
     tiling: Tiling | None,
 ) -> np.ndarray:
-    """The predicted class ids of one RGB picture, ``(H, W)`` uint8.
+    """The predicted class ids of one RGB picture, ``(H, W)``: uint8 for up to 256 classes,
+    uint16 beyond (:func:`_class_ids`).
 
     Tiled, the picture stays uint8 and each batch of windows is normalized on its own, so no
     float copy of the whole picture is made.
@@ -177,7 +181,7 @@ def _segment_picture(
         x, _ = transform((picture, np.zeros((picture.height, picture.width), np.uint8)))
         probs = predict_probs(model, x.unsqueeze(0).to(device), scales, flip,
                               align=predictor.align)
-        return probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        return _class_ids(probs.argmax(dim=1)[0].to(label_dtype(probs.shape[1])))
     with warnings.catch_warnings():  # read-only pixels: the windows are copied, never written
         warnings.simplefilter("ignore", UserWarning)
         pixels = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1).to(device)  # (3, H, W)
@@ -189,7 +193,29 @@ def _segment_picture(
 
     labels = tiled_labels(window_predictor(model, scales, flip, align=predictor.align), pixels,
                           tiling, normalize)
-    return labels.to(torch.uint8).cpu().numpy()
+    return _class_ids(labels)
+
+
+def _class_ids(labels: torch.Tensor) -> np.ndarray:
+    """Class ids of :func:`~runtime.tiling.label_dtype` as the array a mask PNG holds: uint8
+    for up to 256 classes, uint16 beyond, so that an id above 255 is written as it is."""
+    if labels.dtype == torch.uint8:
+        return labels.cpu().numpy()
+    return labels.to(torch.int32).cpu().numpy().astype(np.uint16)  # ids < MAX_CLASSES = 65535
+
+
+def _mask_images(ids: np.ndarray) -> tuple[Image.Image, Image.Image]:
+    """The mask PNG of class ``ids`` and its colours (RGB) for the overlay.
+
+    Up to 256 classes the mask is a palette image of the VOC colours (it opens as a coloured
+    picture and reads back as the ids); beyond, it is 16-bit grey, as PNG has no palette of
+    more than 256 colours, and the overlay takes the VOC colour map carried on past 255.
+    """
+    if ids.dtype == np.uint8:
+        mask = colorize(ids)
+        return mask, mask.convert("RGB")
+    colours = palette(int(ids.max()) + 1)[ids]
+    return Image.fromarray(ids), Image.fromarray(colours)
 
 
 def predict_files(
@@ -232,8 +258,8 @@ def predict_files(
         picture = read_image(path)
         with torch.inference_mode():
             label = _segment_picture(predictor, model, picture, scales, flip, device, tiling)
-        mask = colorize(label)
-        overlay = Image.blend(picture, mask.convert("RGB"), OVERLAY_ALPHA)
+        mask, colours = _mask_images(label)
+        overlay = Image.blend(picture, colours, OVERLAY_ALPHA)
         mask_path = write_png(mask, out_dir / f"{stem}_mask.png")
         overlay_path = write_png(overlay, out_dir / f"{stem}_overlay.png")
         written.append((path, mask_path, overlay_path))

@@ -176,6 +176,12 @@ def _finished(band: torch.Tensor, rows: int, top: int, rows_count: torch.Tensor,
         yield top + start, band[:, start:stop] / counts
 
 
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The smallest dtype of the class ids of ``num_classes`` classes: uint8 up to 256, int32
+    beyond (torch's uint16 lacks most operations)."""
+    return torch.uint8 if num_classes <= 256 else torch.int32
+
+
 def tiled_labels(
     predict: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -190,8 +196,8 @@ def tiled_labels(
     labels: torch.Tensor | None = None
     for top, band in tiled_bands(predict, image, tiling, prepare):
         if labels is None:
-            dtype = torch.uint8 if band.shape[0] <= 256 else torch.int32
-            labels = torch.empty(image.shape[-2:], dtype=dtype, device=band.device)
+            labels = torch.empty(image.shape[-2:], dtype=label_dtype(band.shape[0]),
+                                 device=band.device)
         labels[top:top + band.shape[1]] = band.argmax(dim=0).to(labels.dtype)
     assert labels is not None  # there is always a band
     return labels

@@ -263,7 +263,8 @@ def predict(
     overlap: OverlapOpt = None,
     align: AlignOpt = True,
 ) -> None:
-    """Segment images: writes <name>_mask.png (class ids, VOC colours) and <name>_overlay.png."""
+    """Segment images: writes <name>_mask.png (class ids: VOC colours, 16-bit grey past 256
+    classes) and <name>_overlay.png."""
     from runtime.devices import resolve_device  # torch: not at start-up
     from runtime.evaluate import artifact_device, is_artifact, parse_scales
     from runtime.predict import load_predictor, predict_files

@@ -296,6 +296,38 @@ def test_predict_gives_every_image_its_own_outputs(
         "x_overlay.png"]
 
 
+@pytest.mark.parametrize("tile", [None, "33"])
+@pytest.mark.parametrize(("num_classes", "mode"), [(256, "P"), (300, "I;16")])
+def test_predict_writes_class_ids_above_255_in_16_bit_masks(
+    tmp_path: Path, num_classes: int, mode: str, tile: str | None
+) -> None:
+    """The last class forced by the classifier's bias: up to 256 classes the mask is an 8-bit
+    palette PNG; beyond, a 16-bit grey one that holds the id (299 was written as 299 % 256 = 43),
+    and the overlay takes the VOC colour map carried on past 255."""
+    from runtime.data import IMAGENET_MEAN, IMAGENET_STD, palette
+    from runtime.predict import Predictor, predict_files
+    from runtime.tiling import tiling_from_options
+    from specc.api import build, load_spec
+
+    net = build(load_spec(runkit.SPEC, [*runkit.TINY, f"num_classes={num_classes}"])).module
+    classifier = [m for m in net.modules()
+                  if isinstance(m, torch.nn.Conv2d) and m.out_channels == num_classes][-1]
+    with torch.no_grad():
+        classifier.bias.zero_()
+        classifier.bias[num_classes - 1] = 100.0
+    image = _image(tmp_path / "a.png", (33, 47))
+    predict_files(Predictor(net.eval(), IMAGENET_MEAN, IMAGENET_STD, "forced"), [image],
+                  tmp_path / "o", device=torch.device("cpu"),
+                  tiling=tiling_from_options(tile, None, (1, 1)))
+    with Image.open(tmp_path / "o" / "a_mask.png") as mask:
+        assert mask.mode == mode and mask.text["Software"] == "specc predict"
+        assert np.unique(np.asarray(mask)).tolist() == [num_classes - 1]
+    colour = tuple(int(c) for c in palette(num_classes)[num_classes - 1])
+    with Image.open(image) as picture, Image.open(tmp_path / "o" / "a_overlay.png") as overlay:
+        expected = Image.blend(picture.convert("RGB"), Image.new("RGB", picture.size, colour), 0.5)
+        assert np.array_equal(np.asarray(overlay), np.asarray(expected))
+
+
 def test_predict_never_replaces_the_users_files(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
