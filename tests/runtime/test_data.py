@@ -417,6 +417,8 @@ def test_classes_txt_with_a_byte_order_mark(make_tree: Callable[..., Path]) -> N
     root = make_tree("folder", labels={"a": label_with([0, 1])})
     (root / "classes.txt").write_bytes("background\r\nsky\r\n".encode("utf-8-sig"))
     assert open_dataset(f"folder:{root}", "train", 2).class_names == ("background", "sky")
+
+
 @pytest.mark.parametrize("num_classes", [256, 300])
 def test_more_classes_than_8_bit_masks_hold_is_refused(
     make_tree: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
