@@ -67,6 +67,7 @@ def load_predictor(
     Raises:
         SpeccError: a bad combination of arguments; SpecError / WeightsError from loading.
     """
+    model = _model_file(model)
     if is_artifact(model):
         if checkpoint is not None or overrides:
             raise SpeccError(f"{model}: a deployment artifact carries its own weights and spec; "
@@ -100,6 +101,24 @@ def load_predictor(
     spec_input = doc.spec.input
     return Predictor(net.eval(), tuple(spec_input.mean), tuple(spec_input.std), str(weights.file),
                      (spec_input.size[0], spec_input.size[1]), alignment(doc.resolved))
+
+
+def _model_file(model: Path) -> Path:
+    """The file predict's first argument names: a run or build folder stands for the
+    ``model.pt`` in it; weights alone are refused with the command that takes them.
+
+    Raises:
+        SpeccError: a folder without model.pt, or a weights file given as the model.
+    """
+    if model.is_dir():
+        if (model / "model.pt").is_file():
+            return model / "model.pt"
+        raise SpeccError(f"{model}: expected a spec file, a model.pt or an artifact, or a run or "
+                         "build folder holding model.pt; this folder has no model.pt")
+    if model.suffix == ".safetensors":
+        raise SpeccError(f"{model}: weights without the spec they belong to; give the spec "
+                         f"first: specc predict SPEC --checkpoint {model} IMAGE...")
+    return model
 
 
 def _output_names(images: Sequence[Path]) -> list[str]:

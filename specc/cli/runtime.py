@@ -249,7 +249,8 @@ def eval_(
 
 def predict(
     model: Annotated[Path, typer.Argument(
-        help="A spec file, a TorchScript model.pt, or an artifact of specc build --target "
+        help="A spec file, a TorchScript model.pt (or the run or build folder holding it), or an "
+             "artifact of specc build --target "
              "(.pt2, .onnx, .xml in its build folder).")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     checkpoint: Annotated[Path | None, typer.Option(

@@ -277,6 +277,23 @@ def test_predict_with_torchscript_model(
         "a_2_mask.png", "a_2_overlay.png", "a_mask.png", "a_overlay.png"]
 
 
+def test_predict_takes_a_run_folder_for_its_model_pt(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run folder stands for its model.pt; its weights alone ask for the spec first."""
+    img = _image(tmp_path / "a.png", (33, 47))
+    code, _, err = runkit.cli(["predict", trained, img, "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "a_mask.png").size == (47, 33)
+    weights = trained / "checkpoint" / "model.safetensors"
+    code, _, err = runkit.cli(["predict", weights, img, "--out", tmp_path / "p"], capsys)
+    assert code == 2
+    assert err.strip() == (f"error: {weights}: weights without the spec they belong to; give the "
+                           f"spec first: specc predict SPEC --checkpoint {weights} IMAGE...")
+    code, _, err = runkit.cli(["predict", tmp_path, img, "--out", tmp_path / "p"], capsys)
+    assert code == 2 and "this folder has no model.pt" in err
+
+
 def test_predict_gives_every_image_its_own_outputs(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
