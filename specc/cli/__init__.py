@@ -37,7 +37,8 @@ for _name, _command in (
     ("diff", compiler.diff), ("graph", compiler.graph), ("zoo", zoo),
     ("train", runtime.train), ("eval", runtime.eval_), ("predict", runtime.predict),
     ("plot", runtime.plot), ("samples", runtime.samples),
-    ("class-weights", runtime.class_weights), ("bench", bench.bench),
+    ("class-weights", runtime.class_weights), ("check-data", runtime.check_data),
+    ("bench", bench.bench),
 ):
     app.command(_name)(_command)
 

@@ -328,6 +328,44 @@ def samples(
     typer.echo(f"{min(count, len(dataset))} {split} image(s) of {data or d.source} in {out}/")
 
 
+def check_data(
+    spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
+    data: DataOpt = None,
+    split: Annotated[list[str] | None, typer.Option(
+        "--split", help="A split to check (repeatable); default the spec's data.train_split "
+                        "and data.val_split.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Read every image and mask of the training and validation splits once, and list every
+    file that cannot be read (not only the first) and the classes no mask labels. Exit 2 when
+    a file is bad. Training reads a file when its turn comes, hours in on a large data set."""
+    from runtime.data import open_split  # torch: not at start-up
+    from runtime.data.check import check_split
+
+    doc = load_spec(spec, _overrides(set_, **{"data.source": data}))
+    d = doc.spec.data
+    splits = split or list(dict.fromkeys([d.train_split, d.val_split]))
+    bad = 0
+    for name in splits:
+        dataset = open_split(doc.spec, name)
+        with _worker_errors():
+            found = check_split(dataset, doc.spec.train.workers)
+        bad += len(found.problems)
+        verdict = (f"{len(found.problems)} unreadable" if found.problems else "all readable")
+        lines = [f"{dataset.name} ({name}): {found.samples} samples, {verdict}"]
+        lines += [f"  {problem}" for problem in found.problems]
+        empty = found.unlabelled_classes
+        if empty:
+            names = dataset.class_names
+            lines.append(f"  note: {len(empty)} of {len(found.pixels)} classes have no labelled "
+                         "pixel here: " + ", ".join(f"{c} ({names[c]})" for c in empty[:8])
+                         + (" and more" if len(empty) > 8 else "")
+                         + " (255 in a mask is the ignore label, not a class)")
+        typer.echo("\n".join(lines))
+    if bad:
+        raise SpeccError(f"{bad} sample(s) cannot be read; fix or remove the files named above")
+
+
 def class_weights(
     spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
     method: Annotated[str, typer.Option(

@@ -446,3 +446,31 @@ def test_unknown_source(source: str) -> None:
         open_dataset(source, "train", 21)
     assert repr(source) in str(err.value)
     assert "synthetic, voc:PATH, cityscapes:PATH, ade20k:PATH, folder:PATH" in str(err.value)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_check_data_names_every_unreadable_sample_and_unlabelled_class(
+        workers: int, tmp_path: Path, kit, capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated image and a mask of another size in one split: both are named (training
+    would have stopped at the first, when its turn came), exit 2; class 2 is in no mask."""
+    root = tmp_path / "ds"
+    for split in ("train", "val"):
+        for i in range(4):
+            kit.write_image(root / "images" / split / f"{i}.png", 24, 32, seed=i)
+            kit.write_label(root / "masks" / split / f"{i}.png", label_with([0, 1]))
+    cut = root / "images" / "train" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:200])
+    kit.write_label(root / "masks" / "train" / "3.png", label_with([0, 1], height=20))
+    code, out, err = runkit.cli(["check-data", runkit.SPEC, "--data", f"folder:{root}",
+                                 *runkit.sets([*runkit.TINY, "num_classes=3",
+                                               f"train.workers={workers}"])], capsys)
+    assert code == 2
+    lines = out.splitlines()
+    assert lines[0] == f"folder:{root} (train): 4 samples, 2 unreadable"
+    assert lines[1].startswith(f"  {cut}: ") and "truncated" in lines[1]
+    assert lines[2].startswith(f"  {root / 'masks' / 'train' / '3.png'}")
+    assert lines[3] == ("  note: 1 of 3 classes have no labelled pixel here: 2 (class_2) (255 in "
+                        "a mask is the ignore label, not a class)")
+    assert lines[4] == f"folder:{root} (val): 4 samples, all readable"
+    assert err.strip() == ("error: 2 sample(s) cannot be read; fix or remove the files named "
+                           "above")
