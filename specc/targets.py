@@ -44,10 +44,13 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specc.errors import SpeccError, SpeccWarning
 from specc.hardware import CpuInfo, cpu_info
+from specc.load import canonical_sha256
 from specc.onnx_static import winograd_pays
 from specc.openvino_static import deciding_features, optimize_static
 
@@ -678,6 +681,72 @@ class ArtifactModule:
 DEPLOYED_SUFFIXES = (".pt2", ".onnx", ".xml")
 
 
+class _ListedArtifact(BaseModel):
+    """What the readers of an ``artifacts.json`` entry rely on; the rest is information."""
+
+    model_config = ConfigDict(extra="allow")
+    file: str
+    target: Literal["torchscript", "export", "aoti", "onnx", "openvino"]
+    precision: str
+    sha256: str | None = None
+    file_sha256: dict[str, str] | None = None
+    files: list[str] | None = None
+    input_bounds: dict[str, Annotated[list[int | None], Field(min_length=2, max_length=2)]
+                       ] | None = None
+
+
+class _ListedSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    resolved: dict[str, Any]
+    spec_sha256: str
+
+
+class _Listing(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    spec: _ListedSpec
+    artifacts: list[_ListedArtifact]
+
+
+def read_listing(listing: Path) -> dict[str, Any]:
+    """``artifacts.json`` read and checked: the shape its readers rely on, and the resolved
+    spec still the one its sha256 names (eval, predict and bench take the normalization and
+    the input size from it, so an edited spec would change every result silently).
+
+    Raises:
+        SpeccError: the file cannot be read, is not JSON of that shape (the key and what was
+            found), or its spec was changed after the build.
+    """
+    try:
+        info = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SpeccError(f"{listing}: cannot read the artifact list ({err})") from None
+    try:
+        _Listing.model_validate(info)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the top level"
+        found = "nothing" if first["type"] == "missing" else _found(first.get("input"))
+        raise SpeccError(f"{listing}: not an artifact list as specc writes it: {where}: "
+                         f"expected {_EXPECTED.get(first['type'], first['msg'])}, found {found}; "
+                         "build the folder again") from None
+    spec = info["spec"]
+    if canonical_sha256(spec["resolved"]) != spec["spec_sha256"]:
+        raise SpeccError(f"{listing}: its spec (spec.resolved) differs from the one its "
+                         "spec_sha256 names; the file was changed after the build")
+    return info
+
+
+#: What a pydantic error type asks for, in a message's words.
+_EXPECTED = {"model_type": "a mapping", "dict_type": "a mapping", "list_type": "a list",
+             "string_type": "a string", "int_type": "a whole number", "missing": "this key",
+             "too_short": "a pair [least, most]", "too_long": "a pair [least, most]"}
+
+
+def _found(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModule:
     """A deployment artifact of a build folder, checked against the folder's ``artifacts.json``
     (its sha256 and the spec it was built from).
@@ -688,14 +757,11 @@ def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModul
     """
     path = Path(path)
     listing = path.parent / ARTIFACTS
-    try:
-        info = json.loads(listing.read_text())
-    except FileNotFoundError:
+    if not listing.is_file():
         raise SpeccError(f"{path}: no {ARTIFACTS} beside it; deployment artifacts are opened "
-                         "from the build folder specc wrote them into") from None
-    except (OSError, ValueError) as err:
-        raise SpeccError(f"{listing}: cannot read the artifact list ({err})") from None
-    entry = next((a for a in info.get("artifacts", []) if a.get("file") == path.name), None)
+                         "from the build folder specc wrote them into")
+    info = read_listing(listing)
+    entry = next((a for a in info["artifacts"] if a["file"] == path.name), None)
     if entry is None:
         raise SpeccError(f"{path}: not listed in {listing}")
     # every file of the artifact (an IR's .bin too); older listings hash the first file only

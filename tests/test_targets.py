@@ -169,6 +169,40 @@ def listing(folder: Path) -> dict[str, Any]:
     return json.loads((folder / ARTIFACTS).read_text())
 
 
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda d: [], "the top level: expected a mapping, found []"),
+    (lambda d: {**d, "artifacts": [1, 2]}, "artifacts.0: expected a mapping, found 1"),
+    (lambda d: {**d, "spec": None}, "spec: expected a mapping, found null"),
+    (lambda d: {**d, "artifacts": [{**a, "input_bounds": {"height": [1]}}
+                                   for a in d["artifacts"]]},
+     "artifacts.0.input_bounds.height: expected a pair [least, most], found [1]"),
+])
+def test_an_artifact_list_of_another_shape_is_refused_by_key(
+        edit: Any, expected: str, built: tuple[Any, Path], cli: Any, tmp_path: Path) -> None:
+    """Valid JSON that is not what specc writes: exit 2 naming the key (was a traceback)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(built[1], copy)
+    (copy / ARTIFACTS).write_text(json.dumps(edit(listing(copy))))
+    result = cli("predict", copy / "model.onnx", tmp_path / "none.png", "--out", tmp_path / "o")
+    assert result.code == 2
+    assert result.err.strip() == (f"error: {copy / ARTIFACTS}: not an artifact list as specc "
+                                  f"writes it: {expected}; build the folder again")
+
+
+def test_an_artifact_list_whose_spec_was_edited_is_refused(built: tuple[Any, Path], cli: Any,
+                                                           tmp_path: Path) -> None:
+    """predict takes the normalization from the listed spec: an edited mean would change every
+    mask while eval, which reads the spec file, kept its score."""
+    copy = tmp_path / "copy"
+    shutil.copytree(built[1], copy)
+    info = listing(copy)
+    info["spec"]["resolved"]["input"]["mean"] = [0.0, 0.0, 0.0]
+    (copy / ARTIFACTS).write_text(json.dumps(info))
+    with pytest.raises(SpeccError, match=r"its spec \(spec.resolved\) differs from the one its "
+                                         r"spec_sha256 names"):
+        load_artifact(copy / "model.onnx")
+
+
 @pytest.mark.skipif(not cpu_info().has_bf16, reason="bf16 artifacts need a CPU with native bf16")
 def test_bf16_openvino_computes_the_wide_atrous_convs_as_taps(tmp_path: Path) -> None:
     """On a CPU with native bf16: a bf16 artifact of a network with wide ASPP rates is made from

@@ -126,7 +126,15 @@ def _artifacts(model: Path, folder: Path | None, comp: Any, module: Any,
                targets: list[str] | None, precision: str, calibration: int, tmp: Path,
                threads: int | None) -> list[Any]:
     """The deployment artifacts to time, opened with :func:`specc.targets.load_artifact`."""
-    from specc.targets import ARTIFACTS, check_libraries, load_artifact, parse_requests
+    from specc.artifacts import spec_info
+    from specc.targets import (
+        ARTIFACTS,
+        artifacts_json,
+        check_libraries,
+        load_artifact,
+        parse_requests,
+        read_listing,
+    )
 
     requests = [r for r in parse_requests(targets or [], precision) if r.target != "torchscript"]
     check_libraries(requests)
@@ -134,7 +142,7 @@ def _artifacts(model: Path, folder: Path | None, comp: Any, module: Any,
         listing = folder / ARTIFACTS
         if not listing.is_file():
             return []
-        entries = json.loads(listing.read_text())["artifacts"]
+        entries = read_listing(listing)["artifacts"]
         wanted = {r.file for r in requests}
         return [load_artifact(folder / e["file"], threads) for e in entries
                 if e["target"] != "torchscript" and (not wanted or e["file"] in wanted)]
@@ -148,7 +156,7 @@ def _artifacts(model: Path, folder: Path | None, comp: Any, module: Any,
                             check_images=images.checks, calibration=images.calibration,
                             progress=lambda t: render.err.print(f"  {t}", markup=False),
                             score=images.score)
-    (tmp / ARTIFACTS).write_text(json.dumps({"artifacts": entries}))
+    (tmp / ARTIFACTS).write_text(artifacts_json(spec_info(comp.doc), entries, "bench"))
     return [load_artifact(tmp / e["file"], threads) for e in entries]
 
 
