@@ -200,6 +200,25 @@ def segment(
     return torch.stack([tiled_labels(predict, image, tiling).long() for image in images])
 
 
+def check_scales(model: Any, scales: Sequence[float]) -> None:
+    """Refuse scales above 1 for an artifact exported for inputs of at most one size (``specc
+    build --static``, a fixed image-pooling kernel): an image, or a ``--tile`` window, is
+    padded up to that size, and enlarged past it no artifact call can take it (before, the
+    refusal came at the first image and named ``--tile auto``, which does not help).
+
+    Raises:
+        SpeccError: naming the largest scale and the size the artifact takes.
+    """
+    bounds = getattr(model, "input_bounds", None) or {}
+    most = [(bounds.get(name) or [None, None])[1] for name in ("height", "width")]
+    if None in most or max(scales, default=1.0) <= 1:
+        return
+    raise SpeccError(f"--scales {max(scales):g}: this artifact takes images of at most "
+                     f"{most[0]}×{most[1]} pixels (it was exported for that size, see "
+                     "artifacts.json), and a scale above 1 enlarges every image or window past "
+                     "it; give scales of at most 1, or evaluate the spec with its weights")
+
+
 def window_predictor(
     model: nn.Module, scales: Sequence[float], flip: bool, amp_dtype: torch.dtype | None = None,
     align: Alignment | None = None,
@@ -388,6 +407,7 @@ def evaluate_checkpoint(
         load_weights(model, weights)
         model = optimize_for_inference(model).to(ctx.device)
         source_file = weights.file
+    check_scales(model, scales)
     dataset, loader = val_batches(spec, ctx, source)
     aligned = alignment(doc.resolved, getattr(model, "input_bounds", None)) if align else None
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)

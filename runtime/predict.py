@@ -31,7 +31,14 @@ from torch import nn
 
 from runtime.data import IMAGENET_MEAN, IMAGENET_STD, colorize, eval_transform, palette
 from runtime.data.base import check_image, read_image
-from runtime.evaluate import Alignment, alignment, is_artifact, predict_probs, window_predictor
+from runtime.evaluate import (
+    Alignment,
+    alignment,
+    check_scales,
+    is_artifact,
+    predict_probs,
+    window_predictor,
+)
 from runtime.tiling import Tiling, label_dtype, tiled_labels
 from specc.artifacts import load_weights, read_torchscript, read_weights
 from specc.errors import SpeccError
@@ -265,6 +272,7 @@ def predict_files(
     if not images:
         raise SpeccError("no images given")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_scales(predictor.model, scales)
     for path in images:
         check_image(path)  # DataError names a bad file
     model = predictor.model.to(device).eval()

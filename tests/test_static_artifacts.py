@@ -204,3 +204,29 @@ def test_static_needs_a_target(cli: Any, tmp_path: Path) -> None:
     assert result.code == 2
     assert "--static makes deployment artifacts for one input shape" in result.err
     assert not any(tmp_path.iterdir())
+
+
+def test_scales_above_one_are_refused_for_a_one_size_artifact(built: tuple[Any, Path],
+                                                               cli: Any, tmp_path: Path) -> None:
+    """Every window is padded up to 65×65; enlarged by 1.5 none fits: refused up front by the
+    option that causes it, not at the first image with a hint to add --tile."""
+    from PIL import Image
+
+    _, folder = built
+    image = tmp_path / "a.png"
+    Image.fromarray((np.random.default_rng(2).random((50, 40, 3)) * 255).astype("uint8")
+                    ).save(image)
+    expected = ("error: --scales 1.5: this artifact takes images of at most 65×65 pixels (it was "
+                "exported for that size, see artifacts.json), and a scale above 1 enlarges every "
+                "image or window past it; give scales of at most 1, or evaluate the spec with "
+                "its weights")
+    sets = [a for s in PLAIN for a in ("--set", s)]
+    scored = cli("eval", DEMO, *sets, "--checkpoint", folder / "model.onnx", "--tile", "auto",
+                 "--scales", "1.0,1.5")
+    assert scored.code == 2 and scored.err.strip() == expected
+    result = cli("predict", folder / "model.onnx", image, "--scales", "1.5", "--out", tmp_path / "o")
+    assert result.code == 2 and result.err.strip() == expected
+    assert not (tmp_path / "o").exists()
+    smaller = cli("predict", folder / "model.onnx", image, "--scales", "0.5,1", "--out",
+                  tmp_path / "o")
+    assert smaller.code == 0, smaller.err
