@@ -401,6 +401,19 @@ def test_bench_times_the_model_its_passes_and_the_build_artifacts(
     assert report["results"][0]["speedup"] == 1.0
 
 
+def test_bench_with_more_threads_than_cores_warns(specc_proc: Any) -> None:
+    """The figures of an oversubscribed machine compare nothing: said before they are shown."""
+    from specc.hardware import usable_cores
+
+    cores = usable_cores()
+    done = specc_proc("bench", DEMO, "--size", "33", "33", "--repeats", "1", "--warmup", "1",
+                      "--threads", str(cores + 1), "--json")
+    assert done.returncode == 0, done.stderr
+    assert (f"warning: --threads {cores + 1} on {cores} usable cores: the threads take turns"
+            in done.stderr)
+    assert json.loads(done.stdout)["threads"] == cores + 1
+
+
 def test_aoti_package_compiles_for_this_cpu_and_equals_the_model(tmp_path: Path) -> None:
     """AOTInductor (frozen weights, C++ compiled for this machine): the slowest target to
     build, so one small case."""

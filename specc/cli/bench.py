@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from specc.cli import render
-from specc.errors import DataError, SpeccError
+from specc.errors import DataError, SpeccError, SpeccWarning
 
 
 def bench(
@@ -42,10 +43,17 @@ def bench(
     import torch
 
     from specc.bench import Candidate, logits_of, measure, torchvision_twin
-    from specc.hardware import cpu_info
+    from specc.hardware import cpu_info, usable_cores
     from specc.passes import optimize_for_inference
 
     if threads:
+        cores = usable_cores()
+        if threads > cores:
+            warnings.warn(SpeccWarning(
+                f"--threads {threads} on {cores} usable cores: the threads take turns on the "
+                "cores, and runtimes that cap themselves at the core count (OpenVINO) then look "
+                f"far faster than the others; the figures compare nothing. Use --threads {cores} "
+                "or fewer"), stacklevel=1)
         torch.set_num_threads(threads)
     doc, module, folder = _reference(model, weights)
     comp = _compiled(doc, size)
