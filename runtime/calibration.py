@@ -7,6 +7,7 @@ and centre-cropped to it, then normalized with the spec's mean and std.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from runtime.data.layouts import open_split
 from runtime.data.transforms import eval_transform
 from runtime.metrics import confusion_matrix, scores
-from specc.errors import DataError, SpeccError
+from specc.errors import DataError, SpeccError, SpeccWarning
 
 
 def spec_images(spec: Any, count: int, split: str | None = None,
@@ -109,6 +110,11 @@ def check_images(spec: Any, count: int, calibration: int, int8: bool) -> CheckIm
                            f"{count} random images (the spec's data: {err})", (), None)
     labels = [label for _, label in pairs]
     calib = spec_images(spec, calibration, split=spec.data.train_split) if int8 else []
+    if int8 and len(calib) < calibration:
+        warnings.warn(SpeccWarning(
+            f"--calibration {calibration}: the {spec.data.train_split} split of "
+            f"{spec.data.source} has {len(calib)} images; int8 is calibrated on those "
+            f"{len(calib)}"), stacklevel=2)
     return CheckImages(tuple(image for image, _ in pairs),
                        f"{len(pairs)} images of {spec.data.source} ({spec.data.val_split})",
                        tuple(calib), lambda logits: mean_iou(spec, labels, logits))

@@ -109,7 +109,10 @@ def parse_requests(texts: Sequence[str], precision: str = "auto",
     cpu = cpu or cpu_info()
     found: list[Request] = []
     for text in texts:
-        target, _, given = text.partition(":")
+        target, colon, given = text.partition(":")
+        if colon and not given:
+            raise SpeccError(f"--target {text}: expected a precision after ':' "
+                             f"({', '.join(PRECISIONS)}), found none")
         if target not in TARGETS:
             raise SpeccError(f"--target {text}: unknown target {target!r}; expected one of "
                              f"{', '.join(TARGETS)}")
@@ -884,7 +887,8 @@ def write_targets(module: nn.Module, size: Sequence[int], requests: Sequence[Req
     half = half_int8_range(int8_range)
     needs_export = [r for r in requests if r.target != "torchscript"]
     if any(r.precision == "int8" for r in requests) and not calibration:
-        raise SpeccError("--precision int8 needs calibration images (--calibration N > 0)")
+        raise SpeccError("int8 targets need calibration images: give --calibration N with "
+                         "N > 0")
     reference = module.eval()
     with torch.no_grad():
         wants = [reference(x)["out"] for x in check_images]

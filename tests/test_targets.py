@@ -239,10 +239,23 @@ def test_requests_resolve_auto_per_cpu_and_keep_build_order() -> None:
     (["onnx:int8"], "auto", "onnx has no precision"),
     (["aoti:fp8"], "auto", "unknown precision 'fp8'"),
     (["aoti"], "bf16", "would emulate it, about 10× slower"),
+    (["openvino:"], "auto", r"expected a precision after ':' \(auto, fp32, bf16, int8\), "
+                            "found none"),
 ])
 def test_bad_requests_are_refused(texts: list[str], precision: str, message: str) -> None:
     with pytest.raises(SpeccError, match=message):
         parse_requests(texts, precision, cpu=AVX2)
+
+
+def test_calibration_past_the_training_split_says_how_many_images_it_took() -> None:
+    from runtime.calibration import check_images
+    from specc.errors import SpeccWarning
+
+    spec = load_spec(DEMO, [*SMALL, "data.synthetic.train_length=6"]).spec
+    with pytest.warns(SpeccWarning, match=r"--calibration 20: the train split of synthetic has "
+                                          r"6 images; int8 is calibrated on those 6"):
+        images = check_images(spec, 2, 20, int8=True)
+    assert len(images.calibration) == 6
 
 
 def test_missing_library_is_named_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
