@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from specc.artifacts import (
     read_weights,
     write_torchscript,
 )
-from specc.errors import SpeccError
+from specc.errors import SpeccError, SpeccWarning
 from specc.fsutil import fsync_dir
 from specc.targets import ARTIFACTS, Request, artifacts_json, write_targets
 
@@ -87,6 +88,7 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
                 if deploy is not None:
                     written += _write_deployment(comp, module, staging, deploy)
                 fsync_dir(staging)
+                _note_dropped(folder, staging)
                 _swap_in(staging, folder)
             finally:
                 if staging.exists():
@@ -157,6 +159,20 @@ def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise SpeccError(f"--out {out_dir}: expected a folder, found a file")
     out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _note_dropped(folder: Path, new: Path) -> None:
+    """Warn of the files of the build being replaced that the new one does not have: a build
+    replaces the whole folder, so artifacts not asked for again are gone (a rebuild with one
+    ``--target`` removes the others)."""
+    if not folder.is_dir():
+        return
+    dropped = sorted(p.name for p in folder.iterdir()
+                     if p.name not in DISPOSABLE and not (new / p.name).exists())
+    if dropped:
+        warnings.warn(SpeccWarning(
+            f"{folder}: replaced by this build, which has no {', '.join(dropped)}; give their "
+            "--target again to keep them"), stacklevel=2)
 
 
 def _check_replaceable(folder: Path) -> None:

@@ -82,6 +82,26 @@ def test_a_rebuild_replaces_the_whole_folder(variants, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]  # no temp sibling, no lock
 
 
+def test_a_rebuild_names_the_artifacts_it_does_not_make_again(variants, tmp_path: Path) -> None:
+    """A build replaces the whole folder: artifacts of the previous one not asked for again go,
+    and the build says which."""
+    import warnings
+
+    from specc.errors import SpeccWarning
+
+    folder = copy_build(variants, "a", tmp_path)
+    (folder / "model.onnx").write_bytes(b"an earlier export")
+    (folder / "artifacts.json").write_text("{}")
+    with pytest.warns(SpeccWarning) as caught:
+        build_to(variants["b"], tmp_path)  # type: ignore[arg-type]
+    assert [str(w.message) for w in caught] == [
+        f"{folder}: replaced by this build, which has no artifacts.json, model.onnx; give their "
+        "--target again to keep them"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpeccWarning)
+        build_to(variants["a"], tmp_path)  # type: ignore[arg-type]  # the same files: nothing
+
+
 def test_what_a_killed_build_left_is_removed_and_nothing_else(variants, tmp_path: Path) -> None:
     copy_build(variants, "a", tmp_path)
     for left in (f".{NAME}.tmp-0a1b2c3d", f".{NAME}.old"):
