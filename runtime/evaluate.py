@@ -20,6 +20,7 @@ weights), which computes the same logits faster.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from runtime.report import SILENT, Reporter
 from runtime.tiling import Tiling, tiled_labels
 from specc.api import build
 from specc.artifacts import load_weights, read_weights
-from specc.errors import DataError, SpeccError
+from specc.errors import DataError, SpeccError, SpeccWarning
 from specc.passes import optimize_for_inference
 
 #: Images of one size per forward pass in ``specc eval``: enough to amortize the per-layer
@@ -198,6 +199,19 @@ def segment(
         return predict_probs(model, images, scales, flip, amp_dtype, align).argmax(dim=1)
     predict = window_predictor(model, scales, flip, amp_dtype, align)
     return torch.stack([tiled_labels(predict, image, tiling).long() for image in images])
+
+
+def _note_other_normalization(weights: Any, spec: Any) -> None:
+    """Warn when the weights were trained with another ``input.mean``/``input.std`` than the
+    spec normalizes with (their spec record says): they load, and score lower, silently."""
+    trained = ((weights.spec_info or {}).get("resolved") or {}).get("input") or {}
+    for key in ("mean", "std"):
+        theirs, ours = trained.get(key), list(getattr(spec.input, key))
+        if theirs is not None and [float(v) for v in theirs] != [float(v) for v in ours]:
+            warnings.warn(SpeccWarning(
+                f"{weights.file}: trained with input.{key} {theirs}; the spec normalizes with "
+                f"{ours}, so the scores are of images the model never saw so (set input.{key} "
+                "to the weights' values)"), stacklevel=2)
 
 
 def check_scales(model: Any, scales: Sequence[float]) -> None:
@@ -405,6 +419,7 @@ def evaluate_checkpoint(
         model = build(doc).module
         weights = read_weights(checkpoint)
         load_weights(model, weights)
+        _note_other_normalization(weights, spec)
         model = optimize_for_inference(model).to(ctx.device)
         source_file = weights.file
     check_scales(model, scales)

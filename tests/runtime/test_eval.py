@@ -505,3 +505,20 @@ def test_predict_checks_every_image_before_decoding_any(
 def test_plot_without_metrics_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = runkit.cli(["plot", tmp_path], capsys)
     assert code == 2 and "metrics.jsonl" in err
+
+
+def test_eval_warns_of_weights_trained_with_another_normalization(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The weights load whatever mean the spec says; scores of images normalized otherwise
+    than in training come with a warning naming both."""
+    code, _, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", trained,
+                               *runkit.sets([*runkit.TINY, "input.mean=[0.5, 0.5, 0.5]"])],
+                              capsys)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "trained with input.mean [0.485, 0.456, 0.406]; the spec " \
+        "normalizes with [0.5, 0.5, 0.5]" in warned[0]
+    code, _, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", trained,
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0 and "warning:" not in err
