@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -428,19 +428,28 @@ def _tile_caption(tile: dict[str, Any] | None) -> str:
     return f", tiles {th}×{tw} every {sh}×{sw}"
 
 
+#: Why a class may have no labelled pixel in a data set of the user's.
+IGNORE_HINT = "255 in a mask is the ignore label, not a class"
+
+
+def unlabelled_classes(ids: list[int], names: Sequence[str] | None, total: int,
+                       where: str) -> str:
+    """``2 of 5 classes have no labelled pixel {where}: 1 (sky), 4 (road)``, at most eight
+    named."""
+    listed = ", ".join(f"{c} ({names[c]})" if names else str(c) for c in ids[:8])
+    more = f" and {len(ids) - 8} more" if len(ids) > 8 else ""
+    return f"{len(ids)} of {total} classes have no labelled pixel {where}: {listed}{more}"
+
+
 def unlabelled_note(report: dict[str, Any], split: str) -> str | None:
     """A line naming the classes that no ground-truth pixel of ``split`` holds, which the mIoU
     leaves out; None when every class is labelled somewhere (or nothing is)."""
     ids = report.get("unlabelled_classes") or []
     if not ids or report.get("miou") is None:
         return None
-    names = report.get("classes")
-    listed = ", ".join(f"{c} ({names[c]})" if names else str(c) for c in ids[:8])
-    more = f" and {len(ids) - 8} more" if len(ids) > 8 else ""
-    total = len(report["per_class_iou"])
-    return (f"note: {len(ids)} of {total} classes have no labelled pixel in the {split} split: "
-            f"{listed}{more}; the mIoU averages the others (255 in a mask is the ignore label, "
-            "not a class)")
+    listed = unlabelled_classes(ids, report.get("classes"), len(report["per_class_iou"]),
+                                f"in the {split} split")
+    return f"note: {listed}; the mIoU averages the others ({IGNORE_HINT})"
 
 
 def print_eval(report: dict[str, Any], name: str, scales: tuple[float, ...], flip: bool) -> None:

@@ -356,11 +356,9 @@ def check_data(
         lines += [f"  {problem}" for problem in found.problems]
         empty = found.unlabelled_classes
         if empty:
-            names = dataset.class_names
-            lines.append(f"  note: {len(empty)} of {len(found.pixels)} classes have no labelled "
-                         "pixel here: " + ", ".join(f"{c} ({names[c]})" for c in empty[:8])
-                         + (" and more" if len(empty) > 8 else "")
-                         + " (255 in a mask is the ignore label, not a class)")
+            listed = render.unlabelled_classes(empty, dataset.class_names, len(found.pixels),
+                                               "here")
+            lines.append(f"  note: {listed} ({render.IGNORE_HINT})")
         typer.echo("\n".join(lines))
     if bad:
         raise SpeccError(f"{bad} sample(s) cannot be read; fix or remove the files named above")
@@ -393,12 +391,10 @@ def class_weights(
     weights = weights_from_counts(pixels, image_pixels, method)  # type: ignore[arg-type]
     empty = [c for c, n in enumerate(pixels) if n == 0]
     if empty:
-        names = dataset.class_names
-        warnings.warn(SpeccWarning(
-            f"{len(empty)} of {len(pixels)} classes have no labelled pixel in the "
-            f"{d.train_split} split: {', '.join(f'{c} ({names[c]})' for c in empty[:8])}"
-            f"{' and more' if len(empty) > 8 else ''}; they get weight 0 and are never trained "
-            "(255 in a mask is the ignore label, not a class)"), stacklevel=1)
+        listed = render.unlabelled_classes(empty, dataset.class_names, len(pixels),
+                                           f"in the {d.train_split} split")
+        warnings.warn(SpeccWarning(f"{listed}; they get weight 0 and are never trained "
+                                   f"({render.IGNORE_HINT})"), stacklevel=1)
     text = (f"# {method} class weights from {len(dataset)} {d.train_split} image(s) of "
             f"{d.source}; pixels per class: {', '.join(str(int(n)) for n in pixels)}\n"
             f"train:\n  loss:\n    class_weights: [{', '.join(repr(w) for w in weights)}]\n")
