@@ -689,7 +689,7 @@ class _ListedArtifact(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     file: str
-    target: Literal["torchscript", "export", "aoti", "onnx", "openvino"]
+    target: Literal[TARGETS]  # one of TARGETS
     precision: str
     sha256: str | None = None
     file_sha256: dict[str, str] | None = None
@@ -730,7 +730,7 @@ def read_listing(listing: Path) -> dict[str, Any]:
         where = ".".join(str(part) for part in first["loc"]) or "the top level"
         found = "nothing" if first["type"] == "missing" else _found(first.get("input"))
         raise SpeccError(f"{listing}: not an artifact list as specc writes it: {where}: "
-                         f"expected {_EXPECTED.get(first['type'], first['msg'])}, found {found}; "
+                         f"expected {_expected(first)}, found {found}; "
                          "build the folder again") from None
     spec = info["spec"]
     if canonical_sha256(spec["resolved"]) != spec["spec_sha256"]:
@@ -743,6 +743,11 @@ def read_listing(listing: Path) -> dict[str, Any]:
 _EXPECTED = {"model_type": "a mapping", "dict_type": "a mapping", "list_type": "a list",
              "string_type": "a string", "int_type": "a whole number", "missing": "this key",
              "too_short": "a pair [least, most]", "too_long": "a pair [least, most]"}
+
+
+def _expected(error: Any) -> str:
+    """What a pydantic error asks for, in a message's words (``one of 'onnx' or ...``)."""
+    return _EXPECTED.get(error["type"]) or error["msg"].removeprefix("Input should be ")
 
 
 def _found(value: Any) -> str:
