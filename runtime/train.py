@@ -54,7 +54,6 @@ from torch.utils.data import DataLoader
 from runtime import checkpoint as ckpt
 from runtime import distributed, finetune, losses
 from runtime.data import (
-    IGNORE_INDEX,
     Prefetcher,
     bootstrap_indices,
     has_labelled_pixel,
@@ -518,10 +517,9 @@ def _check_labelled(train_set: Any, split: str, tr: Any) -> None:
     """
     if has_labelled_pixel(train_set, tr.ignore_index, tr.workers):
         return
-    ignored = sorted({tr.ignore_index, IGNORE_INDEX})
     raise DataError(
         f"{train_set.name} ({split}): no pixel of its {len(train_set)} images is labelled "
-        f"(every mask pixel is {' or '.join(map(str, ignored))}, which the loss ignores); there "
+        f"(every mask pixel is {tr.ignore_index}, which the loss ignores); there "
         f"is nothing to train on. Masks hold class ids 0..{train_set.num_classes - 1}; check "
         "the mask files and data.train_split")
 
