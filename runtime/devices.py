@@ -55,7 +55,9 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if dtype is None:
         return None
     if device.type == "cuda":
-        if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        # a GPU before Ampere emulates bf16, many times slower: refused as on the CPU
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        if dtype is torch.bfloat16 and not native:
             raise SpeccError(f"{torch.cuda.get_device_name(device)} has no bf16 arithmetic; "
                              "use fp16 or fp32")
         return dtype

@@ -357,11 +357,20 @@ def is_artifact(path: Path) -> bool:
 
 
 def artifact_device(path: Path, device: str | None) -> str:
-    """Artifacts run on the CPU they were built for; asking for another device is an error."""
-    if device not in (None, "cpu"):
-        raise SpeccError(f"{path}: deployment artifacts run on the CPU; --device {device} "
-                         "applies to a spec's weights or a model.pt")
-    return "cpu"
+    """Artifacts run where they were built for: the CPU, or the GPU for an ``aoti`` package
+    built with ``--device cuda``; asking for another device is an error."""
+    from specc.targets import check_cuda_artifact, listed_device
+
+    built_for = listed_device(path)
+    if device in (None, built_for):
+        if built_for == "cuda":
+            check_cuda_artifact(path)  # before a --device the user did not give is refused
+        return built_for
+    if built_for == "cuda":
+        raise SpeccError(f"{path}: an aoti package compiled for CUDA runs on the GPU; for "
+                         f"--device {device} build one for the CPU (specc build --target aoti)")
+    raise SpeccError(f"{path}: this artifact runs on the CPU; --device {device} applies to a "
+                     "spec's weights, a model.pt, or an aoti package built with --device cuda")
 
 
 def open_artifact(path: Path, doc: Any) -> Any:

@@ -46,7 +46,8 @@ BUILD_FILES = (SOURCE, MANIFEST, TORCHSCRIPT)
 #: What may go with a replaced build besides: Python's bytecode of an imported model.py.
 DISPOSABLE = ("__pycache__",)
 #: The deployment artifacts a build may hold besides (:mod:`specc.targets`).
-DEPLOYED = re.compile(r"artifacts\.json|model\.pt2|model\.onnx|model-aoti-(fp32|bf16|int8)\.pt2"
+DEPLOYED = re.compile(r"artifacts\.json|model\.pt2|model\.onnx"
+                      r"|model-aoti-(cuda-)?(fp32|bf16|fp16|int8)\.pt2"
                       r"|model-openvino-(fp32|bf16|int8)\.(xml|bin)")
 
 

@@ -8,6 +8,7 @@ target         file                            what it is
 =============  ==============================  ============================================
 ``export``     ``model.pt2``                   ``torch.export`` ExportedProgram (fp32)
 ``aoti``       ``model-aoti-<precision>.pt2``  AOTInductor package compiled for this machine
+                                               (``model-aoti-cuda-<p>.pt2`` for its GPU)
 ``onnx``       ``model.onnx``                  ONNX (the dynamo exporter), fp32
 ``openvino``   ``model-openvino-<p>.xml/.bin`` OpenVINO IR
 =============  ==============================  ============================================
@@ -26,6 +27,11 @@ quantization calibrated on images of the spec's data: torchao's pt2e X86 inducto
 ``aoti``, NNCF for ``openvino``); ``auto`` picks bf16 where the CPU has it and fp32 elsewhere. It
 never picks int8 by itself: int8 needs calibration images and changes the results, so it is
 asked for by name and its agreement is measured.
+
+``aoti`` packages are compiled for the CPU, or with ``--device cuda`` for the machine's GPU
+(:data:`CUDA_PRECISIONS`: fp32, fp16, bf16 where the GPU has it; ``auto`` is fp16, whose tensor
+cores every CUDA GPU of recent years has, with three more bits of mantissa than bf16). The
+other targets run on the CPU (onnxruntime's and OpenVINO's CPU runtimes).
 
 onnx, onnxruntime, openvino, nncf and torchao are the optional extra ``specc[deploy]``; a target
 whose library is missing fails with a message that says how to install it.
@@ -64,7 +70,11 @@ ARTIFACTS = "artifacts.json"
 TARGETS = ("torchscript", "export", "aoti", "onnx", "openvino")
 #: Targets that take a precision; the others are fp32.
 PRECISION_TARGETS = ("aoti", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+#: Where artifacts run: the CPU, or for ``aoti`` with ``--device cuda`` the GPU.
+DEVICES = ("cpu", "cuda")
+#: The precisions of an ``aoti`` package for CUDA (int8 is quantized for x86 CPUs only).
+CUDA_PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 #: The Python package each target needs, with the distribution that provides it.
 NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "onnx": (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")),
@@ -78,34 +88,44 @@ VERSIONED = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "
 
 @dataclass(frozen=True)
 class Request:
-    """One artifact to build: a target and, for :data:`PRECISION_TARGETS`, a precision."""
+    """One artifact to build: a target and, for :data:`PRECISION_TARGETS`, a precision; an
+    ``aoti`` package also the device it is compiled for (one of :data:`DEVICES`)."""
 
     target: str
     precision: str = "fp32"
+    device: str = "cpu"
 
     @property
     def label(self) -> str:
-        return f"{self.target}:{self.precision}" if self.target in PRECISION_TARGETS \
+        label = f"{self.target}:{self.precision}" if self.target in PRECISION_TARGETS \
             else self.target
+        return f"{label} on cuda" if self.device == "cuda" else label
 
     @property
     def file(self) -> str:
         """The artifact's file name in the build folder."""
+        gpu = "cuda-" if self.device == "cuda" else ""
         return {"torchscript": "model.pt", "export": "model.pt2", "onnx": "model.onnx",
-                "aoti": f"model-aoti-{self.precision}.pt2",
+                "aoti": f"model-aoti-{gpu}{self.precision}.pt2",
                 "openvino": f"model-openvino-{self.precision}.xml"}[self.target]
 
 
 def parse_requests(texts: Sequence[str], precision: str = "auto",
-                   cpu: CpuInfo | None = None) -> list[Request]:
+                   cpu: CpuInfo | None = None, device: str = "cpu",
+                   gpu_bf16: bool | None = None) -> list[Request]:
     """The requests of ``--target`` values (``T`` or ``T:PRECISION``; ``precision`` is the
     default of those without one), with ``auto`` resolved for this CPU, in build order and
-    without repeats.
+    without repeats. With ``device`` ``cuda`` the ``aoti`` packages are for the GPU, whose
+    precisions :func:`resolve_cuda_precision` resolves (``gpu_bf16``: whether it computes bf16,
+    asked of torch when not given; the caller checks that CUDA is there).
 
     Raises:
-        SpeccError: an unknown target or precision, a precision for a target that has none, or
-        bf16 on a CPU without native bf16.
+        SpeccError: an unknown target, precision or device, a precision for a target that has
+        none, bf16 on a CPU without native bf16, fp16 for the CPU, or ``cuda`` without an
+        ``aoti`` target.
     """
+    if device not in DEVICES:
+        raise SpeccError(f"--device: expected {' or '.join(DEVICES)}, found {device!r}")
     cpu = cpu or cpu_info()
     found: list[Request] = []
     for text in texts:
@@ -120,9 +140,15 @@ def parse_requests(texts: Sequence[str], precision: str = "auto",
             raise SpeccError(f"--target {text}: {target} has no precision (it is fp32); "
                              f"precisions apply to {', '.join(PRECISION_TARGETS)}")
         chosen = (given or precision) if target in PRECISION_TARGETS else "fp32"
-        request = Request(target, resolve_precision(chosen, cpu, text))
+        if target == "aoti" and device == "cuda":
+            request = Request(target, resolve_cuda_precision(chosen, text, gpu_bf16), device)
+        else:
+            request = Request(target, resolve_precision(chosen, cpu, text))
         if request not in found:
             found.append(request)
+    if device == "cuda" and not any(r.device == "cuda" for r in found):
+        raise SpeccError("--device cuda: only aoti packages are compiled for the GPU (the other "
+                         "targets run on the CPU); give --target aoti")
     return sorted(found, key=lambda r: (TARGETS.index(r.target), PRECISIONS.index(r.precision)))
 
 
@@ -133,10 +159,40 @@ def resolve_precision(precision: str, cpu: CpuInfo, where: str = "--precision") 
                          f"{', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bf16" if cpu.has_bf16 else "fp32"
+    if precision == "fp16":
+        raise SpeccError(f"{where}: fp16 is for aoti packages compiled for a GPU (--device "
+                         "cuda); on the CPU use fp32, or bf16 where the CPU has it")
     if precision == "bf16" and not cpu.has_bf16:
         raise SpeccError(f"{where}: bf16 needs a CPU with native bf16 (AVX-512 bf16 or AMX); "
                          f"this one ({cpu.summary()}) would emulate it, about 10× slower than "
                          "fp32. Use fp32 or auto")
+    return precision
+
+
+def resolve_cuda_precision(precision: str, where: str = "--precision",
+                           bf16: bool | None = None) -> str:
+    """``precision`` of an ``aoti`` package for CUDA, ``auto`` made fp16; bf16 refused where the
+    GPU has no bf16 arithmetic (``bf16``, asked of torch when not given), int8 refused (torchao's
+    quantizer that specc calibrates with makes x86 CPU kernels).
+
+    Raises:
+        SpeccError: a precision a CUDA package cannot have, and what to use instead.
+    """
+    if precision not in PRECISIONS:
+        raise SpeccError(f"{where}: unknown precision {precision!r}; expected one of "
+                         f"{', '.join(CUDA_PRECISIONS)} for --device cuda")
+    if precision == "int8":
+        raise SpeccError(f"{where}: int8 packages are quantized for x86 CPUs; for --device cuda "
+                         "use fp16, bf16 or fp32")
+    if precision == "auto":
+        return "fp16"
+    if precision == "bf16":
+        if bf16 is None:
+            import torch
+
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        if not bf16:
+            raise SpeccError(f"{where}: this GPU has no bf16 arithmetic; use fp16 or fp32")
     return precision
 
 
@@ -175,7 +231,7 @@ def artifact_passes(request: Request) -> tuple[str, ...]:
     depthwise ones padded first: oneDNN's bf16 kernels slow down with the rate;
     :data:`specc.passes.MIN_TAP_RATE`); for ``aoti`` fp32 also ``channels_last``
     (:func:`channels_last_input`)."""
-    wide = ("wide_atrous",) if request.precision == "bf16" else ()
+    wide = ("wide_atrous",) if request.precision == "bf16" and request.device == "cpu" else ()
     return GRAPH_PASSES + wide + (("channels_last",) if channels_last_input(request) else ())
 
 
@@ -185,8 +241,9 @@ def channels_last_input(request: Request) -> bool:
     it). Inductor does not choose that layout by itself for a graph of dynamic size; so
     compiled, the ``aoti`` fp32 artifact ran 1.27× faster for MobileNetV2 and 1.08× for
     ResNet-50 at 257×257 (BENCHMARKS.md). bf16 gained nothing from it, and int8 graphs keep
-    the layout torchao's quantizer was made for."""
-    return request.target == "aoti" and request.precision == "fp32"
+    the layout torchao's quantizer was made for. A CUDA package is channels-last at every
+    precision: cuDNN's tensor-core convs (fp16, bf16, TF32) take that layout natively."""
+    return request.target == "aoti" and (request.precision == "fp32" or request.device == "cuda")
 
 
 def _source_graph(job: Job, request: Request) -> nn.Module:
@@ -198,13 +255,13 @@ def _source_graph(job: Job, request: Request) -> nn.Module:
     return optimize_for_inference(job.graph, extra) if extra else job.graph
 
 
-def example_input(size: Sequence[int], batch: int = 2,
-                  channels_last: bool = False) -> torch.Tensor:
+def example_input(size: Sequence[int], batch: int = 2, channels_last: bool = False,
+                  device: str = "cpu") -> torch.Tensor:
     """The example a graph is exported with: by default a batch of 2 (so that a dynamic batch is
-    not specialized to 1), in the channels-last layout when asked."""
+    not specialized to 1), in the channels-last layout when asked, on ``device``."""
     import torch
 
-    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -218,19 +275,21 @@ def fixed_geometry(model: nn.Module) -> bool:
 
 
 def export_program(model: nn.Module, size: Sequence[int], channels_last: bool = False,
-                   static: bool = False) -> Any:
+                   static: bool = False, device: str = "cpu") -> Any:
     """``torch.export`` of ``model`` (an inference graph) with a dynamic batch, height and width
     (``Dim.AUTO``: a dimension the graph ties to a value or a range stays so, and
     :func:`shape_bounds` reports it). A model of :func:`fixed_geometry` is exported at ``size``
     with a dynamic batch only, as DeepLab's own exported graphs take 513×513; evaluation pads
     smaller images up to it (:class:`runtime.evaluate.Alignment`). ``static`` exports one shape,
     1×3×``size`` (``specc build --static``). With ``channels_last`` the example input is
-    channels-last (the graph's weights should be too: the ``channels_last`` pass)."""
+    channels-last (the graph's weights should be too: the ``channels_last`` pass). The example
+    input is on ``device``, where ``model`` must be."""
     import torch
     from torch.export import Dim
 
     dims = {0: Dim.AUTO} if fixed_geometry(model) else {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
-    example = example_input(size, batch=1 if static else 2, channels_last=channels_last)
+    example = example_input(size, batch=1 if static else 2, channels_last=channels_last,
+                            device=device)
     with torch.no_grad(), _quiet():
         return torch.export.export(model, (example,), dynamic_shapes=None if static else (dims,),
                                    strict=False)
@@ -341,23 +400,28 @@ def _write_export(job: Job, request: Request) -> None:
         torch.export.save(job.program, job.folder / request.file)
 
 
-def _bf16_graph(graph: nn.Module) -> nn.Module:
-    """``graph`` computing in bf16 between an fp32 input and fp32 logits."""
+def _device_graph(graph: nn.Module, request: Request) -> nn.Module:
+    """A copy of ``graph`` on ``request``'s device computing in its precision (bf16 or fp16)
+    between an fp32 input and fp32 logits; ``graph`` itself for fp32 on the CPU."""
     import copy
 
+    import torch
     from torch import nn
 
-    class Bf16(nn.Module):
-        def __init__(self, inner: nn.Module) -> None:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(request.precision)
+    if dtype is None and request.device == "cpu":
+        return graph
+
+    class LowPrecision(nn.Module):
+        def __init__(self, inner: nn.Module, dtype: torch.dtype) -> None:
             super().__init__()
-            self.inner = copy.deepcopy(inner).bfloat16()
+            self.inner, self.dtype = inner.to(dtype), dtype
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            import torch
+            return {"out": self.inner(x.to(self.dtype))["out"].float()}
 
-            return {"out": self.inner(x.to(torch.bfloat16))["out"].float()}
-
-    return Bf16(graph).eval()
+    moved = copy.deepcopy(graph).to(request.device)
+    return (moved if dtype is None else LowPrecision(moved, dtype)).eval()
 
 
 def int8_quantizer(half: bool) -> Any:
@@ -449,10 +513,9 @@ def _write_aoti(job: Job, request: Request) -> None:
     if request.precision == "int8":
         program = _int8_program(job)
     else:
-        graph = _source_graph(job, request)
-        program = export_program(_bf16_graph(graph) if request.precision == "bf16" else graph,
-                                 job.size, channels_last=channels_last_input(request),
-                                 static=job.static)
+        program = export_program(_device_graph(_source_graph(job, request), request), job.size,
+                                 channels_last=channels_last_input(request), static=job.static,
+                                 device=request.device)
     with torch.no_grad(), _quiet():
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(job.folder / request.file),
@@ -528,10 +591,12 @@ def _output(result: Any) -> Any:
 
 
 def _runner(path: Path, target: str, precision: str, threads: int | None = None,
-            channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+            channels_last: bool = False, device: str = "cpu",
+            ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from an fp32 image batch to fp32 logits, running the artifact at ``path``
     (onnxruntime and OpenVINO on ``threads`` threads when given; torch's own setting rules the
-    others), handing it channels-last images when it was compiled for them."""
+    others), handing it channels-last images when it was compiled for them. A CUDA package
+    takes the images onto its GPU and leaves its logits there."""
     import numpy as np
     import torch
 
@@ -542,9 +607,8 @@ def _runner(path: Path, target: str, precision: str, threads: int | None = None,
     if target == "aoti":
         with _quiet():
             compiled = torch._inductor.aoti_load_package(str(path))
-        if channels_last:
-            return lambda x: _output(compiled(x.contiguous(memory_format=torch.channels_last)))
-        return lambda x: _output(compiled(x))
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return lambda x: _output(compiled(x.to(device, memory_format=layout)))
     if target == "onnx":
         import onnxruntime as ort
 
@@ -648,8 +712,10 @@ class ArtifactModule:
         self.path, self.entry, self.info = path, entry, info
         self.training = False
         self._channels_last = entry.get("input_memory_format") == "channels_last"
+        #: Where it runs: the CPU, or the GPU of an ``aoti`` package built for CUDA.
+        self.device = entry.get("device", "cpu")
         self._run = _runner(path, entry["target"], entry["precision"], threads,
-                            self._channels_last)
+                            self._channels_last, self.device)
 
     @property
     def input_bounds(self) -> dict[str, list[int | None]]:
@@ -664,10 +730,12 @@ class ArtifactModule:
         if bounds.get("batch") == [1, 1] and images.shape[0] > 1:  # --static: image by image
             return {"out": torch.cat([self(image[None])["out"] for image in images])}
         check_input(self.path, bounds, images.shape)
-        # one copy at most, into the layout the artifact was compiled for
+        # one copy at most, onto its device and into the layout it was compiled for; the
+        # logits come back where the images were
         layout = torch.channels_last if self._channels_last else torch.contiguous_format
         with torch.inference_mode():
-            return {"out": self._run(images.float().cpu().contiguous(memory_format=layout))}
+            x = images.to(self.device, torch.float32, memory_format=layout)
+            return {"out": self._run(x).to(images.device)}
 
     def eval(self) -> ArtifactModule:
         return self
@@ -678,7 +746,7 @@ class ArtifactModule:
         return self
 
     def to(self, *args: Any, **kwargs: Any) -> ArtifactModule:
-        return self  # artifacts run where they were compiled for: the CPU
+        return self  # artifacts run where they were compiled for (:attr:`device`)
 
 
 DEPLOYED_SUFFIXES = (".pt2", ".onnx", ".xml")
@@ -691,6 +759,7 @@ class _ListedArtifact(BaseModel):
     file: str
     target: Literal[TARGETS]  # one of TARGETS
     precision: str
+    device: Literal[DEVICES] = "cpu"  # one of DEVICES
     sha256: str | None = None
     file_sha256: dict[str, str] | None = None
     files: list[str] | None = None
@@ -784,6 +853,8 @@ def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModul
             raise SpeccError(f"{part}: its sha256 differs from the one in {listing}; the file "
                              "was changed after the build")
     check_libraries([Request(entry["target"], entry["precision"])])
+    if entry.get("device") == "cuda":
+        check_cuda_artifact(path)
     for note in (saturation_note(entry, cpu_info()), rewrite_note(entry, cpu_info())):
         if note is not None:
             warnings.warn(f"{path}: {note}", SpeccWarning, stacklevel=2)
@@ -795,6 +866,31 @@ def load_artifact(path: str | Path, threads: int | None = None) -> ArtifactModul
         last = ([line for line in str(err).splitlines() if line.strip()] or [""])[-1]
         raise SpeccError(f"{path}: {entry['target']} cannot open it: {type(err).__name__}: "
                          f"{last.strip()[:300]}") from None
+
+
+def check_cuda_artifact(path: Path) -> None:
+    """Refuse to open an ``aoti`` package compiled for CUDA where torch sees no GPU.
+
+    Raises:
+        SpeccError: naming the file and what runs here instead.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SpeccError(f"{path}: an aoti package compiled for CUDA, and torch sees no GPU "
+                         "here; build one for the CPU (specc build --target aoti) to run it on "
+                         "this machine")
+
+
+def listed_device(path: Path) -> str:
+    """Where the artifact at ``path`` runs by its build folder's ``artifacts.json``: ``cuda``
+    for an ``aoti`` package built for the GPU, else ``cpu`` (also when the file is not listed:
+    :func:`load_artifact` then says why it cannot be opened)."""
+    listing = path.parent / ARTIFACTS
+    if not listing.is_file():
+        return "cpu"
+    entry = next((a for a in read_listing(listing)["artifacts"] if a["file"] == path.name), {})
+    return entry.get("device", "cpu")
 
 
 def saturation_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
@@ -953,9 +1049,9 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
         run = lambda x: scripted.eval()(x)["out"]  # noqa: E731
     else:
         run = _runner(path, request.target, request.precision,
-                      channels_last=channels_last_input(request))
+                      channels_last=channels_last_input(request), device=request.device)
     with torch.no_grad():
-        gots = [run(x) for x in check_images]
+        gots = [run(x).cpu() for x in check_images]
     # model.pt is not made from the export: --static's one shape is not its own
     bounds = shape_bounds(job.program) if job and not (
         job.static and request.target == "torchscript") else {
@@ -967,6 +1063,7 @@ def _checked(path: Path, request: Request, check_images: Sequence[torch.Tensor],
     return {
         "target": request.target,
         "precision": request.precision,
+        "device": request.device,
         "passes": list(artifact_passes(request)) if request.target != "torchscript" else [],
         "file": path.name,
         "files": [p.name for p in _artifact_files(path)],

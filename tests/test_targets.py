@@ -239,12 +239,74 @@ def test_requests_resolve_auto_per_cpu_and_keep_build_order() -> None:
     (["onnx:int8"], "auto", "onnx has no precision"),
     (["aoti:fp8"], "auto", "unknown precision 'fp8'"),
     (["aoti"], "bf16", "would emulate it, about 10× slower"),
-    (["openvino:"], "auto", r"expected a precision after ':' \(auto, fp32, bf16, int8\), "
-                            "found none"),
+    (["openvino:"], "auto", r"expected a precision after ':' \(auto, fp32, bf16, fp16, "
+                            r"int8\), found none"),
+    (["aoti:fp16"], "auto", "fp16 is for aoti packages compiled for a GPU"),
+    (["openvino"], "fp16", "fp16 is for aoti packages compiled for a GPU"),
 ])
 def test_bad_requests_are_refused(texts: list[str], precision: str, message: str) -> None:
     with pytest.raises(SpeccError, match=message):
         parse_requests(texts, precision, cpu=AVX2)
+
+
+def test_cuda_requests_are_aoti_packages_for_the_gpu() -> None:
+    """``--device cuda`` compiles the aoti packages for the GPU (``auto`` is fp16 there, and no
+    bf16-only pass); the other targets stay the CPU's."""
+    from specc.targets import artifact_passes
+
+    requests = parse_requests(["onnx", "aoti", "aoti:bf16", "aoti:fp32"], cpu=AVX2,
+                              device="cuda", gpu_bf16=True)
+    assert requests == [Request("aoti", "fp32", "cuda"), Request("aoti", "bf16", "cuda"),
+                        Request("aoti", "fp16", "cuda"), Request("onnx")]
+    assert [r.file for r in requests] == ["model-aoti-cuda-fp32.pt2", "model-aoti-cuda-bf16.pt2",
+                                          "model-aoti-cuda-fp16.pt2", "model.onnx"]
+    assert requests[2].label == "aoti:fp16 on cuda"
+    assert artifact_passes(requests[1]) == ("inference_only", "fold_batchnorm", "channels_last")
+    assert "wide_atrous" in artifact_passes(Request("aoti", "bf16"))
+
+
+@pytest.mark.parametrize("texts, precision, gpu_bf16, message", [
+    (["aoti:int8"], "auto", True, "int8 packages are quantized for x86 CPUs; for --device cuda"),
+    (["aoti"], "bf16", False, "this GPU has no bf16 arithmetic; use fp16 or fp32"),
+    (["onnx", "export"], "auto", True, "only aoti packages are compiled for the GPU"),
+])
+def test_bad_cuda_requests_are_refused(texts: list[str], precision: str, gpu_bf16: bool,
+                                       message: str) -> None:
+    with pytest.raises(SpeccError, match=message):
+        parse_requests(texts, precision, cpu=AVX2, device="cuda", gpu_bf16=gpu_bf16)
+    with pytest.raises(SpeccError, match="--device: expected cpu or cuda, found 'gpu'"):
+        parse_requests(texts, precision, cpu=AVX2, device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU says")
+def test_a_cuda_package_is_refused_by_name_where_torch_sees_no_gpu(
+        built: tuple[Any, Path], cli: Any, tmp_path: Path) -> None:
+    """A package listed as compiled for CUDA: building one, opening it, evaluating it on the
+    CPU are refused with what to do; bench times the folder's other artifacts."""
+    result = cli("build", DEMO, "--target", "aoti", "--device", "cuda", "--out", tmp_path / "o")
+    assert result.code == 2 and "--device cuda: CUDA is not available" in result.err
+    assert not (tmp_path / "o").exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(built[1], copy)
+    info = listing(copy)
+    next(a for a in info["artifacts"] if a["file"] == "model.pt2")["device"] = "cuda"
+    (copy / ARTIFACTS).write_text(json.dumps(info))
+    with pytest.raises(SpeccError, match=r"model.pt2: an aoti package compiled for CUDA, and "
+                                         r"torch sees no GPU here; build one for the CPU"):
+        load_artifact(copy / "model.pt2")
+    sets = [a for s in SMALL for a in ("--set", s)]
+    result = cli("eval", DEMO, *sets, "--checkpoint", copy / "model.pt2", "--device", "cpu")
+    assert result.code == 2
+    assert "compiled for CUDA runs on the GPU; for --device cpu build one for the CPU" \
+        in result.err
+    result = cli("eval", DEMO, *sets, "--checkpoint", copy / "model.pt2")
+    assert result.code == 2 and "torch sees no GPU here" in result.err
+    result = cli("bench", copy, "--target", "export", "--target", "onnx", "--repeats", "1",
+                 "--warmup", "1", "--json")
+    assert result.code == 0, result.err
+    assert "model.pt2 compiled for CUDA, and torch sees no GPU here; not timed" in result.err
+    assert [row["name"] for row in json.loads(result.out)["results"]][2:] == [
+        "onnx (model.onnx)"]
 
 
 def test_calibration_past_the_training_split_says_how_many_images_it_took() -> None:
@@ -537,7 +599,7 @@ def test_eval_and_predict_run_an_artifact_like_the_model(built: tuple[Any, Path]
                 folder / "model.onnx")
     assert other.code == 2 and "built from another network" in other.err
     gpu = cli("predict", folder / "model.onnx", image, "--out", tmp_path / "g", "--device", "cuda")
-    assert gpu.code == 2 and ("run on the CPU" in gpu.err or "CUDA" in gpu.err)
+    assert gpu.code == 2 and ("runs on the CPU" in gpu.err or "CUDA" in gpu.err)
 
 
 def test_artifacts_take_images_smaller_than_their_least_size(built: tuple[Any, Path], cli: Any,

@@ -134,6 +134,8 @@ def _artifacts(model: Path, folder: Path | None, comp: Any, module: Any,
                targets: list[str] | None, precision: str, calibration: int, tmp: Path,
                threads: int | None) -> list[Any]:
     """The deployment artifacts to time, opened with :func:`specc.targets.load_artifact`."""
+    import torch
+
     from specc.artifacts import spec_info
     from specc.targets import (
         ARTIFACTS,
@@ -152,8 +154,17 @@ def _artifacts(model: Path, folder: Path | None, comp: Any, module: Any,
             return []
         entries = read_listing(listing)["artifacts"]
         wanted = {r.file for r in requests}
-        return [load_artifact(folder / e["file"], threads) for e in entries
-                if e["target"] != "torchscript" and (not wanted or e["file"] in wanted)]
+        chosen = [e for e in entries
+                  if e["target"] != "torchscript" and (not wanted or e["file"] in wanted)]
+        if not torch.cuda.is_available():
+            # a GPU package is timed where it runs; the CPU's artifacts here
+            skipped = [e["file"] for e in chosen if e.get("device") == "cuda"]
+            if skipped:
+                warnings.warn(SpeccWarning(
+                    f"{folder}: {', '.join(skipped)} compiled for CUDA, and torch sees no GPU "
+                    "here; not timed"), stacklevel=1)
+            chosen = [e for e in chosen if e.get("device") != "cuda"]
+        return [load_artifact(folder / e["file"], threads) for e in chosen]
     if not requests:
         return []
     from runtime.calibration import check_images

@@ -81,7 +81,11 @@ def build(
              "Repeatable.")] = None,
     precision: Annotated[str, typer.Option(
         help="Precision of aoti/openvino targets without one: auto (bf16 where the CPU has it, "
-             "else fp32), fp32, bf16 or int8.")] = "auto",
+             "else fp32; fp16 for --device cuda), fp32, bf16, int8, or fp16 (--device cuda "
+             "only).")] = "auto",
+    device: Annotated[str, typer.Option(
+        help="What aoti packages are compiled for: cpu, or cuda (this machine's GPU; fp32, "
+             "fp16 or bf16). The other targets run on the CPU.")] = "cpu",
     calibration: Annotated[int, typer.Option(
         min=0, max=10_000, help="Images of the spec's data that int8 targets are calibrated "
                                 "on.")] = 32,
@@ -105,7 +109,11 @@ def build(
         paths += _all_specs()
     if not paths:
         raise SpeccError("nothing to build: give spec files or --all")
-    requests = parse_requests(target or [], precision)
+    if device == "cuda":
+        from runtime.devices import resolve_device
+
+        resolve_device(device)  # refused where torch sees no GPU, before anything is built
+    requests = parse_requests(target or [], precision, device=device)
     half_int8_range(int8_range)  # refuse an unknown value before anything is built
     if static and not requests:
         raise SpeccError("--static makes deployment artifacts for one input shape; give the "

@@ -200,7 +200,7 @@ def eval_(
     spec: Annotated[Path, typer.Argument(help="The spec file (YAML).")],
     checkpoint: Annotated[Path | None, typer.Option(
         help="Run folder, .safetensors weights, TorchScript model.pt, or an artifact of specc "
-             "build --target (.pt2, .onnx, .xml; run on the CPU); default "
+             "build --target (.pt2, .onnx, .xml; on the device they were built for); default "
              "runs/<spec name>.")] = None,
     data: DataOpt = None,
     scales: ScalesOpt = None,

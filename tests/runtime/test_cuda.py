@@ -1,5 +1,5 @@
 """The CUDA paths: TorchScript on the GPU, channels-last, mixed-precision training, evaluation,
-and DDP over NCCL. Skipped where torch sees no CUDA device (CI has none); on a GPU machine
+AOTInductor packages compiled for the GPU, and DDP over NCCL. Skipped where torch sees no CUDA device (CI has none); on a GPU machine
 ``pytest -n 0 tests/runtime/test_cuda.py`` checks them in a few minutes.
 
 Comparisons against the CPU turn TF32 off: with it on, cuDNN's convs round their inputs to 10-bit
@@ -68,7 +68,7 @@ def test_channels_last_on_cuda_gives_the_contiguous_result(exact_fp32: None) -> 
 def test_training_on_cuda_saves_resumes_and_evaluates(precision: str, tmp_path: Path) -> None:
     """A few steps under each ``train.precision`` (fp16 with its loss scaler), a finite loss, a
     checkpoint that resumes on the GPU, and a final evaluation."""
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
         pytest.skip("this GPU has no bf16 arithmetic")
     run = tmp_path / "run"
     extra = [f"train.precision={precision}", "train.save_every=3"]
@@ -93,6 +93,44 @@ def test_eval_on_cuda_scores_as_on_cpu(tmp_path_factory: pytest.TempPathFactory,
         assert code == 0, err
         reports[device] = json.loads(out)
     assert reports["cuda"]["miou"] == pytest.approx(reports["cpu"]["miou"], abs=0.005)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_aoti_package_for_cuda_is_checked_and_evaluates_as_model_pt(
+        precision: str, tmp_path: Path, exact_fp32: None,
+        tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """``specc build --target aoti --device cuda``: a package compiled for the GPU, listed as
+    such with its check against the model; it takes images on either device and gives logits
+    where they came from; ``specc eval`` runs it on the GPU with model.pt's mIoU."""
+    from specc.targets import load_artifact
+
+    run = runkit.base_run(tmp_path_factory)
+    code, _, err = runkit.cli(["build", runkit.SPEC, "--out", tmp_path, "--weights", run,
+                               "--target", f"aoti:{precision}", "--device", "cuda",
+                               *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0, err
+    folder = next(tmp_path.glob("*/artifacts.json")).parent
+    entry = next(a for a in json.loads((folder / "artifacts.json").read_text())["artifacts"]
+                 if a["target"] == "aoti")
+    assert entry["file"] == f"model-aoti-cuda-{precision}.pt2" and entry["device"] == "cuda"
+    assert entry["check"]["argmax_agreement"] >= (0.999 if precision == "fp32" else 0.98)
+    artifact = load_artifact(folder / entry["file"])
+    x = images()
+    with torch.no_grad():
+        want = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()(x)["out"]
+    on_cpu, on_gpu = artifact(x)["out"], artifact(x.cuda())["out"]
+    assert on_cpu.device.type == "cpu" and on_gpu.device.type == "cuda"
+    agree = (on_cpu.argmax(1) == want.argmax(1)).float().mean().item()
+    assert agree >= (0.999 if precision == "fp32" else 0.98)
+    if precision == "fp32":
+        assert (on_cpu - want).abs().max().item() <= 1e-3 * want.abs().max().item()
+    scores = {}
+    for name in ("model.pt", entry["file"]):
+        code, out, err = runkit.cli(["eval", runkit.SPEC, "--checkpoint", folder / name,
+                                     "--json", *runkit.sets(runkit.TINY)], capsys)
+        assert code == 0, err
+        scores[name] = json.loads(out)["miou"]
+    assert scores[entry["file"]] == pytest.approx(scores["model.pt"], abs=0.01)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP over NCCL needs two GPUs")
