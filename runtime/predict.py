@@ -13,6 +13,8 @@ Each file is written to a temporary name and renamed, so an interrupted run neve
 truncated PNG. Each carries a ``Software: specc predict`` text chunk: a file already at an
 output's name is replaced only when it is such an earlier output, never when it is one of the
 input images or any other file of the user's (the run is refused before anything is written).
+An image that cannot be decoded (cut short after a valid header) gets no outputs and is listed;
+the images after it are still predicted.
 The model is either a spec plus weights, or a TorchScript ``model.pt`` from
 ``specc build`` or ``specc train`` (which carries its spec, hence the normalization, inside it).
 """
@@ -41,7 +43,7 @@ from runtime.evaluate import (
 )
 from runtime.tiling import Tiling, label_dtype, tiled_labels
 from specc.artifacts import load_weights, read_torchscript, read_weights
-from specc.errors import SpeccError
+from specc.errors import DataError, SpeccError
 from specc.fsutil import atomic_write
 
 OVERLAY_ALPHA = 0.5  # half image, half mask: both stay readable
@@ -244,6 +246,15 @@ def _mask_images(ids: np.ndarray) -> tuple[Image.Image, Image.Image]:
     return Image.fromarray(ids), Image.fromarray(colours)
 
 
+@dataclass
+class Predictions:
+    """What :func:`predict_files` did: ``(image, mask, overlay)`` for every image written, and
+    one message (the file and why) for every image that could not be decoded."""
+
+    written: list[tuple[Path, Path, Path]]
+    failed: list[str]
+
+
 def predict_files(
     predictor: Predictor,
     images: Sequence[Path],
@@ -253,19 +264,19 @@ def predict_files(
     flip: bool = False,
     device: torch.device | None = None,
     tiling: Tiling | None = None,
-) -> list[tuple[Path, Path, Path]]:
-    """Predict every image and write its mask and overlay; returns ``(image, mask, overlay)``.
+) -> Predictions:
+    """Predict every image and write its mask and overlay (:class:`Predictions`).
 
     Every image's header is checked before anything is written (a missing file or one that is
     not an image stops the run there); then the images are decoded, predicted and written one
-    at a time, so a run over a thousand photos holds one of them in memory, not all. With
-    ``tiling`` each image is predicted by sliding windows (:mod:`runtime.tiling`), normalized
-    window by window.
+    at a time, so a run over a thousand photos holds one of them in memory, not all. An image
+    cut short after its header is found only when it is decoded: it is listed in
+    ``Predictions.failed`` and the run goes on with the next, so one bad photo of a thousand
+    costs its own masks, not the others'. With ``tiling`` each image is predicted by sliding
+    windows (:mod:`runtime.tiling`), normalized window by window.
 
     Raises:
-        DataError: an image is missing or cannot be decoded (the message names it); one cut
-        short after its header is found when its turn comes, after the images before it are
-        written.
+        DataError: an image is missing or its header is not an image's (the message names it).
         SpeccError: no images given, or an output would replace an input image or a file
         that predict did not write (:func:`check_outputs`).
     """
@@ -280,14 +291,18 @@ def predict_files(
     check_outputs(images, [out_dir / f"{stem}_{kind}.png" for stem in stems
                            for kind in ("mask", "overlay")])
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    done = Predictions([], [])
     for path, stem in zip(images, stems, strict=True):
-        picture = read_image(path)
+        try:
+            picture = read_image(path)
+        except DataError as err:  # names the file and why
+            done.failed.append(str(err))
+            continue
         with torch.inference_mode():
             label = _segment_picture(predictor, model, picture, scales, flip, device, tiling)
         mask, colours = _mask_images(label)
         overlay = Image.blend(picture, colours, OVERLAY_ALPHA)
         mask_path = write_png(mask, out_dir / f"{stem}_mask.png")
         overlay_path = write_png(overlay, out_dir / f"{stem}_overlay.png")
-        written.append((path, mask_path, overlay_path))
-    return written
+        done.written.append((path, mask_path, overlay_path))
+    return done

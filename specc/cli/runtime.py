@@ -265,7 +265,8 @@ def predict(
     align: AlignOpt = True,
 ) -> None:
     """Segment images: writes <name>_mask.png (class ids: VOC colours, 16-bit grey past 256
-    classes) and <name>_overlay.png."""
+    classes) and <name>_overlay.png. An image that cannot be decoded is skipped, the others are
+    still written, and every skipped one is listed at the end (exit 2)."""
     from runtime.devices import resolve_device  # torch: not at start-up
     from runtime.evaluate import artifact_device, is_artifact, parse_scales
     from runtime.predict import load_predictor, predict_files
@@ -279,11 +280,17 @@ def predict(
     if not align:
         predictor = dataclasses.replace(predictor, align=None)
     tiling = tiling_from_options(tile, overlap, predictor.input_size)
-    written = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target,
-                            tiling=tiling)
-    for image, mask, overlay in written:
+    done = predict_files(predictor, images, out, scales=scale_list, flip=flip, device=target,
+                         tiling=tiling)
+    for image, mask, overlay in done.written:
         typer.echo(f"{image}: {mask}  {overlay}")
-    typer.echo(f"{len(written)} image(s) segmented with {predictor.source}; results in {out}/")
+    failed = f", {len(done.failed)} failed" if done.failed else ""
+    typer.echo(f"{len(done.written)} image(s) segmented with {predictor.source}{failed}; "
+               f"results in {out}/")
+    if done.failed:
+        raise SpeccError(f"{len(done.failed)} image(s) could not be decoded and have no mask or "
+                         "overlay; fix or replace them and predict them again:\n"
+                         + "\n".join(f"  {problem}" for problem in done.failed))
 
 
 def plot(

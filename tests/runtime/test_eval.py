@@ -502,6 +502,35 @@ def test_predict_checks_every_image_before_decoding_any(
                       "read b.png", "write b_mask.png", "write b_overlay.png"]
 
 
+def test_predict_goes_on_past_images_cut_short(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images cut short after a valid header pass the check made before the run and fail when
+    decoded: each is listed with its reason, every other image is still written whole (those
+    after it too), and the run exits 2 with the count of each."""
+    a, c = _image(tmp_path / "a.png", (33, 47)), _image(tmp_path / "c.png", (33, 47))
+    b, d = tmp_path / "b.jpg", tmp_path / "d.png"
+    for cut, whole in ((b, tmp_path / "whole.jpg"), (d, tmp_path / "whole.png")):
+        data = _image(whole, (33, 47)).read_bytes()
+        cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "o"
+    code, stdout, err = runkit.cli(["predict", trained / "model.pt", a, b, c, d, "--out", out],
+                                   capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"2 image(s) segmented with {trained / 'model.pt'}, 2 failed; results in {out}/" \
+        in stdout
+    listed = err.splitlines()
+    assert listed[0].startswith("error: 2 image(s) could not be decoded")
+    assert [line.partition(": ")[0].strip() for line in listed[1:]] == [str(b), str(d)]
+    assert all("cannot read image" in line for line in listed[1:])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_mask.png", "a_overlay.png", "c_mask.png", "c_overlay.png"]
+    for written in out.iterdir():
+        with Image.open(written) as png:
+            png.load()  # whole files, not cut short themselves
+            assert png.size == (47, 33)
+
+
 def test_plot_without_metrics_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = runkit.cli(["plot", tmp_path], capsys)
     assert code == 2 and "metrics.jsonl" in err
