@@ -135,22 +135,27 @@ def _output_names(images: Sequence[Path]) -> list[str]:
 
     The first image of each stem keeps it; a later one gets the first free ``_2``, ``_3`` ...
     suffix, where free means neither given out already nor the stem of any image of the run
-    (``x_2.png`` keeps ``x_2`` even when it follows two ``x.png``).
+    (``x_2.png`` keeps ``x_2`` even when it follows two ``x.png``). Stems are compared casefolded:
+    on a case-insensitive disk (macOS, Windows) ``X_mask.png`` and ``x_mask.png`` are one file,
+    so ``x.png`` after ``X.png`` gets ``x_2``.
     """
-    own = {path.stem for path in images}
+    own = {path.stem.casefold() for path in images}
     names: list[str] = []
     taken: set[str] = set()
     for path in images:
-        name = _free_name(path.stem, taken, own) if path.stem in taken else path.stem
-        taken.add(name)
+        name = path.stem
+        if name.casefold() in taken:
+            name = _free_name(name, taken, own)
+        taken.add(name.casefold())
         names.append(name)
     return names
 
 
 def _free_name(stem: str, taken: set[str], reserved: set[str]) -> str:
-    """``stem_N`` for the smallest ``N >= 2`` that is in neither ``taken`` nor ``reserved``."""
+    """``stem_N`` for the smallest ``N >= 2`` whose casefolded form is in neither ``taken`` nor
+    ``reserved`` (both casefolded)."""
     count = 2
-    while f"{stem}_{count}" in taken or f"{stem}_{count}" in reserved:
+    while (folded := f"{stem}_{count}".casefold()) in taken or folded in reserved:
         count += 1
     return f"{stem}_{count}"
 

@@ -313,6 +313,26 @@ def test_predict_gives_every_image_its_own_outputs(
         "x_overlay.png"]
 
 
+def test_predict_names_differing_only_in_case_get_distinct_outputs(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``X.png`` and ``x.png`` would write one file on a case-insensitive disk: the first keeps
+    its name, the second takes the first suffix that no other name of the run holds in any case
+    (``X_2.png`` is the third image's own)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    images = [_image(tmp_path / "a" / "X.png", (33, 47)), _image(tmp_path / "b" / "x.png", (33, 47)),
+              _image(tmp_path / "X_2.png", (33, 47))]
+    out = tmp_path / "o"
+    code, stdout, err = runkit.cli(["predict", trained / "model.pt", *images, "--out", out], capsys)
+    assert code == 0, err
+    assert f"{images[0]}: {out / 'X_mask.png'}" in stdout
+    assert f"{images[1]}: {out / 'x_3_mask.png'}" in stdout
+    assert f"{images[2]}: {out / 'X_2_mask.png'}" in stdout
+    names = [p.name for p in out.iterdir()]
+    assert len({name.casefold() for name in names}) == len(names) == 6
+
+
 @pytest.mark.parametrize("tile", [None, "33"])
 @pytest.mark.parametrize(("num_classes", "mode"), [(256, "P"), (300, "I;16")])
 def test_predict_writes_class_ids_above_255_in_16_bit_masks(
