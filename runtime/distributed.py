@@ -5,6 +5,10 @@
 (``nccl`` on CUDA, ``gloo`` on CPU). Without them everything here degrades to one process and
 the collectives become no-ops, so the training loop reads the same either way.
 
+Errors: every process of a job meets bad input on its own. :func:`stop_message` has the
+processes compare what they stop on, so the user reads an error every process meets once, from
+rank 0, and one that only some meet from each of those, after its rank.
+
 Batch norm: on CUDA the model's BatchNorm layers become ``SyncBatchNorm``, so the statistics are
 taken over the global batch (batch size matters for BN, DeepLabv3 §4.1). PyTorch implements
 SyncBatchNorm for accelerators only; CPU processes (gloo) keep per-process statistics and the
@@ -14,6 +18,7 @@ running averages of rank 0 are broadcast by DDP on every forward pass.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,6 +33,10 @@ from specc.errors import TrainingError
 
 T = TypeVar("T")
 CPU = torch.device("cpu")
+#: How long a process that stops on an error waits for the other processes of the job to report
+#: theirs, in seconds. Processes that stop on the same input do so within moments of each other:
+#: they started together and run the same code on it.
+STOP_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,61 @@ def cleanup(ctx: Context) -> None:
     """Leave the process group (if this process joined one)."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def stop_message(message: str) -> str | None:
+    """What this process prints of the ``message`` it stops on (one for the user, not a bug).
+
+    One process prints it as it is. Under torchrun the processes first compare what they stop on
+    (:func:`_messages_of_all`): a message that every process stops on is printed once, by rank 0
+    (None on the others); any other is printed by each process that stops on it, after ``rank
+    N:``, so an error that only some processes meet (a file only one of them reads) is neither
+    hidden nor taken for the whole job's.
+    """
+    try:
+        rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    except TrainingError:  # setup() refuses these variables: one message per process
+        return message
+    if world_size <= 1:
+        return message
+    if _messages_of_all(message, rank, world_size) == [message] * world_size:
+        return message if rank == 0 else None
+    return f"rank {rank}: {message}"
+
+
+def _messages_of_all(message: str, rank: int, world_size: int) -> list[str | None] | None:
+    """The message each process stops on, in rank order, once this one's is posted: None for a
+    process that posted none within :data:`STOP_WAIT_S` (it goes on, or stopped otherwise).
+    None when the processes have nowhere to meet (:func:`_agent_store`)."""
+    store = _agent_store()
+    if store is None:
+        return None
+    keys = [str(r) for r in range(world_size)]
+    deadline = time.monotonic() + STOP_WAIT_S
+    try:
+        store.set(keys[rank], message)
+        while not store.check(keys) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polled: a timed-out wait() logs a warning of its own
+        return [store.get(key).decode() if store.check([key]) else None for key in keys]
+    except (RuntimeError, KeyboardInterrupt):  # the agent is gone, or Ctrl-C: wait no longer
+        return None
+
+
+def _agent_store() -> dist.Store | None:
+    """The key-value store torchrun's agent keeps for the job, under keys of this run and restart
+    only; None where there is none (not torchrun, or ``TORCHELASTIC_USE_AGENT_STORE`` off).
+    Unlike the process group, it serves before a process joins the group and after one left it.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    try:
+        store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=STOP_WAIT_S), wait_for_workers=False)
+    except (KeyError, ValueError, RuntimeError):
+        return None
+    run = f"{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return dist.PrefixStore(f"specc/stop/{run}", store)
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:

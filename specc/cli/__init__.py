@@ -5,11 +5,14 @@ A shell over plain libraries: the commands live in :mod:`specc.cli.compiler` and
 and the runtime (``runtime.*``) import neither typer nor rich.
 
 Every problem with the user's input is a :class:`~specc.errors.SpeccError`; :func:`main` prints
-its message (file:line:col, key, expected, found) and exits 2, never with a traceback.
+its message (file:line:col, key, expected, found) and exits 2, never with a traceback. Under
+torchrun, a message that every process stops on is printed once, by rank 0.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -65,6 +68,21 @@ def _interrupted_in_typer(exc: SystemExit) -> bool:
                                           KeyboardInterrupt)
 
 
+def _stop_with(text: str) -> None:
+    """Print the message the command stops on. A process of a torchrun job first compares it
+    with the other processes' (:func:`runtime.distributed.stop_message`): one that every process
+    stops on is printed by rank 0 alone, any other by each process that stops on it, after its
+    rank. From then on it ignores SIGTERM, which torchrun sends the others as soon as one process
+    ends: each still says why it stops, and exits with its own code (2), within moments."""
+    if "WORLD_SIZE" in os.environ:  # torchrun started this process: maybe one of several
+        from runtime.distributed import stop_message  # torch: not at start-up
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        text = stop_message(text)
+    if text is not None:
+        err.print(text, markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors print one message and exit 2.
 
@@ -78,21 +96,20 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="specc")
     except SpeccError as exc:
-        err.print(error_text(exc), markup=False)
+        _stop_with(error_text(exc))
         sys.exit(2)
     except OSError as exc:
-        err.print(f"error: {os_error_text(exc)}", markup=False)
+        _stop_with(f"error: {os_error_text(exc)}")
         sys.exit(2)
     except MemoryError:
-        err.print("error: out of memory (an input larger than this machine can hold?)",
-                  markup=False)
+        _stop_with("error: out of memory (an input larger than this machine can hold?)")
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
+        _stop_with("interrupted")
         sys.exit(130)
     except SystemExit as exc:
         if _interrupted_in_typer(exc):
-            err.print("interrupted", markup=False)
+            _stop_with("interrupted")
         raise
     finally:
         warnings.showwarning = shown_by

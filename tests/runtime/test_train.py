@@ -1,5 +1,6 @@
 """Training: the loss goes down, checkpoints survive kill -9, resume continues and refuses another
-architecture, NaN stops the run, torchrun runs DDP on gloo, bad data exits 2."""
+architecture, NaN stops the run, torchrun runs DDP on gloo (and prints an error its processes all
+stop on once), bad data exits 2."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -209,13 +211,18 @@ def test_huge_lr_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "training stopped" in err and "Traceback" not in err
 
 
+def _torchrun_train(*args: object) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node=2 -m specc train SPEC ARGS`` on the CPU (gloo)."""
+    command = [runkit.python(), "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "specc", "train", str(runkit.SPEC), *map(str, args)]
+    return subprocess.run(command, env={**os.environ, **runkit.ENV_ONE_THREAD},
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [runkit.python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "specc", "train", str(runkit.SPEC), "--out", str(run), "--iters", "3",
-            "--save-every", "2", *runkit.sets(runkit.TINY)]
-    done = subprocess.run(args, env={**os.environ, **runkit.ENV_ONE_THREAD},
-                          capture_output=True, text=True, timeout=300)
+    done = _torchrun_train("--out", run, "--iters", "3", "--save-every", "2",
+                           *runkit.sets(runkit.TINY))
     assert done.returncode == 0, done.stderr
     assert _iters(run) == [1, 2, 3]
     _, state, _ = ckpt.load_checkpoint(run)
@@ -233,6 +240,35 @@ def test_torchrun_two_processes_gloo(tmp_path: Path) -> None:
             "random draws from here differ from an uninterrupted run's (resume in 2 for the "
             "same result)") in alone.stderr
     assert ckpt.load_checkpoint(run)[1]["iteration"] == 4
+
+
+def test_torchrun_error_every_process_meets_is_printed_once(tmp_path: Path) -> None:
+    """A split too small for one batch stops both processes of the job alike: rank 0 alone says
+    so, and each exits 2 (torchrun's summary lists every process's exit code)."""
+    done = _torchrun_train("--out", tmp_path / "run",
+                           *runkit.sets([*runkit.TINY, "data.synthetic.train_length=3"]))
+    message = ("error: synthetic (train) has 3 images, fewer than one batch of 4 (2 per process "
+               "× 2 processes)")
+    assert done.returncode != 0
+    assert done.stderr.count("fewer than one batch") == 1, done.stderr
+    assert message in done.stderr.splitlines()  # the job's message: no rank before it
+    assert re.findall(r"exitcode +: (-?\d+) \(pid", done.stderr) == ["2", "2"], done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_error_one_process_meets_is_printed_by_it_after_its_rank(tmp_path: Path) -> None:
+    """An image only one process reads cannot be read: that process says so, after its rank,
+    and exits 2; the other, left waiting for it in a collective, loses it only after that."""
+    root = _folder_data(tmp_path / "ds", [0, 0, 0, 0])  # one batch of 2 + 2: each image once
+    (root / "images" / "train" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    done = _torchrun_train("--out", tmp_path / "run", "--iters", "2", "--data", f"folder:{root}",
+                           *runkit.sets(runkit.TINY))
+    said = re.findall(r"^rank ([01]): error: .*train/2\.png: cannot read image", done.stderr,
+                      re.MULTILINE)
+    assert len(said) == 1 and done.stderr.count("2.png: cannot read image") == 1, done.stderr
+    assert "2" in re.findall(r"exitcode +: (-?\d+) \(pid", done.stderr), done.stderr
+    lost = done.stderr.find("Connection closed by peer")
+    assert lost == -1 or lost > done.stderr.index("2.png: cannot read image"), done.stderr
 
 
 def test_batch_must_split_over_processes(tmp_path: Path, monkeypatch) -> None:
