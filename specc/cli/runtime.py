@@ -188,12 +188,24 @@ def _interrupted(spec: Path, run_dir: Path, options: list[str], resume: bool,
 
 
 def _command(spec: Path, options: list[str]) -> str:
-    """``specc train SPEC OPTIONS`` as a shell line (under torchrun, with its process count)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    prefix = (["specc"] if world == 1 else
-              ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)}", "-m",
-               "specc"])
-    return shlex.join([*prefix, "train", str(spec), *options])
+    """``specc train SPEC OPTIONS`` as a shell line; under torchrun, the torchrun line that starts
+    the same layout again: its processes per node and, on several nodes, their number and a
+    place for the rendezvous options. Those the user must give again: torchrun's environment
+    does not hold them (``MASTER_ADDR:MASTER_PORT`` is the process group's store, which under a
+    c10d rendezvous is a free port node 0 picked, not ``--rdzv-endpoint``)."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    train = ["specc", "train", str(spec), *options]
+    if world == 1:
+        return shlex.join(train)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+    nodes = world // per_node
+    if nodes == 1:
+        return shlex.join(["torchrun", f"--nproc_per_node={per_node}", "-m", *train])
+    line = shlex.join(["torchrun", f"--nnodes={nodes}", f"--nproc_per_node={per_node}",
+                       "RDZV_ARGS", "-m", *train])
+    return (f"{line} (on each of the {nodes} nodes, RDZV_ARGS being the rendezvous options the "
+            "run was started with: --rdzv-backend, --rdzv-endpoint and --rdzv-id, or "
+            "--master-addr, --master-port and the node's own --node-rank)")
 
 
 def eval_(

@@ -127,3 +127,32 @@ def test_ctrl_c_before_the_first_checkpoint_gives_the_command_that_starts_again(
         "interrupted before the first checkpoint (one every train.save_every = 5 iterations): "
         "nothing to resume; start again with: specc train "
         f"{runkit.SPEC} --out {tmp_path / 'run'} --save-every 5 --init '{weights}'")
+
+
+RDZV_NOTE = ("(on each of the 2 nodes, RDZV_ARGS being the rendezvous options the run was started "
+             "with: --rdzv-backend, --rdzv-endpoint and --rdzv-id, or --master-addr, --master-port "
+             "and the node's own --node-rank)")
+
+
+@pytest.mark.parametrize(("world", "per_node", "launch", "note"), [
+    ("2", "2", "torchrun --nproc_per_node=2 -m specc", ""),
+    ("8", "4", "torchrun --nnodes=2 --nproc_per_node=4 RDZV_ARGS -m specc", f" {RDZV_NOTE}"),
+], ids=["one node", "two nodes"])
+def test_ctrl_c_under_torchrun_gives_the_command_for_the_same_layout(
+        world: str, per_node: str, launch: str, note: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment torchrun sets says how many processes ran on how many nodes; the
+    rendezvous options it does not hold, so the line names them for the user to repeat."""
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("runtime.train.train", interrupted)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", per_node)
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", tmp_path / "run", "--save-every",
+                               "5"], capsys)
+    assert code == 130
+    assert err.strip() == (
+        "interrupted before the first checkpoint (one every train.save_every = 5 iterations): "
+        f"nothing to resume; start again with: {launch} train {runkit.SPEC} --out "
+        f"{tmp_path / 'run'} --save-every 5{note}")
