@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -55,6 +54,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specc.errors import SpeccError, SpeccWarning
+from specc.fsutil import file_sha256
 from specc.hardware import CpuInfo, cpu_info
 from specc.load import canonical_sha256
 from specc.onnx_static import winograd_pays
@@ -925,14 +925,6 @@ def rewrite_note(entry: dict[str, Any], cpu: CpuInfo) -> str | None:
     return (f"its convs were rewritten for the CPU it was built on ({made_for.get('cpu')}: "
             f"{listing(made_for)}); this one differs ({listing(here)}), and other rewrites may "
             "run faster here: build it again on this machine")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _artifact_files(path: Path) -> list[Path]:
