@@ -14,7 +14,9 @@ Any weights source opens with :func:`read_weights` into a :class:`Weights`:
 :func:`load_weights` copies them into a model after checking every name and shape, and lists what
 does not fit (missing, unexpected, of the wrong shape) in one format. :func:`write_torchscript` is
 the only writer of ``model.pt``: the model scripted in eval mode, with the resolved spec and its
-hashes inside (``specc/spec.json``), so the file alone says how to normalize its input.
+hashes inside (``specc/spec.json``), so the file alone says how to normalize its input. A build's
+``model.pt`` also says where its weights came from (``specc/weights.json``,
+:func:`weights_source`), so a rebuild can tell trained weights from initialised ones.
 
 A build folder (``model.py``, ``manifest.json``, ``model.pt``) is read only when its files agree
 on the spec they were built from (:func:`check_build_folder`).
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from specc import filekinds
 from specc.api import architecture_sha256
 from specc.errors import SpeccError, SpecError, WeightsError
-from specc.fsutil import atomic_write_bytes
+from specc.fsutil import atomic_write_bytes, file_sha256
 from specc.load import RawSpec, SourceMap, canonical_sha256, upgrade
 from specc.validate import validate
 
@@ -61,6 +63,8 @@ TORCHSCRIPT = "model.pt"
 SOURCE, MANIFEST = "model.py", "manifest.json"
 #: The spec information stored inside model.pt (a torch.jit extra file).
 EXTRA_SPEC = "specc/spec.json"
+#: Where the weights inside a built model.pt came from (a torch.jit extra file).
+EXTRA_WEIGHTS = "specc/weights.json"
 
 #: What ``specc.contents`` in a ``.safetensors`` file's metadata says.
 FULL, BACKBONE = "full", "backbone"
@@ -388,9 +392,11 @@ def _scripted(module: nn.Module, doc: Document) -> torch.jit.ScriptModule:
             "generated model.py directly") from None
 
 
-def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Path:
+def write_torchscript(module: nn.Module, path: str | Path, doc: Document, *,
+                      source: Mapping[str, str | None] | None = None) -> Path:
     """Write ``module`` as a TorchScript ``model.pt``, atomically, scripted in eval mode (its own
-    mode is restored), with the spec information of ``doc`` inside. Returns ``path``.
+    mode is restored), with the spec information of ``doc`` inside, and ``source`` (where its
+    weights came from, :func:`weights_source`) where given. Returns ``path``.
 
     The archive is made in memory and written by Python: torch's own file writer aborts the
     whole process when a write fails (a full disk), where Python raises an ``OSError``.
@@ -407,6 +413,8 @@ def write_torchscript(module: nn.Module, path: str | Path, doc: Document) -> Pat
     finally:
         module.train(was_training)
     extra = {EXTRA_SPEC: json.dumps(spec_info(doc), sort_keys=True)}
+    if source is not None:
+        extra[EXTRA_WEIGHTS] = json.dumps(source, sort_keys=True)
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -453,12 +461,53 @@ def archive_spec_info(path: str | Path) -> dict[str, Any] | None:
     """
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.partition("/")[2] == f"extra/{EXTRA_SPEC}"]
-            text = archive.read(names[0]) if names else None
+        text = _archive_extra(path, EXTRA_SPEC)
     except (zipfile.BadZipFile, OSError, RuntimeError) as err:
         raise WeightsError(_unloadable(path, err, "a TorchScript model")) from None
     return None if text is None else parse_spec_info(text, f"{path} ({EXTRA_SPEC})")
+
+
+def _archive_extra(path: Path, name: str) -> bytes | None:
+    """The extra file ``name`` of a TorchScript archive (``torch.jit.save``'s ``_extra_files``),
+    read from the zip without loading the program; None when the archive has none.
+
+    Raises:
+        zipfile.BadZipFile, OSError, RuntimeError: the file is not a readable zip.
+    """
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.partition("/")[2] == f"extra/{name}"]
+        return archive.read(names[0]) if names else None
+
+
+def weights_source(given: str | Path | None, weights: Weights | None) -> dict[str, str | None]:
+    """What a build records of where its weights came from: ``{"file", "sha256"}``, the path
+    the user gave and the sha256 of the file read, both None for freshly initialised weights.
+
+    Weights read from a ``model.pt`` that records its own source keep that source: they are its
+    tensors, so a build rebuilt from its own ``model.pt`` still names the file it was trained in.
+    """
+    if weights is None:
+        return {"file": None, "sha256": None}
+    return archive_weights_source(weights.file) or {"file": str(given),
+                                                    "sha256": file_sha256(weights.file)}
+
+
+def archive_weights_source(path: str | Path) -> dict[str, str | None] | None:
+    """Where the weights of a ``model.pt`` came from (:func:`weights_source`), read from the zip
+    without loading the program. None when that is not known: a ``model.pt`` of a training run
+    or of a specc from before the record, a record that is not one, a file that is not a zip.
+    """
+    try:
+        text = _archive_extra(Path(path), EXTRA_WEIGHTS)
+        record = None if text is None else json.loads(text)
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):
+        return None
+    if not isinstance(record, dict) or set(record) != {"file", "sha256"}:
+        return None
+    values = tuple(record.values())
+    if values != (None, None) and not all(isinstance(value, str) for value in values):
+        return None
+    return record
 
 
 #: What each spec-information key must hold.

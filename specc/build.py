@@ -1,7 +1,7 @@
 """``specc build``: compile a spec into its output folder (model.py, manifest.json, model.pt).
 
 ``model.pt`` is written by :func:`specc.artifacts.write_torchscript`, with the resolved spec and
-its hashes inside, like the ``model.pt`` of a training run.
+its hashes inside, like the ``model.pt`` of a training run, and where its weights came from.
 
 A build folder is all or nothing: every file is written into a temporary sibling
 (``.<name>.tmp-XXXXXXXX``), which then takes the folder's place in one rename (an atomic exchange
@@ -35,6 +35,7 @@ from specc.artifacts import (
     check_build_folder,
     load_weights,
     read_weights,
+    weights_source,
     write_torchscript,
 )
 from specc.errors import SpeccError, SpeccWarning
@@ -71,8 +72,10 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
     if check:
         return _differing(folder, files)
     module = comp.module
-    if weights is not None:
-        load_weights(module, read_weights(weights))  # refuses a backbone-only file
+    loaded = None if weights is None else read_weights(weights)
+    if loaded is not None:
+        load_weights(module, loaded)  # refuses a backbone-only file
+    source = weights_source(weights, loaded)
     staging = out_dir / f".{folder.name}.tmp-{secrets.token_hex(4)}"
     written = list(BUILD_FILES)
     try:
@@ -85,7 +88,7 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
                 for name, text in files.items():
                     _write_text(staging / name, text)
                 # the spec inside: predict normalizes
-                write_torchscript(module, staging / TORCHSCRIPT, comp.doc)
+                write_torchscript(module, staging / TORCHSCRIPT, comp.doc, source=source)
                 if deploy is not None:
                     written += _write_deployment(comp, module, staging, deploy)
                 fsync_dir(staging)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ from specc.api import compile_spec, load_spec
 from specc.artifacts import (
     EXTRA_SPEC,
     archive_spec_info,
+    archive_weights_source,
     build_folder_hashes,
     check_build_folder,
     read_weights,
@@ -260,6 +262,55 @@ def test_an_invalid_embedded_spec_says_which_key(variants, tmp_path: Path) -> No
         archive_spec_info(path)
     assert f"{path} ({EXTRA_SPEC}): num_classes: expected" in str(err.value)
     assert "found 'many'" in str(err.value)
+
+
+# -- where the weights came from -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(variants, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Weights for variant A unlike its initialisation (``file``), and a build of A with them
+    (``root``, its folder ``folder``), made once."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("trained")
+    generator = torch.Generator().manual_seed(0)
+    state = {k: v + torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+             for k, v in variants["a"].module.state_dict().items()}  # type: ignore[attr-defined]
+    file = root / "trained.safetensors"
+    save_file(state, str(file))
+    build_to(compile_spec(load_spec(DEMO, SMALL)), root / "out", weights=file)
+    return {"file": file, "root": root / "out", "folder": root / "out" / NAME}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_holds(model_pt: Path, file: Path) -> None:
+    """The tensors of ``model_pt`` are exactly those of the weights ``file``."""
+    state, expected = read_weights(model_pt).state, read_weights(file).state
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
+def test_a_build_records_where_its_weights_came_from(cli, variants, trained,
+                                                     tmp_path: Path, monkeypatch) -> None:
+    """The path as given and the file's sha256, read back from the zip; none for initialised
+    weights; unknown (None) for a model.pt with no record, as older builds and runs have."""
+    shutil.copy(trained["file"], tmp_path / "mine.safetensors")
+    monkeypatch.chdir(tmp_path)
+    result = cli("build", DEMO, *sets(SMALL), "--weights", "mine.safetensors", "--out", "out")
+    assert result.code == 0, result.err
+    model_pt = tmp_path / "out" / NAME / "model.pt"
+    assert archive_weights_source(model_pt) == {
+        "file": "mine.safetensors", "sha256": file_sha256(trained["file"])}
+    assert_holds(model_pt, trained["file"])
+    assert archive_weights_source(Path(variants["root"]) / "a" / NAME / "model.pt") == {
+        "file": None, "sha256": None}  # type: ignore[arg-type]
+    older = _with_spec(variants, tmp_path, _info(variants))  # only the spec inside
+    assert archive_weights_source(older) is None
+    assert archive_weights_source(trained["file"]) is None  # not a zip
 
 
 # -- output ------------------------------------------------------------------------------------
