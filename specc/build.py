@@ -1,7 +1,9 @@
 """``specc build``: compile a spec into its output folder (model.py, manifest.json, model.pt).
 
 ``model.pt`` is written by :func:`specc.artifacts.write_torchscript`, with the resolved spec and
-its hashes inside, like the ``model.pt`` of a training run, and where its weights came from.
+its hashes inside, like the ``model.pt`` of a training run, and where its weights came from: a
+rebuild without ``--weights`` over a build whose weights came from a file is refused unless it
+asks for fresh weights, so a forgotten flag never ships a randomly initialised model.
 
 A build folder is all or nothing: every file is written into a temporary sibling
 (``.<name>.tmp-XXXXXXXX``), which then takes the folder's place in one rename (an atomic exchange
@@ -17,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import re
 import secrets
@@ -32,6 +35,7 @@ from specc.artifacts import (
     MANIFEST,
     SOURCE,
     TORCHSCRIPT,
+    archive_weights_source,
     check_build_folder,
     load_weights,
     read_weights,
@@ -53,10 +57,13 @@ DEPLOYED = re.compile(r"artifacts\.json|model\.pt2|model\.onnx"
 
 
 def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
-             check: bool = False, deploy: Deployment | None = None) -> list[str]:
+             fresh_weights: bool = False, check: bool = False,
+             deploy: Deployment | None = None) -> list[str]:
     """Build one compiled spec into ``out_dir/<name>/``, all at once.
 
     ``weights`` is any source :func:`specc.artifacts.read_weights` opens, holding every tensor.
+    Without it the model keeps its initialisation, which replaces weights the folder's build
+    took from a file only with ``fresh_weights`` (:func:`_check_weights_kept`).
     Returns the files written, or with ``check=True`` the files that differ from what would be
     written (nothing is written then, and no model is instantiated; model.pt is not compared, it
     is not kept in git, but it must agree with the folder's other files). ``deploy`` adds
@@ -65,7 +72,8 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
     Raises:
         WeightsError: weights that do not fit.
         SpeccError: the folder's files disagree with each other (``check``), the folder holds
-        files specc did not write, or it cannot be written (naming the path and the OS error).
+        files specc did not write or weights it would replace with initialised ones, or it
+        cannot be written (naming the path and the OS error).
     """
     folder = out_dir / comp.spec.name
     files = {SOURCE: comp.source, MANIFEST: manifest_json(comp.manifest)}
@@ -83,6 +91,7 @@ def build_to(comp: Compilation, out_dir: Path, *, weights: Path | None = None,
         with _locked(out_dir / f".{folder.name}.lock"):
             _clean_leftovers(folder)
             _check_replaceable(folder)
+            _check_weights_kept(folder, comp, source, fresh_weights)
             staging.mkdir()  # the umask's mode, as a plain mkdir would give the build folder
             try:
                 for name, text in files.items():
@@ -194,6 +203,50 @@ def _check_replaceable(folder: Path) -> None:
         raise SpeccError(f"{folder}: holds files specc did not write ({', '.join(foreign[:5])}"
                          f"{', …' if len(foreign) > 5 else ''}); a build replaces the whole "
                          "folder, so move them away or build into another --out")
+
+
+def _check_weights_kept(folder: Path, comp: Compilation, source: dict[str, str | None],
+                        fresh: bool) -> None:
+    """Refuse to replace the weights of the folder's build, taken from a file, with initialised
+    ones (``source`` names no file) unless ``fresh``: a rebuild that forgot ``--weights`` would
+    otherwise put a random model, and every artifact made from it, where the trained one was.
+    A rebuild with other weights is what the user asked for; it says which file it replaces.
+    A ``model.pt`` that records nothing (from a specc before the record) is replaced as before.
+    """
+    old = archive_weights_source(folder / TORCHSCRIPT)
+    if old is None or old["file"] is None:
+        return
+    if source["file"] is not None:
+        if source["sha256"] != old["sha256"]:
+            warnings.warn(SpeccWarning(
+                f"{folder}: its model.pt held the weights of {old['file']}; this build puts in "
+                f"those of {source['file']}"), stacklevel=2)
+        return
+    if fresh:
+        return
+    ways = _ways_to_keep(folder, comp, old["file"])
+    again = ("they do not fit this spec's network (its tensors changed), so give weights that "
+             "do with --weights" if ways is None else
+             f"give them again ({' or '.join(f'--weights {path}' for path in ways)})")
+    raise SpeccError(
+        f"{folder}: its model.pt holds the weights of {old['file']} (sha256 "
+        f"{old['sha256']:.12}), and this build has none: it would replace them with freshly "
+        f"initialised ones. To keep them, {again}; to start from fresh weights, pass "
+        "--fresh-weights")
+
+
+def _ways_to_keep(folder: Path, comp: Compilation, file: str) -> list[str] | None:
+    """The ``--weights`` that give a rebuild of ``folder`` the weights it holds: the file they
+    came from where it is still there, and the folder's own ``model.pt`` (its tensors, which keep
+    its record). None where they do not fit this spec's network: the state-dict names or shapes
+    of the folder's ``manifest.json`` differ (where it cannot say, ``--weights`` will)."""
+    try:
+        shapes = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["state_dict"]
+    except (OSError, ValueError, KeyError, TypeError):
+        shapes = None
+    if shapes is not None and shapes != comp.manifest["state_dict"]:
+        return None
+    return [path for path in (file, str(folder / TORCHSCRIPT)) if Path(path).is_file()]
 
 
 def _write_text(path: Path, text: str) -> None:

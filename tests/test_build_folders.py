@@ -264,7 +264,7 @@ def test_an_invalid_embedded_spec_says_which_key(variants, tmp_path: Path) -> No
     assert "found 'many'" in str(err.value)
 
 
-# -- where the weights came from -----------------------------------------------------------------
+# -- trained weights are not replaced by accident ------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +281,13 @@ def trained(variants, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     save_file(state, str(file))
     build_to(compile_spec(load_spec(DEMO, SMALL)), root / "out", weights=file)
     return {"file": file, "root": root / "out", "folder": root / "out" / NAME}
+
+
+def copy_trained(trained: dict[str, Path], dst: Path) -> Path:
+    """A copy of the build with trained weights at ``dst/<name>``; returns it."""
+    folder = dst / NAME
+    shutil.copytree(trained["folder"], folder)
+    return folder
 
 
 def file_sha256(path: Path) -> str:
@@ -311,6 +318,102 @@ def test_a_build_records_where_its_weights_came_from(cli, variants, trained,
     older = _with_spec(variants, tmp_path, _info(variants))  # only the spec inside
     assert archive_weights_source(older) is None
     assert archive_weights_source(trained["file"]) is None  # not a zip
+
+
+def test_a_rebuild_without_weights_over_trained_ones_is_refused(cli, trained,
+                                                                tmp_path: Path) -> None:
+    folder = copy_trained(trained, tmp_path)
+    before = snapshot(folder)
+    result = cli("build", DEMO, *sets(SMALL), "--out", tmp_path)
+    assert result.code == 2
+    assert result.err.splitlines()[-1] == (
+        f"error: {folder}: its model.pt holds the weights of {trained['file']} (sha256 "
+        f"{file_sha256(trained['file'])[:12]}), and this build has none: it would replace them "
+        f"with freshly initialised ones. To keep them, give them again (--weights "
+        f"{trained['file']} or --weights {folder / 'model.pt'}); to start from fresh weights, "
+        "pass --fresh-weights")
+    assert snapshot(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NAME]
+    assert cli("build", DEMO, *sets(SMALL), "--check", "--out", tmp_path).code == 0
+
+
+def test_the_refusal_offers_only_the_weights_that_fit(cli, trained, tmp_path: Path) -> None:
+    """The file the weights came from is offered while it is there. Another output stride keeps
+    every tensor, so the same weights fit; another class count does not: the message says so
+    instead of offering weights that --weights would refuse."""
+    gone = Path(shutil.copy(trained["file"], tmp_path / "gone.safetensors"))
+    build_to(compile_spec(load_spec(DEMO, SMALL)), tmp_path, weights=gone)
+    gone.unlink()
+    folder = tmp_path / NAME
+    result = cli("build", DEMO, *sets(OTHER), "--out", tmp_path)
+    assert result.code == 2
+    assert f"of {gone} (sha256 " in result.err
+    assert f"give them again (--weights {folder / 'model.pt'});" in result.err
+    result = cli("build", DEMO, *sets([*SMALL, "num_classes=3"]), "--out", tmp_path)
+    assert result.code == 2
+    assert ("To keep them, they do not fit this spec's network (its tensors changed), so give "
+            "weights that do with --weights; to start from fresh weights, pass --fresh-weights"
+            ) in result.err
+
+
+@pytest.mark.parametrize("way", ["file", "model.pt"])
+def test_a_rebuild_with_the_weights_again_keeps_them_and_their_record(cli, trained,
+                                                                      tmp_path: Path,
+                                                                      way: str) -> None:
+    """The weights file, or the build's own model.pt: its tensors, and the file they came from
+    stays recorded, so the next rebuild still names it."""
+    folder = copy_trained(trained, tmp_path)
+    record = archive_weights_source(folder / "model.pt")
+    weights = trained["file"] if way == "file" else folder / "model.pt"
+    result = cli("build", DEMO, *sets(SMALL), "--weights", weights, "--out", tmp_path)
+    assert result.code == 0, result.err
+    assert not [line for line in result.err.splitlines()
+                if line.startswith("warning: ")]  # no note: the same weights
+    assert archive_weights_source(folder / "model.pt") == record
+    assert_holds(folder / "model.pt", trained["file"])
+
+
+def test_fresh_weights_replaces_trained_ones_when_asked(cli, trained, tmp_path: Path) -> None:
+    folder = copy_trained(trained, tmp_path)
+    result = cli("build", DEMO, *sets(SMALL), "--fresh-weights", "--out", tmp_path)
+    assert result.code == 0, result.err
+    assert archive_weights_source(folder / "model.pt") == {"file": None, "sha256": None}
+    state, own = read_weights(folder / "model.pt").state, read_weights(trained["file"]).state
+    assert not torch.equal(state["classifier.weight"], own["classifier.weight"])
+    result = cli("build", DEMO, *sets(SMALL), "--fresh-weights", "--weights", trained["file"],
+                 "--out", tmp_path)
+    assert result.code == 2
+    assert result.err == (f"error: --fresh-weights builds without weights, so it takes no "
+                          f"--weights (given {trained['file']}); give one or the other\n")
+
+
+def test_a_rebuild_with_other_weights_names_those_it_replaces(cli, trained,
+                                                             tmp_path: Path) -> None:
+    folder = copy_trained(trained, tmp_path)
+    other = tmp_path / "other.pt"
+    torch.save({k: v * 2 for k, v in read_weights(trained["file"]).state.items()}, other)
+    result = cli("build", DEMO, *sets(SMALL), "--weights", other, "--out", tmp_path)
+    assert result.code == 0, result.err
+    assert (f"warning: {folder}: its model.pt held the weights of {trained['file']}; this build "
+            f"puts in those of {other}\n") in result.err
+    assert archive_weights_source(folder / "model.pt") == {"file": str(other),
+                                                           "sha256": file_sha256(other)}
+
+
+def test_a_rebuild_over_untrained_or_older_builds_goes_on(cli, variants, tmp_path: Path) -> None:
+    """Initialised weights are replaced by initialised ones; a model.pt with no record (from a
+    specc before it) is taken for initialised too: refusing it would stop every existing build
+    folder from being rebuilt, with nothing to tell trained weights from initialised ones."""
+    folder = copy_build(variants, "a", tmp_path)
+    assert cli("build", DEMO, *sets(SMALL), "--out", tmp_path).code == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(folder / "model.pt"))
+        torch.jit.save(module, str(folder / "model.pt"), _extra_files={EXTRA_SPEC: _info(variants)})
+    assert archive_weights_source(folder / "model.pt") is None
+    result = cli("build", DEMO, *sets(SMALL), "--out", tmp_path)
+    assert result.code == 0, result.err
+    assert archive_weights_source(folder / "model.pt") == {"file": None, "sha256": None}
 
 
 # -- output ------------------------------------------------------------------------------------

@@ -70,7 +70,11 @@ def build(
     set_: SetOpt = None,
     weights: Annotated[Path | None, typer.Option(
         help="Weights to put in model.pt: a .safetensors or .pt state dict, a run folder or a "
-             "model.pt.")] = None,
+             "model.pt (a build's own passes on the file its weights came from).")] = None,
+    fresh_weights: Annotated[bool, typer.Option(
+        help="Build with freshly initialised weights even over a build whose model.pt holds "
+             "weights from a file, which are then replaced (without it such a rebuild is "
+             "refused unless --weights is given).")] = False,
     check: Annotated[bool, typer.Option(
         help="Write nothing; exit 1 if the output folder differs from what the specs compile "
              "to.")] = False,
@@ -120,6 +124,9 @@ def build(
                          "targets with --target")
     if requests and check:
         raise SpeccError("--check compares the committed files; it takes no --target")
+    if weights is not None and fresh_weights:
+        raise SpeccError(f"--fresh-weights builds without weights, so it takes no --weights "
+                         f"(given {weights}); give one or the other")
     check_libraries(requests)
     if not check:
         output_folder(out_dir)
@@ -132,7 +139,8 @@ def build(
             raise SpeccError(f"{path}: warnings found and --strict given")
         deploy = (_deployment(comp, requests, calibration, check_images, int8_range, static)
                   if requests else None)
-        result = build_to(comp, out_dir, weights=weights, check=check, deploy=deploy)
+        result = build_to(comp, out_dir, weights=weights, fresh_weights=fresh_weights,
+                          check=check, deploy=deploy)
         if check:
             if result:
                 differs.extend(result)
