@@ -445,7 +445,7 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
     where = saved / ckpt.STATE
     ckpt.check_resumable(state, where)
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer_state(optimizer, state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
@@ -472,6 +472,18 @@ def _resume(doc: Any, run_dir: Path, saved: Path, model: nn.Module,
             f"{ctx.world_size}: its data order and random draws from here differ from an "
             f"uninterrupted run's (resume in {len(state['rng'])} for the same result)")
     return start, restored
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state (its momentum buffers) but keep this run's settings:
+    ``load_state_dict`` also restores each group's momentum and weight decay, so a resumed run
+    would silently go on with the old ``train.momentum`` / ``train.weight_decay`` while its
+    spec.json records the new ones (the learning rate is set at every step anyway)."""
+    settings = [{k: v for k, v in group.items() if k != "params"}
+                for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, mine in zip(optimizer.param_groups, settings, strict=True):
+        group.update(mine)
 
 
 def _train_loader(spec: Any, ctx: distributed.Context, per_rank: int,

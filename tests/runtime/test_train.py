@@ -155,6 +155,21 @@ def test_resume_restores_optimizer_and_continues(trained: Path, tmp_path: Path) 
     assert after["optimizer"]["state"].keys() == before["optimizer"]["state"].keys()
 
 
+def test_resume_applies_new_momentum_and_weight_decay(trained: Path, tmp_path: Path) -> None:
+    """train.momentum and train.weight_decay may change on resume, and then they apply: the
+    optimizer state of the checkpoint brings its buffers, not its old settings."""
+    iters = [f"train.iters={runkit.BASE_ITERS + 2}", f"train.save_every={runkit.BASE_ITERS + 2}"]
+    same = runkit.copy_run(trained, tmp_path / "same")
+    runkit.train_tiny(same, iters, resume=True)
+    changed = runkit.copy_run(trained, tmp_path / "changed")
+    runkit.train_tiny(changed, [*iters, "train.momentum=0.5", "train.weight_decay=0.01"],
+                      resume=True)
+    groups = ckpt.load_checkpoint(changed)[1]["optimizer"]["param_groups"]
+    assert [(g["momentum"], g["weight_decay"]) for g in groups] == [(0.5, 0.01), (0.5, 0.0)]
+    a, b = ckpt.load_checkpoint(same)[0], ckpt.load_checkpoint(changed)[0]
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith("weight"))
+
+
 @pytest.mark.parametrize("override", ["backbone.output_stride=8", "aspp.channels=16"])
 def test_resume_refuses_another_architecture(trained: Path, tmp_path: Path, override: str) -> None:
     run = runkit.copy_run(trained, tmp_path / "run")
