@@ -254,7 +254,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     # -- model: the same seed everywhere gives every process the same initial weights
     comp = compile_spec(doc)
     seed_everything(tr.seed)
-    model, started_from = _make_model(comp, ctx, init, report)
+    model, started_from = _make_model(comp, ctx, _init_to_load(init, saved, report), report)
     model = prepare_for_steps(model, channels_last, ctx.device)
 
     # -- optimizer: SGD + momentum; the poly schedule sets the lr every step (times lr_mult)
@@ -397,6 +397,18 @@ def _check_norm_batch(spec: Any, per_rank: int, ctx: distributed.Context) -> Non
         "2 to train. Set aspp.image_pooling.norm to group or none (--set "
         "aspp.image_pooling.norm=group), use a batch of at least "
         f"{2 * ctx.world_size}, or keep batch norm frozen (train.freeze_bn=true)")
+
+
+def _init_to_load(init: Path | None, saved: Path | None, report: Reporter) -> Path | None:
+    """``--init`` when the run starts afresh; None when it resumes from a checkpoint, whose
+    weights would replace those of ``--init`` (``--resume --init W`` is one command line for a
+    job that may be restarted: W the first time, the run's own checkpoint after), saying so
+    rather than reporting weights loaded that the run does not use."""
+    if init is not None and saved is not None:
+        report.message(f"--init {init} is not used: the run resumes from its own weights in "
+                       f"{saved}")
+        return None
+    return init
 
 
 def _make_model(comp: Compilation, ctx: distributed.Context, init: Path | None,

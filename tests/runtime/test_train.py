@@ -179,6 +179,18 @@ def test_resume_refuses_another_architecture(trained: Path, tmp_path: Path, over
     assert ckpt.load_checkpoint(run)[1]["iteration"] == runkit.BASE_ITERS  # untouched
 
 
+def test_resume_says_init_is_not_used_when_a_checkpoint_exists(
+        trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--resume --init W`` restarts a job with one command line: W is loaded only when there is
+    no checkpoint yet; otherwise the run's own weights are, and the message says so."""
+    run = runkit.copy_run(trained, tmp_path / "run")
+    code, _, err = runkit.cli(["train", runkit.SPEC, "--out", run, "--resume", "--init", trained,
+                               "--iters", runkit.BASE_ITERS, *runkit.sets(runkit.TINY)], capsys)
+    assert code == 0, err
+    assert "initialized from" not in err
+    assert f"--init {trained} is not used" in " ".join(err.split())
+
+
 def test_init_second_stage_at_os8_with_frozen_bn(trained: Path, tmp_path: Path) -> None:
     """The paper's second stage: start from stage-1 weights, output stride 8, BN frozen."""
     run = tmp_path / "stage2"
