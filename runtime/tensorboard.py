@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,9 @@ class Board:
         model.eval()
         example = torch.zeros(1, 3, *size, device=next(model.parameters()).device)
         try:
-            self.writer.add_graph(model, example, use_strict_trace=False)
+            with warnings.catch_warnings():  # torch's "torch.jit.trace is deprecated", twice
+                warnings.simplefilter("ignore", FutureWarning)
+                self.writer.add_graph(model, example, use_strict_trace=False)
         finally:
             model.train(was_training)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import runkit
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from runtime.tensorboard import Board
 
 ITERS = 4
 
@@ -56,6 +59,17 @@ def test_overlays_and_graph(board_run: Path) -> None:
     assert tags["graph"]
     graph = events.Graph()
     assert any("Conv2d" in node.op or "conv" in node.op.lower() for node in graph.node)
+
+
+def test_graph_shows_no_torch_deprecation_warning(tmp_path: Path) -> None:
+    """The graph is traced by torch.jit.trace, which recent torch releases deprecate: the run's
+    output does not carry torch's notices about it."""
+    board = Board(tmp_path, ["a"], (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        board.graph(runkit.random_network(), (33, 33))
+    board.close()
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
 
 
 def test_without_the_flag_nothing_is_written(tmp_path_factory: pytest.TempPathFactory) -> None:
