@@ -49,11 +49,14 @@ class Board:
     """The TensorBoard writer of one run and what it knows to label its figures."""
 
     def __init__(self, run_dir: Path, class_names: Sequence[str], mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+                 std: Sequence[float], start: int = 0) -> None:
+        """A run resumed at iteration ``start`` marks it in the event file, so TensorBoard drops
+        what the interrupted run logged past its checkpoint (steps after ``start``, as
+        metrics.jsonl is cut back there) instead of drawing those steps twice."""
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / FOLDER))
+        self.writer = SummaryWriter(str(run_dir / FOLDER), purge_step=start + 1 if start else None)
         self.class_names = list(class_names)
         self.transform = eval_transform(mean=mean, std=std)
 

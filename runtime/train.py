@@ -280,7 +280,7 @@ def _train(doc: Any, run_dir: Path, resume: bool, init: Path | None,
     stepper = torch.compile(ddp) if tr.compile else ddp  # the same module, compiled on first use
     log = _open_logs(run_dir, start, artifacts.spec_info(doc), ctx)
     _write_run_record(run_dir, ctx, tr, per_rank, groups, started_from, start)
-    board = Board(run_dir, val_set.class_names, spec.input.mean, spec.input.std) if (
+    board = Board(run_dir, val_set.class_names, spec.input.mean, spec.input.std, start) if (
         tensorboard and ctx.is_main) else None
     if board is not None:
         board.graph(raw, spec.data.crop or spec.input.size)

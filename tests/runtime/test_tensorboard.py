@@ -61,6 +61,24 @@ def test_overlays_and_graph(board_run: Path) -> None:
     assert any("Conv2d" in node.op or "conv" in node.op.lower() for node in graph.node)
 
 
+def test_resume_replaces_what_was_logged_past_the_checkpoint(tmp_path: Path) -> None:
+    """An interrupted run may have logged steps after its last checkpoint; the resumed run logs
+    them again, and TensorBoard shows each step once, the resumed run's (as metrics.jsonl)."""
+    run = tmp_path / "run"
+    sets = ["train.log_every=1", "train.eval_every=0", "train.save_every=2"]
+    runkit.train_tiny(run, [*sets, "train.iters=2"], tensorboard=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run / "tensorboard")) as lost:  # logged, then killed before a save
+        for step in (3, 4):
+            lost.add_scalar("loss", 99.0, step)
+    runkit.train_tiny(run, [*sets, "train.iters=4"], tensorboard=True, resume=True)
+    losses = [(e.step, e.value) for e in _events(run).Scalars("loss")]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert losses == [(r["iter"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
+    assert [step for step, _ in losses] == [1, 2, 3, 4]
+
+
 def test_graph_shows_no_torch_deprecation_warning(tmp_path: Path) -> None:
     """The graph is traced by torch.jit.trace, which recent torch releases deprecate: the run's
     output does not carry torch's notices about it."""
