@@ -29,6 +29,10 @@ __all__ = ["compare", "load_side", "spec_changes"]
 IGNORED_NODE_ATTRS = ("spec_key",)
 #: Per-unit schedule attributes compared (output stride and receptive field are shown per stage).
 UNIT_ATTRS = ("type", "channels", "nominal_stride", "stride", "rates", "feature_size")
+#: The note for a run or checkpoint folder: two runs of one spec are "identical" here, however
+#: differently they trained.
+TRAINED_NOT_COMPARED = ("a run or checkpoint folder is compared by the spec it trained: the "
+                        "values of its trained weights are not compared")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,7 +103,8 @@ def _side_from_spec_json(folder: Path) -> Side:
     if not isinstance(resolved, dict):
         raise SpeccError(f"{path}: not a spec record written by specc (no resolved spec)")
     comp = compile_spec(Document.from_resolved(resolved, path))
-    return Side(label=str(folder), manifest=comp.manifest, graph=comp.graph, compilation=comp)
+    return Side(label=str(folder), manifest=comp.manifest, graph=comp.graph, compilation=comp,
+                note=TRAINED_NOT_COMPARED)
 
 
 def _side_from_manifest(path: Path) -> Side:
@@ -287,7 +292,7 @@ def compare(a: Side, b: Side) -> dict[str, Any]:
     result["params"] = _measure(ma["params"], mb["params"])
     result["macs"] = _measure(ma["macs"], mb["macs"])
     result["cost"] = cost_changes(ma, mb)
-    notes = [s.note for s in (a, b) if s.note]
+    notes = list(dict.fromkeys(s.note for s in (a, b) if s.note))  # each note once
     if a.graph is not None and b.graph is not None:
         result["graph"] = graph_changes(a.graph, b.graph)
     else:

@@ -135,6 +135,23 @@ def test_run_folder_reads_its_spec_record(capsys, tmp_path):
     assert code == 2 and f"{run_dir} is a run (give the spec file instead)" in err
 
 
+def test_two_runs_of_one_spec_are_not_said_to_have_the_same_weights(capsys, tmp_path):
+    """Runs are compared by the spec they trained: two runs of one spec are identical here, and
+    the report says that their trained weights were not compared (once, for both sides)."""
+    from specc.artifacts import spec_info
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run_dir in runs:
+        run_dir.mkdir()
+        (run_dir / "spec.json").write_text(json.dumps(spec_info(load_spec(V3))))
+    code, out, _ = run(capsys, "diff", *runs)
+    assert code == 0 and "weight shapes" in out
+    assert out.count("values of its trained weights are not compared") == 1
+    code, out, _ = run(capsys, "diff", *runs, "--format", "markdown")
+    assert code == 0 and "Identical: same spec, schedule, cost, graph and weight shapes." in out
+    assert "trained weights are not compared" in out
+
+
 def test_build_folder_without_state_dict_still_checks_weights(tmp_path):
     folder = _write_build(tmp_path, V3, state=False)
     result = compare(load_side(folder, [], "a"), side(V3PLUS))

@@ -343,7 +343,7 @@ def diff_markdown(result: dict[str, Any]) -> str:
     """The report as GitHub markdown, for a pull request."""
     lines = [f"## specc diff: `{result['a']}` → `{result['b']}`", ""]
     if result["identical"]:
-        lines += ["Identical: same spec, schedule, cost, graph and weights.", ""]
+        lines += ["Identical: same spec, schedule, cost, graph and weight shapes.", ""]
     for s in sections(result):
         lines += [f"### {s.title}", "", "| " + " | ".join(s.columns) + " |",
                   "|" + "|".join("---" for _ in s.columns) + "|"]
@@ -360,7 +360,7 @@ def print_diff(result: dict[str, Any], console: Console | None = None) -> None:
     console.print(f"[bold]A[/bold] {result['a']} — {result['title']['a']}", highlight=False)
     console.print(f"[bold]B[/bold] {result['b']} — {result['title']['b']}", highlight=False)
     if result["identical"]:
-        console.print("identical: same spec, schedule, cost, graph and weights")
+        console.print("identical: same spec, schedule, cost, graph and weight shapes")
     for s in sections(result):
         table = Table(title=s.title, title_justify="left", show_lines=False)
         for col in s.columns:
