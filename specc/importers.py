@@ -323,14 +323,26 @@ def convert(expected: dict[str, torch.Size | list[int]], source: dict[str, Tenso
         if reshaped:
             lines.append(f"  {len(reshaped)} of the wrong shape: " + shown(reshaped))
         notes = list(plan.notes)
-        heads = sorted({k.split(".")[0] for k in missing if not k.startswith("backbone.")})
-        if heads:
-            notes.append(f"the source has nothing for the spec's {', '.join(heads)}: pass "
-                         "--backbone-only to import the backbone alone")
+        notes += _missing_heads_notes(missing)
         lines += [f"  note: {n}" for n in dict.fromkeys(notes)]
         raise WeightsError("\n".join(lines))
     return Imported(state=state, kind=plan.kind, dropped=sorted(dropped),
                     backbone_only=backbone_only)
+
+
+def _missing_heads_notes(missing: list[str]) -> list[str]:
+    """What to do when the source lacks whole heads of the spec. Only the auxiliary head missing
+    is a model saved without one (torchvision's ``aux_loss=False``): the spec without it takes
+    every trained tensor, where ``--backbone-only`` would drop the trained heads too."""
+    heads = sorted({k.split(".")[0] for k in missing if not k.startswith("backbone.")})
+    if heads == ["aux"]:
+        return ["the source has no auxiliary head (a model made without one, such as "
+                "torchvision's aux_loss=False): --set aux=null imports it onto the spec without "
+                "the aux head"]
+    if heads:
+        return [f"the source has nothing for the spec's {', '.join(heads)}: pass "
+                "--backbone-only to import the backbone alone"]
+    return []
 
 
 def import_state(comp: Compilation, source: dict[str, Tensor], from_: str, *,

@@ -371,6 +371,27 @@ def test_wrong_number_of_classes(tv50: tuple[nn.Module, Path], tmp_path: Path,
     assert "missing" not in err and "unexpected" not in err
 
 
+def test_model_without_aux_head_imports_as_the_message_says(
+        tv50: tuple[nn.Module, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """torchvision's aux_loss=False saves no aux_classifier: the message points to --set aux=null
+    (not --backbone-only, which would drop the trained ASPP and classifier), and that import
+    gives torchvision's output."""
+    ref, full = tv50
+    src = tmp_path / "no_aux.pth"
+    torch.save({k: v for k, v in torch.load(full, weights_only=True).items()
+                if not k.startswith("aux_classifier.")}, src)
+    out = tmp_path / "w.safetensors"
+    assert specc_cli("import-weights", ZOO[50], src, "--from", "torchvision", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "8 missing" in err and "--set aux=null" in err and "--backbone-only" not in err
+    import_weights(ZOO[50], src, "torchvision", out, "--set", "aux=null")
+    module = build(load_spec(ZOO[50], ["aux=null"])).module
+    load_weights(module, read_weights(out))
+    x = image()
+    with torch.no_grad():
+        compare("deeplabv3_resnet50 without aux", module.eval()(x)["out"], ref(x)["out"])
+
+
 def test_partial_load_rejects_foreign_tensors() -> None:
     module = build(load_spec(ZOO[50])).module
     with pytest.raises(WeightsError, match=r"1 unexpected: backbone\.nope"):
