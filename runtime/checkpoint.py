@@ -32,6 +32,7 @@ the ``resolved`` spec) — the first file a run writes — or a ``checkpoint`` l
 start in a missing or empty folder or in a specc run folder without a checkpoint (a run stopped
 before its first save); any other non-empty folder is refused (:func:`check_run_folder`), so a
 mistyped ``--out`` never writes into, or tidies, a folder of the user's.
+While a run trains, its folder is held (:func:`held_run_folder`): a second run into it is refused.
 
 Resuming compares the *architecture hash*: the sha256 of the resolved spec without its ``train``
 and ``data`` sections (docs/conventions.md §10), so changing the learning rate or the iteration count
@@ -40,6 +41,7 @@ resumes, while changing a layer is refused.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -47,7 +49,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,34 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
             f"{run_dir} is not empty ({shown}) and is not a specc run folder (no {SPEC} written "
             f"by specc): {what}. Pass --out with a new or empty folder, or --resume with a "
             "folder of an earlier run")
+
+
+@contextlib.contextmanager
+def held_run_folder(run_dir: Path) -> Iterator[None]:
+    """Make ``run_dir`` if needed and hold it for this run: two runs started into one folder (a
+    command given twice) would otherwise both train, each pruning the other's checkpoints and
+    writing over its metrics and model.pt, and both end as if all were well. The lock is an
+    ``flock`` on the folder itself (no file is added to it); the OS releases it when the process
+    ends, however it ends.
+
+    Raises:
+        TrainingError: another process holds the folder.
+    """
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(
+                f"{run_dir}: another specc train is training into this run folder; wait for it "
+                "to end (then --resume continues from its checkpoint), or pass --out with "
+                "another folder") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _own_checkpoint_folder(folder: Path, partial: bool = False) -> bool:

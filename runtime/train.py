@@ -200,16 +200,29 @@ def train(
     run_dir = Path(run_dir)
     existed = run_dir.exists()
     try:
-        try:
-            return _train(doc, run_dir, resume, init, ctx, reporter or LineReporter(), tensorboard)
-        except OSError as err:  # a full disk, a read-only or vanished folder: not a bug
-            raise TrainingError(os_error_message(err, run_dir)) from None
-    except BaseException:
-        if ctx.is_main and not existed:
-            _discard_unused(run_dir)
-        raise
+        with _held(run_dir, resume, ctx):
+            try:
+                try:
+                    return _train(doc, run_dir, resume, init, ctx, reporter or LineReporter(),
+                                  tensorboard)
+                except OSError as err:  # a full disk, a read-only or vanished folder: not a bug
+                    raise TrainingError(os_error_message(err, run_dir)) from None
+            except BaseException:
+                if ctx.is_main and not existed:
+                    _discard_unused(run_dir)
+                raise
     finally:
         distributed.cleanup(ctx)
+
+
+def _held(run_dir: Path, resume: bool, ctx: distributed.Context) -> Any:
+    """Rank 0 holds the run folder while the run writes into it
+    (:func:`runtime.checkpoint.held_run_folder`), once it is known to be one it may train into;
+    a folder another run holds is refused before anything in it changes."""
+    if not ctx.is_main:
+        return contextlib.nullcontext()
+    ckpt.check_run_folder(run_dir, resume)
+    return ckpt.held_run_folder(run_dir)
 
 
 def os_error_message(err: OSError, run_dir: Path) -> str:

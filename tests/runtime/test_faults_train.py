@@ -17,6 +17,7 @@ import pytest
 import runkit
 
 from runtime import checkpoint as ckpt
+from runtime.plot import read_metrics
 
 ITERS = 24
 KILLS = 4
@@ -156,3 +157,23 @@ def test_ctrl_c_under_torchrun_gives_the_command_for_the_same_layout(
         "interrupted before the first checkpoint (one every train.save_every = 5 iterations): "
         f"nothing to resume; start again with: {launch} train {runkit.SPEC} --out "
         f"{tmp_path / 'run'} --save-every 5{note}")
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same command given twice: the second run stops at once, before it touches the folder,
+    and the first trains on to the end with its own metrics and checkpoints."""
+    run = tmp_path / "run"
+    first = _start(run)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file():
+        assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+        assert time.monotonic() < deadline, "the first run did not start within 120 s"
+        time.sleep(0.02)
+    for resume in ([], ["--resume"]):
+        code, _, err = runkit.cli(_args(run, *resume)[3:], capsys)
+        assert code == 2 and "another specc train is training into this run folder" in err
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err.decode()
+    assert [r["iter"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, ITERS + 1))
+    assert _whole_checkpoint_iteration(run) == ITERS
