@@ -160,17 +160,30 @@ def is_run_folder(run_dir: Path) -> bool:
     return isinstance(info.get("resolved"), dict) and "architecture_sha256" in info
 
 
+def _is_checkpoint_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint (``RUN_DIR/checkpoint`` or ``checkpoint-<iteration>``):
+    it holds weights and a training state. Its ``spec.json`` makes it look like a run folder."""
+    return (folder / WEIGHTS).is_file() and (folder / STATE).is_file()
+
+
 def check_run_folder(run_dir: Path, resume: bool) -> None:
     """Refuse to train into a folder that holds something and is not a specc run folder.
 
     Raises:
         TrainingError: ``run_dir`` is not a folder this user can write into or create
-            (:func:`specc.fsutil.output_folder`), or a non-empty folder specc did not make.
+            (:func:`specc.fsutil.output_folder`), a checkpoint folder of a run, or a non-empty
+            folder specc did not make.
     """
     try:
         output_folder(run_dir)
     except SpeccError as err:
         raise TrainingError(str(err)) from None
+    if _is_checkpoint_folder(run_dir):
+        run = run_dir.resolve().parent
+        raise TrainingError(
+            f"{run_dir} is a checkpoint of the run in {run}, not a run folder: training into it "
+            f"would start afresh and write over its files. Pass --out {run} (with --resume to "
+            "continue that run)")
     if not run_dir.is_dir() or is_run_folder(run_dir):
         return
     try:

@@ -102,6 +102,26 @@ def test_new_run_refuses_a_folder_that_is_not_a_run(
         assert _tree(out) == before
 
 
+def test_out_that_is_a_checkpoint_folder_names_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out RUN/checkpoint`` (the path eval takes): its spec.json makes it look like a run
+    folder without a checkpoint, where a run would start afresh; it is refused, naming the run."""
+    run = tmp_path / "run"
+    _save(run, 4)
+    before = _tree(run)
+    for out in (run / "checkpoint", run / "checkpoint-0000004"):
+        for extra in ([], ["--resume"]):
+            code, _, err = runkit.cli(["train", runkit.SPEC, "--out", out, "--iters", "2",
+                                       *extra, *runkit.sets(runkit.TINY)], capsys)
+            assert code == 2, err
+            assert " ".join(err.split()) == (
+                f"error: {out} is a checkpoint of the run in {run}, not a run folder: training "
+                f"into it would start afresh and write over its files. Pass --out {run} (with "
+                "--resume to continue that run)")
+            assert _tree(run) == before
+
+
 def test_out_that_is_a_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "file.txt"
     out.write_text("mine")
