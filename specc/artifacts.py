@@ -238,8 +238,31 @@ def _read_torch_save(file: Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{file}: expected a state dict (names → tensors), found "
-                           f"{type(obj).__name__}")
+                           f"{_not_a_state_dict(obj)}{_checkpoint_state_hint(file)}")
     return obj
+
+
+def _not_a_state_dict(obj: object) -> str:
+    """What a loaded object that is no state dict holds: its type, or for a dict (a training
+    script's checkpoint, say) the entries that are not tensors, so the user sees where the
+    weights are."""
+    import torch
+
+    if not isinstance(obj, dict):
+        return type(obj).__name__
+    others = [f"{k!r} ({type(v).__name__})" for k, v in obj.items()
+              if not isinstance(v, torch.Tensor)]
+    return ("a dict with entries that are not tensors: " + ", ".join(others[:6])
+            + (", …" if len(others) > 6 else ""))
+
+
+def _checkpoint_state_hint(file: Path) -> str:
+    """For the training state of a specc checkpoint (``state.pt`` beside its weights): that
+    its folder is what to pass."""
+    if file.name == "state.pt" and (file.parent / WEIGHTS).is_file():
+        return (f"; this is the training state of a checkpoint: pass its folder {file.parent} "
+                f"(or {file.parent / WEIGHTS})")
+    return ""
 
 
 def _unloadable(file: Path, load_error: Exception, expected: str = f"weights ({SOURCES})") -> str:

@@ -138,12 +138,28 @@ def _write(name: str, payload: object):
      "file"),
     (_write("w.pt", [1, 2]), "expected a state dict (names → tensors), found list"),
     (_write("w.pth", {"state_dict": {"a": 1}}), "expected a state dict (names → tensors)"),
-], ids=["missing", "empty-folder", "bad-safetensors", "bad-pickle", "list", "not-tensors"])
+    (_write("w.pth", {"epoch": 3, "net": {"a": torch.zeros(1)}}), "found a dict with entries "
+     "that are not tensors: 'epoch' (int), 'net' (dict)"),
+], ids=["missing", "empty-folder", "bad-safetensors", "bad-pickle", "list", "not-tensors",
+        "training-script-checkpoint"])
 def test_unreadable_sources_raise_weights_error(make, message: str, tmp_path: Path) -> None:
     path = make(tmp_path / "src")
     with pytest.raises(WeightsError) as err:
         read_weights(path)
     assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_checkpoint_training_state_points_to_its_folder(tmp_path: Path) -> None:
+    """``state.pt`` of a checkpoint given where weights are expected: its folder is named."""
+    folder = tmp_path / "checkpoint-0000004"
+    folder.mkdir()
+    save_file({"w": torch.zeros(1)}, folder / "model.safetensors")
+    torch.save({"iteration": 4, "optimizer": {"state": {}}}, folder / "state.pt")
+    with pytest.raises(WeightsError) as err:
+        read_weights(folder / "state.pt")
+    assert str(err.value).endswith(f"'iteration' (int), 'optimizer' (dict); this is the training "
+                                   f"state of a checkpoint: pass its folder {folder} (or "
+                                   f"{folder / 'model.safetensors'})")
 
 
 def _cut_in_half(path: Path) -> Path:
