@@ -585,10 +585,45 @@ LATER_HEADS = ("fcn", "lraspp", "fc_aspp")
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the spec language (for editor completion)."""
+    """The JSON Schema of the spec language (for editor completion).
+
+    A variant (a file with ``extends:``) states only what differs from its base, so it is checked
+    against a copy of the schema without required keys in mappings (which merge with the base's);
+    a list replaces the base's whole, so its items keep theirs. A file without ``extends:`` is
+    checked against the whole schema as well (``else``).
+    """
     schema = Spec.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "specc spec"
     schema.setdefault("properties", {})["extends"] = {
         "type": "string", "description": "A base spec (path relative to this file) to start from."}
+    whole = {"required": schema.pop("required"), "properties": schema["properties"]}
+    defs = schema["$defs"]
+    schema["$defs"] = {**defs, **{PARTIAL + name: _partial(d) for name, d in defs.items()}}
+    schema["properties"] = _partial(whole["properties"])
+    schema["if"] = {"required": ["extends"]}
+    schema["else"] = whole
     return schema
+
+
+#: Prefix of the schema definitions a variant's mappings are checked against (:func:`_partial`).
+PARTIAL = "Partial"
+
+
+def _partial(node: Any) -> Any:
+    """A copy of a schema node whose mappings require no key and refer to the partial
+    definitions; list items are left whole (a variant's list replaces the base's)."""
+    if isinstance(node, list):
+        return [_partial(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "required" and isinstance(value, list):
+            continue
+        if key == "$ref":
+            value = value.replace("#/$defs/", f"#/$defs/{PARTIAL}")
+        elif key not in ("items", "prefixItems"):
+            value = _partial(value)
+        out[key] = value
+    return out

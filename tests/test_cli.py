@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from specc.analysis import info as info_of
 from specc.api import build, compile_spec, load_spec, manifest_json
@@ -103,6 +104,11 @@ def _conforms(data: Any, node: dict[str, Any], defs: dict[str, Any], path: str) 
     """A small structural check of a document against the schema (keys, types, enums)."""
     if "$ref" in node:
         node = defs[node["$ref"].rsplit("/", 1)[-1]]
+    condition = node.get("if")  # only the form the schema uses: {"required": [...]}
+    if condition is not None and isinstance(data, dict):
+        branch = node.get("then" if set(condition["required"]) <= set(data) else "else")
+        if branch is not None:
+            _conforms(data, branch, defs, path)
     branches = node.get("anyOf") or node.get("oneOf")
     if branches:
         errors = []
@@ -147,7 +153,8 @@ def test_schema_is_json_schema_with_descriptions(cli):
     schema = json.loads(result.out)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object" and schema["additionalProperties"] is False
-    assert {"name", "num_classes", "backbone"} <= set(schema["required"])
+    assert schema["if"] == {"required": ["extends"]}  # a variant needs only what differs
+    assert {"name", "num_classes", "backbone"} <= set(schema["else"]["required"])
     assert {"name", "backbone", "aspp", "decoder", "extends"} <= set(schema["properties"])
     defs = schema["$defs"]
     problems: list[str] = []
@@ -158,6 +165,26 @@ def test_schema_is_json_schema_with_descriptions(cli):
     # The shipped specs (resolved, as the compiler reads them) fit the schema.
     for path in SPECS:
         _conforms(load_spec(path).raw.data, schema, defs, str(path))
+
+
+def test_schema_takes_files_as_written_variants_included(cli):
+    """An editor checks the file as written: a variant (``extends:``) states only what differs,
+    without the keys its base gives; the same keys without ``extends:`` are incomplete."""
+    schema = json.loads(cli("schema").out)
+    defs = schema["$defs"]
+    variants = 0
+    for path in SPECS:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        _conforms(data, schema, defs, str(path))
+        variants += "extends" in data
+    assert variants >= 3
+    variant = {"extends": "base.yaml", "decoder": {"projection": 24}}
+    _conforms(variant, schema, defs, "variant")
+    with pytest.raises(AssertionError):  # a new spec needs num_classes, backbone
+        _conforms({"name": "x", "decoder": {"projection": 24}}, schema, defs, "whole")
+    with pytest.raises(AssertionError):  # a list replaces the base's: its items stay whole
+        _conforms({**variant, "backbone": {"stages": [{"units": [{"type": "basic"}]}]}},
+                  schema, defs, "variant")
 
 
 def test_api_mirrors_the_command_line(cli, tmp_path):
