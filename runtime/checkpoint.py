@@ -205,13 +205,15 @@ def held_run_folder(run_dir: Path) -> Iterator[None]:
     command given twice) would otherwise both train, each pruning the other's checkpoints and
     writing over its metrics and model.pt, and both end as if all were well. The lock is an
     ``flock`` on the folder itself (no file is added to it); the OS releases it when the process
-    ends, however it ends.
+    ends, however it ends. The folders made for it that are still empty when the run ends (a
+    run refused before its first write) are removed: a failed start leaves nothing behind.
 
     Raises:
         TrainingError: another process holds the folder.
     """
     import fcntl
 
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY)
     try:
@@ -225,6 +227,13 @@ def held_run_folder(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+        for folder in made:  # the deepest first; one that holds anything stays, and its parents
+            try:
+                folder.rmdir()
+            except FileNotFoundError:  # removed already (an unused run folder, by the run)
+                continue
+            except OSError:
+                break
 
 
 def _own_checkpoint_folder(folder: Path, partial: bool = False) -> bool:
