@@ -29,6 +29,7 @@ from specc.api import Compilation
 from specc.artifacts import (
     BACKBONE,
     Weights,
+    aux_note,
     describe_mismatches,
     mismatches,
     shown,
@@ -40,6 +41,8 @@ from specc.importers import torchvision_plan
 
 #: Top-level module of every backbone tensor.
 BACKBONE_PREFIX = "backbone."
+#: Top-level module of the auxiliary head's tensors (a training-only head).
+AUX_PREFIX = "aux."
 #: The ``train.lr_mult`` key meaning every module after the backbone.
 HEADS = "heads"
 
@@ -138,16 +141,22 @@ def fit_weights(model: nn.Module, comp: Compilation, weights: Weights) -> InitRe
     m = mismatches(expected, {k: list(v.shape) for k, v in state.items()})
     classes = class_tensors(comp)
     fresh_classes = sorted(k for k, _, _ in m["reshaped"] if k in classes)
-    fresh_heads = [k for k in m["missing"] if backbone_only and not k.startswith(BACKBONE_PREFIX)]
+    # a file without an auxiliary head (a model made without one): it is a training-only head,
+    # so it starts fresh as the heads of a backbone-only file do
+    no_aux = not any(k.startswith(AUX_PREFIX) for k in state)
+    fresh_heads = [k for k in m["missing"]
+                   if (backbone_only and not k.startswith(BACKBONE_PREFIX))
+                   or (no_aux and k.startswith(AUX_PREFIX))]
     refused = {"missing": [k for k in m["missing"] if k not in fresh_heads],
                "unexpected": m["unexpected"],
                "reshaped": [r for r in m["reshaped"] if r[0] not in classes]}
     if any(refused.values()) or not state:
         hint = ("\n  (only the classifier layers may differ, for another num_classes: "
                 + ", ".join(sorted(classes)) + ")")
+        note = aux_note(refused)
         raise WeightsError(f"{weights.file}: the weights do not fit this model:\n"
                            + (describe_mismatches(refused) or "  the file holds no tensors")
-                           + hint)
+                           + (f"\n  note: {note}" if note else hint))
     loadable = {k: v for k, v in state.items() if k not in fresh_classes}
     model.load_state_dict(loadable, strict=False)
     source_classes = next((state[k].shape[0] for k in fresh_classes

@@ -339,6 +339,22 @@ def describe_mismatches(m: Mapping[str, list]) -> str:
     return "\n".join(lines)
 
 
+def aux_note(m: Mapping[str, list]) -> str | None:
+    """What to do when the auxiliary head is all that differs (:func:`mismatches`' ``m``): weights
+    of a model made without one, or with one the spec lacks; ``aux`` is not part of the
+    inference graph, so setting it as the weights were trained loses nothing."""
+    if m["reshaped"] or bool(m["missing"]) == bool(m["unexpected"]):
+        return None
+    names = m["missing"] or m["unexpected"]
+    if not all(name.startswith("aux.") for name in names):
+        return None
+    if m["missing"]:
+        return ("the weights have no auxiliary head (a model trained or saved without one); "
+                "--set aux=null builds the spec without it")
+    return ("the weights hold an auxiliary head the spec has none of; set the spec's aux as "
+            "the weights were trained (its aux section) to use them")
+
+
 def load_weights(module: nn.Module, weights: Weights | Mapping[str, torch.Tensor], *,
                  partial: bool = False, source: str | None = None) -> list[str]:
     """Copy ``weights`` into ``module`` after checking every name and shape.
@@ -371,8 +387,9 @@ def load_weights(module: nn.Module, weights: Weights | Mapping[str, torch.Tensor
             report = describe_mismatches({**m, "missing": []}) or "  the file holds no tensors"
             raise WeightsError(f"{source}: the partial weights do not fit this model:\n{report}")
     elif m["missing"] or m["unexpected"] or m["reshaped"]:
+        note = aux_note(m)
         raise WeightsError(f"{source}: the weights do not fit this model:\n"
-                           + describe_mismatches(m))
+                           + describe_mismatches(m) + (f"\n  note: {note}" if note else ""))
     module.load_state_dict(state, strict=not partial)
     return m["missing"]
 

@@ -229,6 +229,25 @@ def test_one_report_lists_missing_unexpected_and_reshaped(trained) -> None:
     ]
 
 
+def test_weights_that_differ_by_the_aux_head_alone_say_how_to_set_it() -> None:
+    """Weights of a model made without an auxiliary head (or with one the spec lacks) name the
+    spec's ``aux`` as the fix; the head is not part of inference, so nothing is lost."""
+    with_aux = build(load_spec(DEMO, [*HALF, "aux={tap: backbone.layer5, channels: 16}"])).module
+    plain = build(load_spec(DEMO, HALF)).module
+    with pytest.raises(WeightsError) as err:
+        load_weights(with_aux, plain.state_dict(), source="w.safetensors")
+    assert str(err.value).splitlines()[-1] == (
+        "  note: the weights have no auxiliary head (a model trained or saved without one); "
+        "--set aux=null builds the spec without it")
+    with pytest.raises(WeightsError) as err:
+        load_weights(plain, with_aux.state_dict(), source="w.safetensors")
+    assert "note: the weights hold an auxiliary head the spec has none of" in str(err.value)
+    state = {k: v for k, v in plain.state_dict().items() if k != "classifier.bias"}
+    with pytest.raises(WeightsError) as err:  # more than the head differs: no such note
+        load_weights(with_aux, state, source="w.safetensors")
+    assert "note:" not in str(err.value)
+
+
 def test_long_lists_are_summarized_per_module(trained) -> None:
     state = {k: v for k, v in trained.state_dict().items() if not k.startswith(("aspp.", "decoder."))}
     expected = {k: list(v.shape) for k, v in trained.state_dict().items()}

@@ -195,6 +195,28 @@ def test_weights_without_batch_counters_load(torchvision_file: Path, tmp_path: P
     assert all(torch.equal(other.state_dict()[k], v) for k, v in ours.items())
 
 
+def test_a_model_saved_without_its_aux_head_starts_the_head_fresh(
+        torchvision_file: Path, tmp_path: Path) -> None:
+    """torchvision's aux_loss=False saves no aux_classifier: --init loads every other tensor
+    and the auxiliary head, a training-only head, starts from its initialization, said so."""
+    plain = torch.load(torchvision_file, weights_only=True)
+    path = tmp_path / "no_aux.pth"
+    torch.save({k: v for k, v in plain.items() if not k.startswith("aux_classifier.")}, path)
+    comp = compile_spec(load_spec(ZOO, SMALL))
+    started = finetune.fit_weights(comp.module, comp, read_weights(path))
+    aux = sorted(k for k in comp.module.state_dict() if k.startswith("aux."))
+    assert started.fresh_heads == aux and len(aux) >= 8
+    assert any(line.startswith(f"  not in the file, starting fresh: {len(aux)} head tensors")
+               for line in started.lines(2))
+    # specc's own weights with the aux head, onto the spec without one: named as the fix
+    ours = tmp_path / "ours.pth"
+    torch.save(comp.module.state_dict(), ours)
+    without = compile_spec(load_spec(ZOO, [*SMALL, "aux=null"]))
+    with pytest.raises(WeightsError, match="note: the weights hold an auxiliary head the spec "
+                                           "has none of"):
+        finetune.fit_weights(without.module, without, read_weights(ours))
+
+
 def test_a_prefix_on_some_names_only_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "mixed.pth"
     torch.save({"module.a": torch.zeros(1), "b": torch.ones(1)}, path)
