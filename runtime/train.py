@@ -215,14 +215,22 @@ def train(
         distributed.cleanup(ctx)
 
 
-def _held(run_dir: Path, resume: bool, ctx: distributed.Context) -> Any:
+@contextlib.contextmanager
+def _held(run_dir: Path, resume: bool, ctx: distributed.Context) -> Iterator[None]:
     """Rank 0 holds the run folder while the run writes into it
-    (:func:`runtime.checkpoint.held_run_folder`), once it is known to be one it may train into;
-    a folder another run holds is refused before anything in it changes."""
+    (:func:`runtime.checkpoint.held_run_folder`); a folder another run holds is refused before
+    anything in it changes. The folder is checked (:func:`runtime.checkpoint.check_run_folder`)
+    once held, so a run that has just begun writing there is refused as a run in progress, not
+    by the half-written files it holds; and before, where the folder is not one yet (a file in
+    its place, a parent that cannot be written), so that is said in plain words."""
     if not ctx.is_main:
-        return contextlib.nullcontext()
-    ckpt.check_run_folder(run_dir, resume)
-    return ckpt.held_run_folder(run_dir)
+        yield
+        return
+    if not run_dir.is_dir():
+        ckpt.check_run_folder(run_dir, resume)
+    with ckpt.held_run_folder(run_dir):
+        ckpt.check_run_folder(run_dir, resume)
+        yield
 
 
 def os_error_message(err: OSError, run_dir: Path) -> str:

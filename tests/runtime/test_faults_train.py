@@ -159,6 +159,22 @@ def test_ctrl_c_under_torchrun_gives_the_command_for_the_same_layout(
         f"{tmp_path / 'run'} --save-every 5{note}")
 
 
+def test_a_run_that_has_just_begun_writing_is_refused_as_one_in_progress(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The moment a run has opened metrics.jsonl and is still writing spec.json: a second run
+    into the folder is told it is in use, not that the folder holds other files."""
+    from runtime import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").touch()
+    (run / ".spec.json.x1y2z3.tmp").write_text("{")
+    with ckpt.held_run_folder(run):  # the first run's hold
+        code, _, err = runkit.cli(_args(run)[3:], capsys)
+    assert code == 2 and "another specc train is training into this run folder" in err
+    assert sorted(p.name for p in run.iterdir()) == [".spec.json.x1y2z3.tmp", "metrics.jsonl"]
+
+
 def test_a_second_run_into_a_folder_in_use_is_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The same command given twice: the second run stops at once, before it touches the folder,
