@@ -7,7 +7,9 @@ so they share it); tests that change a run work on a copy.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,3 +122,13 @@ def cli(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 def python() -> str:
     """The interpreter running the tests (the project's venv)."""
     return sys.executable
+
+
+def wait_for(proc: subprocess.Popen[bytes], path: Path, timeout: float = 120) -> None:
+    """Wait until ``path`` exists while ``proc`` (a ``specc train`` started with ``stderr=PIPE``)
+    runs; fails with its stderr if it ends first, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"no {path.name} within {timeout:.0f} s"
+        time.sleep(0.02)

@@ -61,11 +61,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     rng = random.Random(20240609)
     run = tmp_path / "run"
     proc = _start(run)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint").exists():  # a specc run folder: the user puts things in it
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.02)
+    runkit.wait_for(proc, run / "checkpoint")  # a specc run folder: the user puts things in it
     for rel, text in USER_FILES.items():
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text(text)
@@ -92,11 +88,7 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path: Path) -
     the command that resumes; the checkpoint is whole, and that command finishes the run."""
     run = tmp_path / "run"
     proc = _start(run)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint").exists():
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.02)
+    runkit.wait_for(proc, run / "checkpoint")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     last = err.decode().splitlines()[-1]
@@ -181,11 +173,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(
     and the first trains on to the end with its own metrics and checkpoints."""
     run = tmp_path / "run"
     first = _start(run)
-    deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").is_file():
-        assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
-        assert time.monotonic() < deadline, "the first run did not start within 120 s"
-        time.sleep(0.02)
+    runkit.wait_for(first, run / "metrics.jsonl")
     for resume in ([], ["--resume"]):
         code, _, err = runkit.cli(_args(run, *resume)[3:], capsys)
         assert code == 2 and "another specc train is training into this run folder" in err

@@ -124,11 +124,7 @@ def test_kill_9_then_resume_continues(tmp_path: Path) -> None:
             "--iters", "30", "--save-every", "3", *runkit.sets(runkit.TINY)]
     env = {**os.environ, **runkit.ENV_ONE_THREAD}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint").exists():
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.02)
+    runkit.wait_for(proc, run / "checkpoint")
     time.sleep(0.3)  # land somewhere in the next iterations, maybe in the middle of a save
     proc.send_signal(signal.SIGKILL)
     proc.wait()
